@@ -1,0 +1,581 @@
+#!/usr/bin/env python3
+"""Policy test for nimgate's deployment manifests: no secret ever sits in an env var, and any
+volume that holds a secret lives in memory.
+
+Run it as a script (`python deploy/tests/test_manifests.py`, prints `deploy: N passed, M failed`
+and exits non-zero on a failure) or under pytest. Needs PyYAML; deploy/validate.sh runs it from
+its venv after checking that deploy/kubernetes/rendered/ is up to date.
+
+What it checks, on every YAML file under deploy/kubernetes (sources and rendered output) and on
+the rendered overlays as wholes:
+
+* Env: no container (containers, initContainers, ephemeralContainers) has an env var whose NAME
+  contains KEY, TOKEN, SECRET, PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL or PRIVATE (flagged
+  whatever the value: a name like that invites a secret), whose VALUE looks like a credential
+  (known token prefixes, PEM blocks, JWTs, long high-entropy strings), or that comes from
+  `valueFrom.secretKeyRef`; no `envFrom.secretRef`; no secret-looking command-line argument.
+* Volumes (the decision, documented in deploy/README.md):
+    - `secret` volumes and `projected` volumes (secret / serviceAccountToken / configMap /
+      downwardAPI sources) are accepted: the kubelet keeps them on tmpfs;
+    - an `emptyDir` holds secrets when a Vault Agent mounts it writable, or when its name or a
+      mount path says so (secret, vault, token, cred, key); such an emptyDir must have
+      `medium: Memory`;
+    - a `hostPath` is never accepted, and no persistent volume may be mounted where secrets go;
+    - where nimgate's config names a file (`[secret] path` for `source = "file"`,
+      `[secret.auth] jwt_file`), that file must sit on a memory-backed volume, and the JWT on a
+      projected ServiceAccount token with an audience.
+* No pod automounts the API token; every ServiceAccount says automount false.
+* No Secret object with data is kept in the repo; no ConfigMap value looks like a credential;
+  nimgate configs use only known keys and never a key that would hold a secret literally.
+* Topology: sidecar keeps the NIM unexposed; standalone has >= 2 replicas, PDB, HPA,
+  anti-affinity and a NetworkPolicy letting only nimgate reach the NIM; the Vault Agent overlay
+  writes the key to memory and nimgate holds no Vault token there.
+* Negative fixtures: each file in deploy/tests/fixtures/ declares `# expect: <text>` and must be
+  rejected with a violation containing that text, so the checks can be seen to fail.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[1]
+K8S = DEPLOY / "kubernetes"
+RENDERED = K8S / "rendered"
+FIXTURES = DEPLOY / "tests" / "fixtures"
+OVERLAYS = ("sidecar", "standalone", "vault-agent")
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE", re.I)
+SECRET_VALUE = re.compile(
+    r"(?:^|[\s=:\"'])(?:"
+    r"nvapi-[A-Za-z0-9_-]{8,}"  # NVIDIA API / NGC keys
+    r"|hv[sbr]\.[A-Za-z0-9_-]{16,}"  # Vault service/batch/recovery tokens
+    r"|s\.[A-Za-z0-9]{24}\b"  # legacy Vault tokens
+    r"|sk-[A-Za-z0-9_-]{16,}"  # OpenAI-style keys
+    r"|gh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
+    r"|AKIA[0-9A-Z]{16}"  # AWS access key ids
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}"  # JWTs
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+    r")"
+)
+SECRET_ARG = re.compile(r"--?[A-Za-z_-]*(key|token|secret|password|passwd)[A-Za-z_-]*=\S", re.I)
+SECRETISH_PATH = re.compile(r"secret|vault|token|cred|(^|[-_/.])keys?($|[-_/.])", re.I)
+MEMORY_BACKED = {"secret", "projected"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod", "CronJob"}
+
+# nimgate config keys, per table (the design contract; see src/config/types.rs).
+CONFIG_KEYS = {
+    "": {"server", "admin", "upstream", "secret", "clients", "auth", "audit", "limits"},
+    "server": {"listen", "tls_cert", "tls_key", "route_prefixes", "shutdown_grace", "workers"},
+    "admin": {"listen"},
+    "upstream": {"url", "auth_header", "auth_value", "connect_timeout", "response_timeout",
+                 "http2", "pool_idle_timeout", "pool_max_idle", "ca_file",
+                 "retry_on_auth_failure"},
+    "secret:vault": {"source", "address", "mount", "path", "kv_version", "field", "version",
+                     "refresh", "max_staleness", "namespace", "ca_file", "timeout", "auth"},
+    "secret:file": {"source", "path", "json_pointer", "poll_interval"},
+    "secret.auth:kubernetes": {"method", "role", "jwt_file", "mount"},
+    "secret.auth:approle": {"method", "role_id_file", "secret_id_file", "mount"},
+    "secret.auth:token": {"method", "token_file"},
+    "auth": {"clients_file"},
+    "audit": {"enabled", "path", "fsync", "fsync_interval", "max_bytes", "keep", "max_wait",
+              "queue"},
+}
+# Keys that would hold a credential literally: never allowed anywhere in a config.
+LITERAL_SECRET_KEYS = {"token", "secret_id", "role_id", "api_key", "key", "password", "jwt"}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_docs(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*.yaml") if p.is_file())
+
+
+def rendered(overlay: str) -> list[dict]:
+    path = RENDERED / f"{overlay}.yaml"
+    assert path.is_file(), f"{path} missing: run `bash deploy/validate.sh --update`"
+    return load_docs(path)
+
+
+def pod_spec(doc: dict) -> dict | None:
+    kind = doc.get("kind")
+    spec = doc.get("spec") or {}
+    if kind == "Pod":
+        return spec
+    if kind == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+    if kind in WORKLOAD_KINDS:
+        return ((spec.get("template") or {}).get("spec")) or None
+    return None
+
+
+def containers(spec: dict) -> list[dict]:
+    out = []
+    for field in ("initContainers", "containers", "ephemeralContainers"):
+        out.extend(c for c in spec.get(field) or [] if isinstance(c, dict))
+    return out
+
+
+def entropy(s: str) -> float:
+    counts = Counter(s)
+    return -sum(n / len(s) * math.log2(n / len(s)) for n in counts.values())
+
+
+def looks_secret_value(value: str) -> bool:
+    if SECRET_VALUE.search(value):
+        return True
+    # A long unbroken high-entropy token with letters and digits (not a path, URL, sentence
+    # or hex digest: hex tops out at 4 bits of entropy per character).
+    return (
+        bool(re.fullmatch(r"[A-Za-z0-9+/_=-]{32,}", value))
+        and not value.startswith("/")
+        and bool(re.search(r"[0-9]", value))
+        and bool(re.search(r"[A-Za-z]", value))
+        and entropy(value) > 4.2
+    )
+
+
+def is_vault_agent(c: dict) -> bool:
+    return "vault" in str(c.get("image", "")).lower() or "vault" in str(c.get("name", "")).lower()
+
+
+def name_of(doc: dict) -> str:
+    return f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+
+
+# --------------------------------------------------------------------------------------------
+# Checks: each returns a list of violation strings (empty = fine)
+
+
+def env_violations(doc: dict, configmaps: dict[str, dict] | None = None) -> list[str]:
+    spec = pod_spec(doc)
+    if spec is None:
+        return []
+    out = []
+    for c in containers(spec):
+        where = f"{name_of(doc)} container {c.get('name')}"
+        for e in c.get("env") or []:
+            n, v = str(e.get("name", "")), e.get("value")
+            if SECRET_NAME.search(n):
+                out.append(f"{where}: env var {n} has a secret-like name")
+            if isinstance(v, str) and looks_secret_value(v):
+                out.append(f"{where}: env var {n} has a secret-like value")
+            if (e.get("valueFrom") or {}).get("secretKeyRef") is not None:
+                out.append(f"{where}: env var {n} comes from a Secret (valueFrom.secretKeyRef)")
+        for ef in c.get("envFrom") or []:
+            if ef.get("secretRef") is not None:
+                out.append(f"{where}: envFrom secretRef puts a Secret into env vars")
+            ref = (ef.get("configMapRef") or {}).get("name")
+            if ref and configmaps and ref in configmaps:
+                for k, v in ((configmaps[ref].get("data")) or {}).items():
+                    if SECRET_NAME.search(k) or looks_secret_value(str(v)):
+                        out.append(f"{where}: envFrom ConfigMap {ref} key {k} looks secret")
+        for arg in [*(c.get("command") or []), *(c.get("args") or [])]:
+            if SECRET_ARG.search(str(arg)) or looks_secret_value(str(arg)):
+                out.append(f"{where}: command-line argument looks like a secret")
+    return out
+
+
+def volume_violations(doc: dict) -> list[str]:
+    spec = pod_spec(doc)
+    if spec is None:
+        return []
+    out = []
+    volumes = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
+    mounts: dict[str, list[tuple[dict, dict]]] = {}
+    for c in containers(spec):
+        for m in c.get("volumeMounts") or []:
+            mounts.setdefault(m.get("name"), []).append((c, m))
+    for vname, vol in volumes.items():
+        where = f"{name_of(doc)} volume {vname}"
+        used = mounts.get(vname, [])
+        if "hostPath" in vol:
+            out.append(f"{where}: hostPath volumes are not allowed")
+            continue
+        secretish = bool(SECRETISH_PATH.search(str(vname))) or any(
+            SECRETISH_PATH.search(str(m.get("mountPath", ""))) for _, m in used
+        )
+        agent_writes = any(is_vault_agent(c) and not m.get("readOnly") for c, m in used)
+        if "emptyDir" in vol:
+            medium = ((vol.get("emptyDir") or {}).get("medium")) or ""
+            if (secretish or agent_writes) and medium != "Memory":
+                out.append(f"{where}: emptyDir holding secrets must have medium: Memory")
+        elif "persistentVolumeClaim" in vol or "ephemeral" in vol:
+            if secretish or agent_writes:
+                out.append(f"{where}: secrets on a persistent/ephemeral disk volume")
+        elif "projected" in vol:
+            for src in (vol.get("projected") or {}).get("sources") or []:
+                sat = src.get("serviceAccountToken")
+                if sat is not None:
+                    if not sat.get("audience"):
+                        out.append(f"{where}: projected ServiceAccount token without audience")
+                    if int(sat.get("expirationSeconds", 3600)) > 3600:
+                        out.append(f"{where}: projected ServiceAccount token lives > 1h")
+    return out
+
+
+def is_patch(doc: dict) -> bool:
+    """A kustomize patch of a workload: it lacks the required spec.selector."""
+    return doc.get("kind") in WORKLOAD_KINDS - {"Pod", "Job", "CronJob"} and \
+        "selector" not in (doc.get("spec") or {})
+
+
+def automount_violations(doc: dict) -> list[str]:
+    if doc.get("kind") == "ServiceAccount":
+        if doc.get("automountServiceAccountToken") is not False:
+            return [f"{name_of(doc)}: automountServiceAccountToken must be false"]
+        return []
+    spec = pod_spec(doc)
+    # A patch that does not set the field inherits it from the base it patches.
+    if spec is not None and not is_patch(doc) and spec.get("automountServiceAccountToken") \
+            is not False:
+        return [f"{name_of(doc)}: pod automountServiceAccountToken must be false"]
+    return []
+
+
+def config_violations(text: str, where: str) -> list[str]:
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        return [f"{where}: invalid TOML: {e}"]
+    out = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k.lower() in LITERAL_SECRET_KEYS:
+                    out.append(f"{where}: key {path + k} would hold a secret literally")
+                walk(v, f"{path}{k}.")
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, path)
+        elif isinstance(node, str) and looks_secret_value(node) and \
+                not path.endswith("key_sha256."):
+            out.append(f"{where}: value of {path[:-1]} looks like a secret")
+
+    walk(cfg, "")
+    if "clients" in cfg and set(cfg) == {"clients"}:
+        return out  # a clients file
+    unknown = set(cfg) - CONFIG_KEYS[""]
+    out += [f"{where}: unknown top-level table [{k}]" for k in sorted(unknown)]
+    for table in ("server", "admin", "upstream", "auth", "audit"):
+        extra = set(cfg.get(table) or {}) - CONFIG_KEYS[table]
+        out += [f"{where}: unknown key {table}.{k}" for k in sorted(extra)]
+    sec = cfg.get("secret") or {}
+    src = sec.get("source")
+    if f"secret:{src}" not in CONFIG_KEYS:
+        out.append(f"{where}: secret.source must be vault or file, not {src!r}")
+    else:
+        out += [f"{where}: unknown key secret.{k}"
+                for k in sorted(set(sec) - CONFIG_KEYS[f"secret:{src}"])]
+    if src == "vault":
+        auth = sec.get("auth") or {}
+        meth = auth.get("method")
+        if f"secret.auth:{meth}" not in CONFIG_KEYS:
+            out.append(f"{where}: secret.auth.method {meth!r} unknown")
+        else:
+            out += [f"{where}: unknown key secret.auth.{k}"
+                    for k in sorted(set(auth) - CONFIG_KEYS[f"secret.auth:{meth}"])]
+    return out
+
+
+def configmap_violations(doc: dict) -> list[str]:
+    out = []
+    if doc.get("kind") == "Secret" and (doc.get("data") or doc.get("stringData")):
+        out.append(f"{name_of(doc)}: Secret with data kept in the repository")
+    if doc.get("kind") == "ConfigMap":
+        for k, v in (doc.get("data") or {}).items():
+            if k.endswith(".toml"):
+                out += config_violations(str(v), f"{name_of(doc)}:{k}")
+            elif SECRET_VALUE.search(str(v)):
+                out.append(f"{name_of(doc)}: value of {k} looks like a secret")
+    return out
+
+
+def mount_for(container: dict, path: str) -> dict | None:
+    best = None
+    for m in container.get("volumeMounts") or []:
+        mp = str(m.get("mountPath", "")).rstrip("/")
+        if path == mp or path.startswith(mp + "/"):
+            if best is None or len(mp) > len(str(best["mountPath"]).rstrip("/")):
+                best = m
+    return best
+
+
+def config_file_violations(docs: list[dict]) -> list[str]:
+    """Files named by nimgate's config must be on the right kind of volume in its pod."""
+    out = []
+    cms = {(d.get("metadata") or {}).get("name"): d for d in docs if d.get("kind") == "ConfigMap"}
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+        for c in containers(spec):
+            if c.get("name") != "nimgate":
+                continue
+            # The config: a ConfigMap key nimgate.toml projected at /etc/nimgate/nimgate.toml.
+            cfg_text = None
+            m = mount_for(c, "/etc/nimgate/nimgate.toml")
+            vol = volumes.get(m.get("name")) if m else None
+            srcs = ((vol or {}).get("projected") or {}).get("sources") or []
+            if vol and "configMap" in vol:
+                srcs = [{"configMap": vol["configMap"]}]
+            for s in srcs:
+                ref = (s.get("configMap") or {}).get("name")
+                if ref in cms and "nimgate.toml" in (cms[ref].get("data") or {}):
+                    cfg_text = cms[ref]["data"]["nimgate.toml"]
+            where = f"{name_of(doc)} container nimgate"
+            if cfg_text is None:
+                out.append(f"{where}: no nimgate.toml from a ConfigMap at /etc/nimgate")
+                continue
+            cfg = tomllib.loads(cfg_text)
+            sec = cfg.get("secret") or {}
+            if sec.get("source") == "file":
+                out += _file_on_memory(c, volumes, str(sec.get("path")), where, "secret.path")
+            auth = sec.get("auth") or {}
+            if sec.get("source") == "vault" and auth.get("method") == "kubernetes":
+                jwt = str(auth.get("jwt_file", ""))
+                m = mount_for(c, jwt)
+                vol = volumes.get(m.get("name")) if m else None
+                sats = [s["serviceAccountToken"]
+                        for s in ((vol or {}).get("projected") or {}).get("sources") or []
+                        if "serviceAccountToken" in s]
+                if not sats or not all(s.get("audience") for s in sats):
+                    out.append(f"{where}: jwt_file {jwt} is not a projected ServiceAccount "
+                               "token with an audience")
+            clients = (cfg.get("auth") or {}).get("clients_file")
+            if clients:
+                m = mount_for(c, str(clients))
+                vol = volumes.get(m.get("name")) if m else None
+                if not vol or not ({"configMap", "secret", "projected"} & set(vol)):
+                    out.append(f"{where}: clients_file {clients} is not on a ConfigMap/Secret")
+    return out
+
+
+def _file_on_memory(c, volumes, path, where, what) -> list[str]:
+    m = mount_for(c, path)
+    vol = volumes.get(m.get("name")) if m else None
+    if vol is None:
+        return [f"{where}: {what} {path} is on no volume (container filesystem)"]
+    if "emptyDir" in vol and ((vol.get("emptyDir") or {}).get("medium")) == "Memory":
+        return [] if m.get("readOnly") else [f"{where}: {what} volume must be mounted readOnly"]
+    if MEMORY_BACKED & set(vol):
+        return []
+    return [f"{where}: {what} {path} is on a volume that is not in memory"]
+
+
+def all_violations(docs: list[dict]) -> list[str]:
+    cms = {(d.get("metadata") or {}).get("name"): d for d in docs if d.get("kind") == "ConfigMap"}
+    out = []
+    for d in docs:
+        out += env_violations(d, cms) + volume_violations(d) + automount_violations(d)
+        out += configmap_violations(d)
+    return out + config_file_violations(docs)
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_every_manifest_parses():
+    files = manifest_files()
+    assert len(files) >= 15, f"only {len(files)} manifests found under {K8S}"
+    for f in files:
+        docs = load_docs(f)
+        assert docs, f"{f} holds no YAML document"
+        for d in docs:
+            assert "kind" in d or "resources" in d or "patches" in d, f"{f}: not a manifest"
+
+
+def test_rendered_overlays_exist():
+    for o in OVERLAYS:
+        kinds = {d.get("kind") for d in rendered(o)}
+        assert {"Deployment", "ServiceAccount", "ConfigMap", "Service"} <= kinds, (o, kinds)
+
+
+def test_no_secret_in_env_anywhere():
+    bad = []
+    for f in manifest_files():
+        for d in load_docs(f):
+            bad += [f"{f.relative_to(DEPLOY)}: {v}" for v in env_violations(d)]
+    assert not bad, "\n".join(bad)
+
+
+def test_secret_volumes_in_memory_anywhere():
+    bad = []
+    for f in manifest_files():
+        for d in load_docs(f):
+            bad += [f"{f.relative_to(DEPLOY)}: {v}" for v in volume_violations(d)]
+    assert not bad, "\n".join(bad)
+
+
+def test_rendered_overlays_have_no_violation():
+    bad = []
+    for o in OVERLAYS:
+        bad += [f"{o}: {v}" for v in all_violations(rendered(o))]
+    assert not bad, "\n".join(bad)
+
+
+def test_nimgate_configs_use_known_keys_only():
+    bad = []
+    for f in sorted(K8S.rglob("*.toml")):
+        bad += config_violations(f.read_text(encoding="utf-8"), str(f.relative_to(DEPLOY)))
+    for f in sorted((DEPLOY / "vault").glob("*.toml")):
+        bad += config_violations(f.read_text(encoding="utf-8"), str(f.relative_to(DEPLOY)))
+    assert not bad, "\n".join(bad)
+
+
+def _deployment(docs, name):
+    return next(d for d in docs if d.get("kind") == "Deployment" and d["metadata"]["name"] == name)
+
+
+def _container(spec, name):
+    return next(c for c in containers(spec) if c["name"] == name)
+
+
+def test_nimgate_container_hardening_and_probes():
+    for o in OVERLAYS:
+        spec = pod_spec(_deployment(rendered(o), "nimgate"))
+        c = _container(spec, "nimgate")
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports == {"http": 8080, "admin": 9090}, ports
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+        assert c["args"] == ["serve", "--config", "/etc/nimgate/nimgate.toml"]
+        assert "limits" in c["resources"] and "requests" in c["resources"]
+
+
+def test_sidecar_nim_unexposed():
+    docs = rendered("sidecar")
+    spec = pod_spec(_deployment(docs, "nimgate"))
+    nim = _container(spec, "nim")
+    assert not nim.get("ports"), "the sidecar NIM must declare no port"
+    assert nim["resources"]["limits"]["nvidia.com/gpu"] == 1
+    cfg = tomllib.loads(next(d for d in docs if d.get("kind") == "ConfigMap"
+                             and "nimgate.toml" in d.get("data", {}))["data"]["nimgate.toml"])
+    assert cfg["upstream"]["url"] == "http://127.0.0.1:8000"
+    svc = next(d for d in docs if d.get("kind") == "Service")
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8080]
+    assert [d["metadata"]["name"] for d in docs if d.get("kind") == "Service"] == ["nimgate"]
+    np = next(d for d in docs if d.get("kind") == "NetworkPolicy"
+              and d["metadata"]["name"] == "nimgate")
+    allowed = {p["port"] for r in np["spec"]["ingress"] for p in r.get("ports", [])}
+    assert allowed == {8080, 9090}, allowed
+    assert all(r.get("ports") for r in np["spec"]["ingress"]), "an ingress rule allows all ports"
+
+
+def test_standalone_ha_and_isolation():
+    docs = rendered("standalone")
+    gw = _deployment(docs, "nimgate")
+    assert gw["spec"]["replicas"] >= 2
+    assert gw["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    kinds = {d["kind"]: d for d in docs}
+    assert kinds["PodDisruptionBudget"]["spec"]["minAvailable"] >= 1
+    hpa = kinds["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["minReplicas"] >= 2 and hpa["scaleTargetRef"]["name"] == "nimgate"
+    nim_np = next(d for d in docs if d.get("kind") == "NetworkPolicy"
+                  and d["metadata"]["name"] == "nim")
+    assert nim_np["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nim"}
+    assert set(nim_np["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert not nim_np["spec"].get("egress"), "the NIM needs no egress"
+    froms = [f for r in nim_np["spec"]["ingress"] for f in r.get("from", [])]
+    assert froms == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nimgate"}}}]
+    nim = _deployment(docs, "nim")
+    assert _container(pod_spec(nim), "nim")["resources"]["limits"]["nvidia.com/gpu"] == 1
+    cfg = tomllib.loads(next(d for d in docs if d.get("kind") == "ConfigMap"
+                             and "nimgate.toml" in d.get("data", {}))["data"]["nimgate.toml"])
+    assert cfg["upstream"]["url"] == "http://nim.nimgate.svc:8000"
+
+
+def test_vault_agent_overlay_keeps_key_in_memory():
+    docs = rendered("vault-agent")
+    spec = pod_spec(_deployment(docs, "nimgate"))
+    agent = _container(spec, "vault-agent")
+    assert agent.get("restartPolicy") == "Always", "the agent runs as a native sidecar"
+    gw = _container(spec, "nimgate")
+    assert not any(m["name"] == "vault-token" for m in gw["volumeMounts"]), \
+        "nimgate must not hold a Vault login token in the Vault Agent pattern"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    for m in agent["volumeMounts"]:
+        if "emptyDir" in vols[m["name"]]:
+            assert vols[m["name"]]["emptyDir"].get("medium") == "Memory", m
+    cfg = tomllib.loads(next(d for d in docs if d.get("kind") == "ConfigMap"
+                             and "nimgate.toml" in d.get("data", {}))["data"]["nimgate.toml"])
+    assert cfg["secret"]["source"] == "file"
+
+
+def test_vault_policy_reads_one_path():
+    text = (DEPLOY / "vault" / "nimgate-policy.hcl").read_text(encoding="utf-8")
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    paths = re.findall(r'path\s+"([^"]+)"', code)
+    assert paths == ["secret/data/nim/prod/model-a"], paths
+    caps = re.findall(r"capabilities\s*=\s*\[([^\]]*)\]", code)
+    assert [c.replace(" ", "") for c in caps] == ['"read"'], caps
+
+
+def fixture_files() -> list[Path]:
+    return sorted(FIXTURES.glob("*.yaml"))
+
+
+def check_fixture(path: Path) -> None:
+    expect = re.findall(r"^# expect: (.+)$", path.read_text(encoding="utf-8"), re.M)
+    assert expect, f"{path.name}: no '# expect:' line"
+    found = all_violations(load_docs(path))
+    for e in expect:
+        assert any(e in v for v in found), f"{path.name}: expected a violation with {e!r}, " \
+            f"got {found or 'none'}"
+
+
+def test_fixtures_present():
+    assert len(fixture_files()) >= 5, "negative fixtures missing"
+
+
+def test_fixtures_are_rejected():
+    for f in fixture_files():
+        check_fixture(f)
+
+
+# --------------------------------------------------------------------------------------------
+# Plain runner
+
+
+def main() -> int:
+    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
+    # One result line per negative fixture, so each shows up on its own.
+    tests = [t for t in tests if t[0] != "test_fixtures_are_rejected"]
+    tests += [(f"fixture {p.name} rejected", (lambda p=p: check_fixture(p)))
+              for p in fixture_files()]
+    passed = failed = 0
+    for name, fn in tests:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - report every failure, keep going
+            failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+        else:
+            passed += 1
+            print(f"ok   {name}")
+    print(f"deploy: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Validate nimgate's deployment files: Dockerfile, deploy/kubernetes, deploy/vault.
+#
+#   bash deploy/validate.sh            check everything (what CI runs)
+#   bash deploy/validate.sh --update   re-render deploy/kubernetes/rendered/*.yaml, then check
+#
+# Steps (all run; the script exits non-zero if any fails):
+#   venv        pip-installs the pinned validators (deploy/requirements.txt + .lock) into
+#               ${NIMGATE_VENV:-$HOME/.cache/nimgate-deploy-venv}; reused while the pins and
+#               the Python version are unchanged. The only step that uses the network.
+#   render      renders every overlay with `kubectl kustomize` (or `kustomize build`) and
+#               checks deploy/kubernetes/rendered/<overlay>.yaml match. Without either tool
+#               the committed rendered files are validated as they are (freshness unchecked).
+#   schema      kubernetes-validate --strict against Kubernetes 1.30 (oldest supported:
+#               native sidecars) and 1.37 (newest the package ships), offline schemas, on the
+#               rendered overlays and the negative fixtures.
+#   checkov     kubernetes + dockerfile frameworks on the rendered overlays and the
+#               Dockerfile, zero failed checks; skips are annotated in the manifests.
+#   hadolint    the Dockerfile, failing on any finding (deploy/hadolint.yaml).
+#   shellcheck  this script and deploy/vault/*.sh.
+#   policy      deploy/tests/test_manifests.py: no secret in env, secret volumes in memory,
+#               topology invariants, negative fixtures rejected.
+set -euo pipefail
+
+DEPLOY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$DEPLOY")
+VENV=${NIMGATE_VENV:-$HOME/.cache/nimgate-deploy-venv}
+PYTHON=${PYTHON:-python3}
+K8S_VERSIONS=(1.30.0 1.37.0)
+OVERLAYS=(sidecar standalone vault-agent)
+RENDERED=deploy/kubernetes/rendered
+
+UPDATE=0
+case "${1:-}" in
+  "") ;;
+  --update) UPDATE=1 ;;
+  -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "usage: bash deploy/validate.sh [--update]" >&2; exit 2 ;;
+esac
+
+cd "$ROOT"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+T0=$SECONDS
+SUMMARY=()
+FAILED=0
+
+# Run one step in a subshell with errexit on (a failing command fails the step), record it.
+step() {
+  local name=$1 t=$SECONDS rc=0
+  shift
+  echo
+  echo "==> ${name}"
+  set +e
+  (set -euo pipefail; "$@")
+  rc=$?
+  set -e
+  if ((rc == 0)); then
+    SUMMARY+=("ok    ${name} ($((SECONDS - t))s)")
+  else
+    SUMMARY+=("FAIL  ${name} ($((SECONDS - t))s)")
+    FAILED=$((FAILED + 1))
+  fi
+}
+
+setup_venv() {
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "Python >= 3.11 is required ($PYTHON is $("$PYTHON" -V 2>&1))" >&2
+    return 1
+  }
+  local stamp
+  stamp=$({ "$PYTHON" -VV; cat deploy/requirements.txt deploy/requirements.lock; } | sha256sum | cut -c1-16)
+  if [[ -x $VENV/bin/python && -f $VENV/.nimgate-deploy-stamp && $(cat "$VENV/.nimgate-deploy-stamp") == "$stamp" ]]; then
+    echo "reusing $VENV"
+    return 0
+  fi
+  echo "creating $VENV and installing deploy/requirements.txt (pinned) ..."
+  rm -f "$VENV/.nimgate-deploy-stamp"
+  "$PYTHON" -m venv --clear "$VENV"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install --quiet --no-input \
+    -r deploy/requirements.txt -c deploy/requirements.lock
+  echo "$stamp" > "$VENV/.nimgate-deploy-stamp"
+}
+
+# Render into $WORK/rendered; compare with (or, with --update, write) deploy/kubernetes/rendered.
+render() {
+  local renderer=() o
+  if command -v kubectl >/dev/null 2>&1; then
+    renderer=(kubectl kustomize)
+  elif command -v kustomize >/dev/null 2>&1; then
+    renderer=(kustomize build)
+  elif ((UPDATE)); then
+    echo "--update needs kubectl or kustomize on PATH" >&2
+    return 1
+  else
+    echo "WARNING: neither kubectl nor kustomize found: validating the committed ${RENDERED}/*.yaml as they are (not checked against the overlays)"
+    return 0
+  fi
+  echo "rendering with: ${renderer[*]} ($("${renderer[0]}" version --client 2>/dev/null | tr '\n' ' ' || true))"
+  mkdir -p "$WORK/rendered"
+  for o in "${OVERLAYS[@]}"; do
+    {
+      echo "# GENERATED from deploy/kubernetes/overlays/${o} by \`bash deploy/validate.sh --update\`."
+      echo "# Do not edit: change the base or the overlay and re-render. Apply with:"
+      echo "#   kubectl apply -k deploy/kubernetes/overlays/${o}   (or: kubectl apply -f this file)"
+      "${renderer[@]}" "deploy/kubernetes/overlays/${o}"
+    } > "$WORK/rendered/${o}.yaml"
+  done
+  if ((UPDATE)); then
+    mkdir -p "$RENDERED"
+    cp "$WORK"/rendered/*.yaml "$RENDERED/"
+    echo "updated ${RENDERED}/{$(IFS=,; echo "${OVERLAYS[*]}")}.yaml"
+  fi
+  # Compare documents, not bytes: another kustomize version may format differently.
+  "$VENV/bin/python" - "$WORK/rendered" "$RENDERED" "${OVERLAYS[@]}" <<'PY'
+import difflib, sys, yaml
+fresh, committed, overlays = sys.argv[1], sys.argv[2], sys.argv[3:]
+stale = 0
+for o in overlays:
+    def load(d):
+        try:
+            with open(f"{d}/{o}.yaml", encoding="utf-8") as f:
+                return [yaml.safe_dump(x, sort_keys=True) for x in yaml.safe_load_all(f) if x]
+        except FileNotFoundError:
+            return None
+    a, b = load(committed), load(fresh)
+    if a is None:
+        print(f"{committed}/{o}.yaml is missing")
+        stale += 1
+    elif a != b:
+        print(f"{committed}/{o}.yaml is stale:")
+        sys.stdout.writelines(difflib.unified_diff(
+            "".join(a).splitlines(True), "".join(b).splitlines(True),
+            f"{committed}/{o}.yaml", f"overlays/{o} (rendered now)", n=2))
+        stale += 1
+    else:
+        print(f"{committed}/{o}.yaml is up to date")
+if stale:
+    print("run `bash deploy/validate.sh --update` and commit deploy/kubernetes/rendered/")
+sys.exit(1 if stale else 0)
+PY
+}
+
+schema() {
+  local v
+  for v in "${K8S_VERSIONS[@]}"; do
+    "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" \
+      "$RENDERED"/*.yaml deploy/tests/fixtures/*.yaml
+    echo "Kubernetes ${v}: all resources valid (strict)"
+  done
+}
+
+checkov_scan() {
+  local args=() f
+  for f in "$RENDERED"/*.yaml; do args+=(-f "$f"); done
+  # --skip-download: no call to Prisma Cloud; the checks run from the installed package.
+  "$VENV/bin/checkov" "${args[@]}" -f Dockerfile --framework kubernetes dockerfile \
+    --quiet --compact --skip-download -o cli -o json --output-file-path "$WORK/checkov" \
+    >"$WORK/checkov.log" 2>&1 || { cat "$WORK/checkov.log" "$WORK/checkov/results_cli.txt" 2>/dev/null; return 1; }
+  "$VENV/bin/python" - "$WORK/checkov/results_json.json" <<'PY'
+import json, sys
+data = json.load(open(sys.argv[1], encoding="utf-8"))
+failed = 0
+for rep in data if isinstance(data, list) else [data]:
+    s = rep["summary"]
+    failed += s["failed"] + s["parsing_errors"]
+    print(f"checkov {rep['check_type']}: {s['passed']} passed, {s['failed']} failed, "
+          f"{s['skipped']} skipped, {s['parsing_errors']} parsing errors")
+    for c in rep["results"].get("skipped_checks", []):
+        print(f"  skipped {c['check_id']} on {c['resource']}: {c['check_result'].get('suppress_comment')}")
+    for c in rep["results"].get("failed_checks", []):
+        print(f"  FAILED {c['check_id']} {c['check_name']} on {c['resource']} ({c['file_path']})")
+sys.exit(1 if failed else 0)
+PY
+}
+
+hadolint_scan() {
+  "$VENV/bin/hadolint" --no-color --config deploy/hadolint.yaml Dockerfile
+  echo "hadolint: Dockerfile clean"
+}
+
+shellcheck_scan() {
+  "$VENV/bin/shellcheck" deploy/validate.sh deploy/vault/*.sh
+  echo "shellcheck: $(ls deploy/validate.sh deploy/vault/*.sh | wc -l) scripts clean"
+}
+
+policy() {
+  "$VENV/bin/python" deploy/tests/test_manifests.py
+}
+
+echo "nimgate deploy validation in $ROOT"
+step "venv (${VENV})" setup_venv
+if ((FAILED)); then
+  echo "cannot install the validators; giving up" >&2
+  exit 1
+fi
+step "render overlays (${OVERLAYS[*]})" render
+step "schema: kubernetes-validate ${K8S_VERSIONS[*]}" schema
+step "checkov (kubernetes, dockerfile)" checkov_scan
+step "hadolint Dockerfile" hadolint_scan
+step "shellcheck" shellcheck_scan
+step "policy test (deploy/tests/test_manifests.py)" policy
+
+echo
+echo "==> summary"
+printf '  %s\n' "${SUMMARY[@]}"
+echo "deploy/validate.sh: ${#SUMMARY[@]} steps, ${FAILED} failed, $((SECONDS - T0))s"
+exit $((FAILED > 0))

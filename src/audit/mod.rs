@@ -1,0 +1,146 @@
+//! The audit trail: every use of the NIM key, every denied request and every secret-source event,
+//! as hash-chained JSON lines written by one dedicated thread (see `writer`).
+//!
+//! `Audit` is the `AuditSink` seam request handlers use:
+//! - `record_use` waits until the writer has written the record (fail closed: `Err` → 503, the
+//!   key is not sent);
+//! - `record` (denied, source events) waits for queue room, bounded by `max_wait`;
+//! - `record_done` never waits (it is already accounted for by its `use`).
+
+pub mod record;
+pub mod verify;
+mod writer;
+
+pub use record::{Record, Usage};
+pub use writer::{rotated_name, Shared, GENESIS};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::config::AuditConfig;
+use writer::Msg;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditError {
+    /// The queue stayed full for `max_wait`, or the record was not written in time.
+    Timeout,
+    /// The sink failed to write.
+    WriteFailed,
+}
+
+#[derive(Clone)]
+pub struct Audit {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    max_wait: Duration,
+}
+
+impl Audit {
+    /// Start the writer thread. An unopenable audit file is a start-up error.
+    pub fn start(cfg: &AuditConfig) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
+        if !cfg.enabled {
+            tracing::warn!("audit trail DISABLED (audit.enabled = false): key use is not recorded");
+            return Ok((Self { inner: None }, None));
+        }
+        let shared = Arc::new(Shared {
+            healthy: AtomicBool::new(true),
+            permits: Semaphore::new(cfg.queue),
+            records: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel();
+        let handle = writer::spawn(cfg, shared.clone(), rx)?;
+        let inner = Arc::new(Inner { tx, shared, max_wait: cfg.max_wait });
+        Ok((Self { inner: Some(inner) }, Some(handle)))
+    }
+
+    /// An audit that records nothing (audit disabled).
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Whether the last write succeeded (for `/readyz`).
+    pub fn healthy(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(|i| i.shared.healthy.load(Ordering::Acquire))
+    }
+
+    /// (records written, write errors) for metrics.
+    pub fn counters(&self) -> (u64, u64) {
+        self.inner.as_ref().map_or((0, 0), |i| {
+            (
+                i.shared.records.load(Ordering::Relaxed),
+                i.shared.write_errors.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Write a `use` record; returns once `write(2)` has returned for it.
+    pub async fn record_use(&self, rec: Record) -> Result<(), AuditError> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        if !i.shared.healthy.load(Ordering::Acquire) && i.shared.permits.available_permits() == 0 {
+            return Err(AuditError::WriteFailed);
+        }
+        let deadline = Instant::now() + i.max_wait;
+        let permit = tokio::time::timeout(i.max_wait, i.shared.permits.acquire())
+            .await
+            .map_err(|_| AuditError::Timeout)?
+            .map_err(|_| AuditError::WriteFailed)?;
+        permit.forget();
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if i.tx.send(Msg::Rec { rec, ack: Some(ack_tx), permit: true }).is_err() {
+            i.shared.permits.add_permits(1);
+            return Err(AuditError::WriteFailed);
+        }
+        match tokio::time::timeout_at(deadline.into(), ack_rx).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(_) => Err(AuditError::WriteFailed),
+            Err(_) => Err(AuditError::Timeout),
+        }
+    }
+
+    /// Queue a record that needs no acknowledgement but must not be dropped (denied, source
+    /// events): waits for queue room up to `max_wait`.
+    pub async fn record(&self, rec: Record) -> Result<(), AuditError> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        let permit = tokio::time::timeout(i.max_wait, i.shared.permits.acquire())
+            .await
+            .map_err(|_| AuditError::Timeout)?
+            .map_err(|_| AuditError::WriteFailed)?;
+        permit.forget();
+        if i.tx.send(Msg::Rec { rec, ack: None, permit: true }).is_err() {
+            i.shared.permits.add_permits(1);
+            return Err(AuditError::WriteFailed);
+        }
+        Ok(())
+    }
+
+    /// Queue a `done` record (never waits: its `use` already held queue room).
+    pub fn record_done(&self, rec: Record) {
+        if let Some(i) = &self.inner {
+            let _ = i.tx.send(Msg::Rec { rec, ack: None, permit: false });
+        }
+    }
+
+    /// Write all queued records and sync; `true` if the sink is healthy.
+    pub async fn flush(&self) -> bool {
+        let Some(i) = &self.inner else { return true };
+        let (tx, rx) = oneshot::channel();
+        if i.tx.send(Msg::Flush(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}

@@ -1,0 +1,361 @@
+//! The config schema. Every struct denies unknown keys; every optional key has a default here.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub secret: SecretConfig,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key: when both are set the client listener speaks TLS
+    /// (ALPN h2 + http/1.1).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Only paths under these prefixes (after normalisation) are proxied; all else is 404.
+    pub route_prefixes: Vec<String>,
+    /// How long in-flight requests and streams may run after SIGTERM/SIGINT.
+    #[serde(with = "dur")]
+    pub shutdown_grace: Duration,
+    /// Worker threads (0 = number of CPUs).
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            tls_cert: None,
+            tls_key: None,
+            route_prefixes: vec!["/v1/".into()],
+            shutdown_grace: Duration::from_secs(30),
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 9090).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub url: String,
+    #[serde(default = "default_auth_header")]
+    pub auth_header: String,
+    #[serde(default = "default_auth_value")]
+    pub auth_value: String,
+    #[serde(default = "secs::<5>", with = "dur")]
+    pub connect_timeout: Duration,
+    /// Time from sending the request until the upstream's response headers arrive.
+    #[serde(default = "secs::<300>", with = "dur")]
+    pub response_timeout: Duration,
+    /// Speak HTTP/2 to the upstream (h2c prior knowledge for http://, ALPN for https://).
+    #[serde(default)]
+    pub http2: bool,
+    #[serde(default = "secs::<90>", with = "dur")]
+    pub pool_idle_timeout: Duration,
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// Extra CA bundle (PEM) trusted for an https:// upstream, besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// On a 401/403 from the upstream, refresh the key once and retry with a new key.
+    #[serde(default = "yes")]
+    pub retry_on_auth_failure: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum SecretConfig {
+    File(FileSecretConfig),
+    Vault(VaultSecretConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSecretConfig {
+    pub path: PathBuf,
+    /// RFC 6901 pointer into a JSON file (e.g. `/data/data/api_key`); absent = plain text file.
+    #[serde(default)]
+    pub json_pointer: Option<String>,
+    /// How often the file is checked for changes (content hash, so symlink swaps count).
+    #[serde(default = "millis::<1000>", with = "dur")]
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSecretConfig {
+    pub address: String,
+    #[serde(default = "default_kv_mount")]
+    pub mount: String,
+    pub path: String,
+    #[serde(default = "default_kv_version")]
+    pub kv_version: u8,
+    pub field: String,
+    /// Pin a KV v2 version instead of following the latest.
+    #[serde(default)]
+    pub version: Option<u64>,
+    #[serde(default = "secs::<60>", with = "dur")]
+    pub refresh: Duration,
+    #[serde(default = "secs::<900>", with = "dur")]
+    pub max_staleness: Duration,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Timeout of each Vault HTTP call.
+    #[serde(default = "secs::<10>", with = "dur")]
+    pub timeout: Duration,
+    pub auth: VaultAuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum VaultAuthConfig {
+    Token(TokenAuthConfig),
+    Approle(AppRoleAuthConfig),
+    Kubernetes(KubernetesAuthConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenAuthConfig {
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleAuthConfig {
+    pub role_id_file: PathBuf,
+    pub secret_id_file: PathBuf,
+    #[serde(default = "default_approle_mount")]
+    pub mount: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesAuthConfig {
+    pub role: String,
+    #[serde(default = "default_jwt_file")]
+    pub jwt_file: PathBuf,
+    #[serde(default = "default_k8s_mount")]
+    pub mount: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub id: String,
+    /// Hex SHA-256 digest of the client's key (`nimgate keys new` prints it).
+    pub key_sha256: String,
+    /// Sustained requests per minute (GCRA); absent = unlimited.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Requests allowed in a burst above the sustained rate (default: rpm / 6, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Requests this client may have in flight at once; absent = unlimited.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A TOML file with more `[[clients]]` entries (e.g. mounted from a Kubernetes Secret).
+    #[serde(default)]
+    pub clients_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    Batch,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `false` turns the audit trail off (benchmarks only; a warning is logged).
+    pub enabled: bool,
+    /// File path, or `-` for stdout.
+    pub path: String,
+    pub fsync: FsyncPolicy,
+    #[serde(with = "dur")]
+    pub fsync_interval: Duration,
+    /// Rotate when the file would grow past this many bytes (0 = never).
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` … `.N`).
+    pub keep: usize,
+    /// Longest a request waits for its `use` record to be written before it is refused (503).
+    #[serde(with = "dur")]
+    pub max_wait: Duration,
+    /// Records that may wait for the writer at once.
+    pub queue: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "-".into(),
+            fsync: FsyncPolicy::Interval,
+            fsync_interval: Duration::from_secs(1),
+            max_bytes: 0,
+            keep: 10,
+            max_wait: Duration::from_secs(2),
+            queue: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request head (request line + headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Largest request body in bytes; larger gets 413.
+    pub max_body_bytes: u64,
+    /// A client must send its complete request head within this time.
+    #[serde(with = "dur")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
+    /// Requests in flight across all clients; more get 503.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_h2_streams: u32,
+    /// Time allowed to receive the first 64 KiB (or all) of a request body.
+    #[serde(with = "dur")]
+    pub body_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body_bytes: 16 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 4096,
+            max_h2_streams: 128,
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Merge `[[clients]]` from `auth.clients_file`, if set.
+    pub fn resolve_files(&mut self) -> Result<(), Vec<ConfigError>> {
+        let Some(path) = self.auth.clients_file.clone() else {
+            return Ok(());
+        };
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ClientsFile {
+            #[serde(default)]
+            clients: Vec<ClientConfig>,
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            vec![ConfigError::new(
+                "auth.clients_file",
+                format!("cannot read {}: {e}", path.display()),
+            )]
+        })?;
+        let file: ClientsFile = toml::from_str(&text).map_err(|e| {
+            vec![ConfigError::new(
+                "auth.clients_file",
+                format!("{}: {}", path.display(), e.message()),
+            )]
+        })?;
+        self.clients.extend(file.clients);
+        Ok(())
+    }
+}
+
+fn default_auth_header() -> String {
+    "Authorization".into()
+}
+fn default_auth_value() -> String {
+    "Bearer {key}".into()
+}
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+fn default_kv_version() -> u8 {
+    2
+}
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+fn default_k8s_mount() -> String {
+    "kubernetes".into()
+}
+fn default_jwt_file() -> PathBuf {
+    "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+}
+fn default_pool_max_idle() -> usize {
+    1024
+}
+fn yes() -> bool {
+    true
+}
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+fn millis<const N: u64>() -> Duration {
+    Duration::from_millis(N)
+}
+
+/// Durations as human strings: "250ms", "60s", "15m", "1h 30m".
+pub(crate) mod dur {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}

@@ -1,0 +1,153 @@
+//! `GatewayError` → HTTP status + OpenAI-shaped JSON body, in one exhaustive match.
+//!
+//! Client-facing messages are fixed strings: no header value, key, upstream address or
+//! internal detail is ever echoed. Details go to logs (without secrets).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::proxy::body::GatewayBody;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    /// No, malformed or unknown client key.
+    Unauthenticated,
+    /// Path outside the configured route prefixes (after normalisation).
+    NotFound,
+    /// CONNECT and other methods a proxy to an HTTP API never forwards.
+    MethodNotAllowed,
+    /// Request body larger than `limits.max_body_bytes`.
+    BodyTooLarge,
+    /// Malformed request (bad path encoding, unreadable body).
+    BadRequest,
+    /// Per-client rate limit; carries the seconds until a retry may succeed.
+    RateLimited { retry_after_secs: u64 },
+    /// Per-client `max_concurrent` reached.
+    ClientConcurrency,
+    /// `limits.max_concurrent_requests` reached.
+    Overloaded,
+    /// No usable NIM key (not loaded yet, or stale past `max_staleness`).
+    KeyUnavailable,
+    /// The audit record could not be written: the key is not sent.
+    AuditUnavailable,
+    /// Upstream connection failed or broke.
+    UpstreamUnreachable,
+    /// Upstream did not answer in `upstream.response_timeout`.
+    UpstreamTimeout,
+    /// The gateway is shutting down.
+    ShuttingDown,
+}
+
+impl GatewayError {
+    pub fn status_code(self) -> StatusCode {
+        match self {
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::RateLimited { .. } | Self::ClientConcurrency => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded
+            | Self::KeyUnavailable
+            | Self::AuditUnavailable
+            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// (message, type, code) of the OpenAI error object.
+    fn parts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Unauthenticated => (
+                "Incorrect or missing API key. Send 'Authorization: Bearer <your gateway key>'.",
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
+            Self::NotFound => ("Unknown route.", "invalid_request_error", "not_found"),
+            Self::MethodNotAllowed => (
+                "Method not allowed.",
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
+            Self::BodyTooLarge => (
+                "Request body too large.",
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            Self::BadRequest => ("Malformed request.", "invalid_request_error", "bad_request"),
+            Self::RateLimited { .. } => (
+                "Rate limit exceeded for this API key. Retry after the time in Retry-After.",
+                "rate_limit_error",
+                "rate_limit_exceeded",
+            ),
+            Self::ClientConcurrency => (
+                "Too many concurrent requests for this API key.",
+                "rate_limit_error",
+                "rate_limit_exceeded",
+            ),
+            Self::Overloaded => (
+                "The gateway is at capacity. Retry shortly.",
+                "server_error",
+                "overloaded",
+            ),
+            Self::KeyUnavailable => (
+                "The upstream credential is currently unavailable.",
+                "server_error",
+                "credential_unavailable",
+            ),
+            Self::AuditUnavailable => (
+                "The audit trail is unavailable; the request was not forwarded.",
+                "server_error",
+                "audit_unavailable",
+            ),
+            Self::UpstreamUnreachable => (
+                "The upstream model server could not be reached.",
+                "server_error",
+                "upstream_unreachable",
+            ),
+            Self::UpstreamTimeout => (
+                "The upstream model server did not respond in time.",
+                "server_error",
+                "upstream_timeout",
+            ),
+            Self::ShuttingDown => (
+                "The gateway is shutting down.",
+                "server_error",
+                "shutting_down",
+            ),
+        }
+    }
+
+    /// Short stable name for metrics and audit `reason` fields.
+    pub fn code(self) -> &'static str {
+        self.parts().2
+    }
+
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<GatewayBody> {
+        let (message, kind, code) = self.parts();
+        let body = serde_json::json!({
+            "error": { "message": message, "type": kind, "param": null, "code": code }
+        });
+        let mut resp = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status_code();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Self::RateLimited { retry_after_secs } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+        }
+        if self == Self::Unauthenticated {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"nimgate\""),
+            );
+        }
+        if let Some(id) = request_id {
+            h.insert(crate::proxy::headers::X_REQUEST_ID, id.clone());
+        }
+        resp
+    }
+}

@@ -1,0 +1,78 @@
+//! The admin listener: `/healthz` (process alive), `/readyz` (key loaded and fresh, audit
+//! writable), `/metrics` (Prometheus). Separate address, never proxied, no secrets.
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::secret::store::Unavailable;
+
+pub async fn serve_admin(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&app, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/readyz" => {
+            let key = match app.store.ready() {
+                Ok(()) => "ok",
+                Err(Unavailable::NotLoaded) => "not_loaded",
+                Err(Unavailable::Stale) => "stale",
+            };
+            let audit = if app.audit.healthy() { "ok" } else { "failing" };
+            let ok = key == "ok" && audit == "ok";
+            let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json(
+                status,
+                format!(
+                    r#"{{"status":"{}","key":"{key}","audit":"{audit}"}}"#,
+                    if ok { "ready" } else { "not_ready" }
+                ),
+            )
+        }
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(app.metrics.render(&app.store, &app.audit))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

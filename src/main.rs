@@ -1,0 +1,6 @@
+//! The `nimgate` command line: serve, check, keys new, audit verify, demo.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    nimgate::cli::main()
+}

@@ -1,0 +1,128 @@
+//! Header rewriting. Order matters: hop-by-hop headers, every header named in `Connection`, and
+//! every client credential are removed *before* the key is inserted, so no client header (not
+//! even `Connection: authorization`) can remove, replace or duplicate the injected credential.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub const API_KEY: HeaderName = HeaderName::from_static("api-key");
+
+/// RFC 9110 §7.6.1 hop-by-hop headers plus the legacy ones proxies must drop.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Client credential headers that never pass upstream.
+const CLIENT_CREDENTIALS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    X_API_KEY,
+    API_KEY,
+];
+
+/// Remove hop-by-hop headers and the headers `Connection` names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// Rewrite a client request's headers for the upstream: strip, then inject the key.
+pub fn rewrite_request(h: &mut HeaderMap, auth_header: &HeaderName, key: &HeaderValue) {
+    strip_hop_by_hop(h);
+    for n in &CLIENT_CREDENTIALS {
+        h.remove(n);
+    }
+    h.remove(header::HOST);
+    h.remove(header::FORWARDED);
+    h.insert(auth_header.clone(), key.clone());
+}
+
+/// Rewrite an upstream response's headers for the client.
+pub fn rewrite_response(h: &mut HeaderMap, request_id: &HeaderValue) {
+    strip_hop_by_hop(h);
+    h.insert(X_REQUEST_ID, request_id.clone());
+    let sse = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse {
+        h.remove(header::CONTENT_LENGTH);
+        h.entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-cache"));
+        h.insert(
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        );
+    }
+}
+
+/// A client-supplied request id is kept if it is 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_cannot_remove_injected_key() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, authorization, x-api-key"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer client"));
+        h.insert(X_API_KEY, HeaderValue::from_static("client"));
+        h.append(API_KEY, HeaderValue::from_static("client"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let key = HeaderValue::from_static("Bearer nim");
+        rewrite_request(&mut h, &header::AUTHORIZATION, &key);
+        assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
+        assert_eq!(h[header::AUTHORIZATION], "Bearer nim");
+        assert!(h.get(X_API_KEY).is_none() && h.get(API_KEY).is_none());
+        assert!(h.get(header::PROXY_AUTHORIZATION).is_none() && h.get(header::CONNECTION).is_none());
+        assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn custom_header_is_also_overwritten() {
+        let mut h = HeaderMap::new();
+        let name = HeaderName::from_static("x-nim-key");
+        h.append(&name, HeaderValue::from_static("client-1"));
+        h.append(&name, HeaderValue::from_static("client-2"));
+        rewrite_request(&mut h, &name, &HeaderValue::from_static("nim"));
+        assert_eq!(h.get_all(&name).iter().collect::<Vec<_>>(), vec!["nim"]);
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(&HeaderValue::from_static("abc-123_x.y:z")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
+        assert!(!valid_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+    }
+}

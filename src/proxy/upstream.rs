@@ -1,0 +1,88 @@
+//! The pooled upstream client (hyper-util legacy client, rustls for https). It never follows
+//! redirects; it only ever connects to the one configured upstream authority.
+
+use http::uri::{Authority, Scheme};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+
+use super::body::RequestBody;
+use crate::config::UpstreamConfig;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+pub struct Upstream {
+    pub client: UpstreamClient,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// `scheme://authority`, for audit records.
+    pub label: Arc<str>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
+        let uri: http::Uri = cfg.url.parse().map_err(|e| format!("upstream.url: {e}"))?;
+        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or("upstream.url: no host")?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        let tls = tls_config(cfg)?;
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = if cfg.http2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http1_preserve_header_case(false)
+            .retry_canceled_requests(false)
+            .set_host(true);
+        if cfg.http2 {
+            b.http2_only(true).http2_adaptive_window(true);
+        }
+        Ok(Self {
+            client: b.build(connector),
+            label: format!("{scheme}://{authority}").into(),
+            scheme,
+            authority,
+        })
+    }
+}
+
+fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if let Some(path) = &cfg.ca_file {
+        for cert in crate::tls::load_certs(path).map_err(|e| format!("upstream.ca_file: {e}"))? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream.ca_file: {e}"))?;
+        }
+    }
+    // ALPN is set by the hyper-rustls builder from the enabled HTTP versions.
+    let c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(c)
+}

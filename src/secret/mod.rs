@@ -1,0 +1,109 @@
+//! Where the NIM key comes from and where it lives.
+//!
+//! A `SecretSource` fetches the current key (file, Vault). The `refresher` task polls it, and
+//! `SecretStore` validates a new key fully and then publishes it with one `ArcSwap::store`; each
+//! request loads the key once. The key exists only in process memory, as `SecretString` plus
+//! the prebuilt upstream header value.
+
+pub mod file;
+pub mod refresher;
+pub mod store;
+pub mod vault;
+
+
+use futures_util::future::BoxFuture;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+pub use store::{KeyMaterial, SecretStore};
+
+/// A key as fetched, before validation.
+pub struct Fetched {
+    pub secret: SecretString,
+    /// Source-defined version: KV v2 version number, or a content hash.
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretErrorKind {
+    /// Source unreachable or failing (network, 5xx, unreadable file): keep the cached key.
+    Unavailable,
+    /// Access to the secret itself was refused (403 on the secret path): evict the cached key.
+    Forbidden,
+    /// The secret was fetched but is not a usable key (empty, missing field, bad JSON).
+    Invalid,
+}
+
+/// A secret-source failure. `message` never contains secret material.
+#[derive(Debug, Clone)]
+pub struct SecretError {
+    pub kind: SecretErrorKind,
+    pub message: String,
+}
+
+impl SecretError {
+    pub fn new(kind: SecretErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(SecretErrorKind::Unavailable, m)
+    }
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(SecretErrorKind::Invalid, m)
+    }
+}
+
+impl std::fmt::Display for SecretError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+/// One place the key can come from.
+pub trait SecretSource: Send + 'static {
+    /// `file` or `vault`, for logs and audit records.
+    fn kind(&self) -> &'static str;
+    /// Fetch the current key (doing any login/renewal that is due first).
+    fn fetch(&mut self) -> BoxFuture<'_, Result<Fetched, SecretError>>;
+    /// Time until the next scheduled fetch after a successful one.
+    fn interval(&self) -> Duration;
+    /// Secret-source events (logins, renewals) that happened during the last `fetch`,
+    /// for the audit trail.
+    fn drain_events(&mut self) -> Vec<crate::audit::Record> {
+        Vec::new()
+    }
+}
+
+/// Check a key before it may replace the current one.
+pub fn validate_key(key: &str) -> Result<(), SecretError> {
+    if key.is_empty() {
+        return Err(SecretError::invalid("key is empty"));
+    }
+    if key.len() > 8192 {
+        return Err(SecretError::invalid("key is longer than 8192 bytes"));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(SecretError::invalid(
+            "key contains whitespace, control or non-ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Short, stable tag of a key for audit records: the first 16 hex chars of
+/// SHA-256("nimgate-key-fingerprint\0" ‖ key). Identifies a key version; reveals nothing usable.
+pub fn fingerprint(key: &SecretString) -> String {
+    let mut h = Sha256::new();
+    h.update(b"nimgate-key-fingerprint\0");
+    h.update(key.expose_secret().as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+/// Content hash used as `key_version` where the source has no version of its own.
+pub fn content_version(key: &SecretString) -> String {
+    format!("sha256:{}", &fingerprint(key)[..12])
+}

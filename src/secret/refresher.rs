@@ -1,0 +1,146 @@
+//! The background task that keeps the store's key fresh: fetch on a schedule and on demand
+//! (rate-limited, coalesced), back off on errors, record every source event in the audit trail.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use super::{SecretErrorKind, SecretSource, SecretStore};
+use crate::audit::{Audit, Record};
+
+/// Least time between two on-demand (NIM said 401/403) fetches.
+const ON_DEMAND_MIN_GAP: Duration = Duration::from_secs(2);
+
+/// Exponential backoff with ±20 % jitter: 1 s doubling to `max`.
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::getrandom(&mut seed);
+        Self {
+            next: Duration::from_secs(1),
+            max,
+            rng: u64::from_le_bytes(seed) | 1,
+        }
+    }
+    pub fn reset(&mut self) {
+        self.next = Duration::from_secs(1);
+    }
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        // xorshift64 for jitter
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let frac = (self.rng % 401) as f64 / 1000.0 + 0.8; // 0.8 ..= 1.2
+        base.mul_f64(frac)
+    }
+}
+
+pub async fn run(
+    mut src: Box<dyn SecretSource>,
+    store: Arc<SecretStore>,
+    audit: Audit,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let kind = src.kind();
+    let mut backoff = Backoff::new(Duration::from_secs(60));
+    let mut last_on_demand: Option<Instant> = None;
+    loop {
+        let result = src.fetch().await;
+        for ev in src.drain_events() {
+            let _ = audit.record(ev).await;
+        }
+        let delay = match result.and_then(|f| {
+            let version = f.version.clone();
+            store.offer(f).map(|r| (r, version))
+        }) {
+            Ok((rotated, version)) => {
+                backoff.reset();
+                let key = store.peek();
+                let fp = key.as_ref().map(|k| k.fingerprint.clone());
+                match rotated {
+                    Some(old) => {
+                        tracing::info!(source = kind, key_version = %version, old_key_version = ?old.as_deref(), "NIM key loaded");
+                        let mut r = Record::event("secret_rotate");
+                        r.source = Some(kind);
+                        r.key_version = Some(version.into());
+                        r.key_fingerprint = fp;
+                        r.old_key_version = old;
+                        let _ = audit.record(r).await;
+                    }
+                    None if kind != "file" => {
+                        let mut r = Record::event("secret_fetch");
+                        r.source = Some(kind);
+                        r.key_version = Some(version.into());
+                        r.key_fingerprint = fp;
+                        let _ = audit.record(r).await;
+                    }
+                    None => {}
+                }
+                src.interval()
+            }
+            Err(e) => {
+                let n = store.note_failure();
+                let keeping = store.peek().is_some() && e.kind != SecretErrorKind::Forbidden;
+                tracing::error!(source = kind, error = %e.message, consecutive_failures = n, keeping_cached_key = keeping, "NIM key fetch failed");
+                let mut r = Record::event("secret_failure");
+                r.source = Some(kind);
+                r.reason = Some(format!("{:?}", e.kind).to_lowercase());
+                r.detail = Some(e.message.clone());
+                let _ = audit.record(r).await;
+                if e.kind == SecretErrorKind::Forbidden {
+                    if let Some(old) = store.evict() {
+                        tracing::error!(source = kind, key_version = %old.version, "access to the NIM key was revoked: cached key evicted");
+                        let mut r = Record::event("secret_evict");
+                        r.source = Some(kind);
+                        r.key_version = Some(old.version.clone());
+                        r.key_fingerprint = Some(old.fingerprint.clone());
+                        r.reason = Some("forbidden".into());
+                        let _ = audit.record(r).await;
+                    }
+                }
+                backoff.next_delay().min(src.interval().max(Duration::from_secs(1)))
+            }
+        };
+        store.attempt_finished();
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = store.refresh_requested() => {
+                    let since = last_on_demand.map(|t| t.elapsed());
+                    if let Some(gap) = since.filter(|s| *s < ON_DEMAND_MIN_GAP) {
+                        tokio::time::sleep(ON_DEMAND_MIN_GAP - gap).await;
+                    }
+                    last_on_demand = Some(Instant::now());
+                    break;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_max_with_jitter() {
+        let mut b = Backoff::new(Duration::from_secs(8));
+        let d: Vec<f64> = (0..6).map(|_| b.next_delay().as_secs_f64()).collect();
+        for (got, want) in d.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
+            assert!(*got >= want * 0.8 - 1e-9 && *got <= want * 1.2 + 1e-9, "{got} vs {want}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(1200));
+    }
+}

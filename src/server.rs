@@ -1,0 +1,149 @@
+//! Listeners: the client listener (HTTP/1.1 + h2c, or TLS with ALPN h2/http1.1 via hyper-util's
+//! auto builder) and the admin listener; graceful drain on shutdown.
+
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::Service;
+
+use crate::app;
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::health;
+use crate::proxy::RemoteAddr;
+
+/// Bind both listeners from config, run until SIGTERM/SIGINT.
+pub async fn serve(cfg: Config) -> Result<(), String> {
+    let listener = TcpListener::bind(cfg.server.listen)
+        .await
+        .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen))?;
+    run(cfg, listener, admin, shutdown_signal()).await
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Run the gateway on bound listeners until `shutdown` resolves, then drain.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let (audit, writer) = Audit::start(&cfg.audit).map_err(|e| format!("audit.path {}: {e}", cfg.audit.path))?;
+    let (app, source) = app::build(&cfg, audit.clone())?;
+    let app = Arc::new(app);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let refresher = tokio::spawn(crate::secret::refresher::run(
+        source,
+        app.store.clone(),
+        audit.clone(),
+        stop_rx.clone(),
+    ));
+    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(c, k)?)),
+        _ => None,
+    };
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(listen = %addr, admin = %admin_addr, tls = tls.is_some(), upstream = %cfg.upstream.url, clients = app.clients, "nimgate serving");
+    let admin_task = tokio::spawn(health::serve_admin(admin, app.clone(), stop_rx.clone()));
+
+    let builder = conn_builder(&cfg);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = app.service.clone();
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(RemoteAddr(remote));
+            svc.clone().call(req)
+        });
+        match &tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let hs_timeout = cfg.limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let Ok(Ok(tls_stream)) = tokio::time::timeout(hs_timeout, acceptor.accept(stream)).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc).into_owned();
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(grace = ?cfg.server.shutdown_grace, "shutting down: draining in-flight requests");
+    if tokio::time::timeout(cfg.server.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over: closing remaining connections");
+    }
+    let _ = stop_tx.send(true);
+    let _ = refresher.await;
+    let _ = admin_task.await;
+    // Everything queued is written and synced; the writer thread ends with the process.
+    let flushed = audit.flush().await;
+    drop(writer);
+    tracing::info!(audit_flushed = flushed, "stopped");
+    Ok(())
+}
+
+fn conn_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
+    let l = &cfg.limits;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.header_read_timeout)
+        .max_buf_size(l.max_header_bytes.max(8192))
+        .max_headers(l.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(l.max_h2_streams)
+        .max_header_list_size(l.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
