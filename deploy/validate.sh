@@ -17,9 +17,12 @@
 #   checkov     kubernetes + dockerfile frameworks on the rendered overlays and the
 #               Dockerfile, zero failed checks; skips are annotated in the manifests.
 #   hadolint    the Dockerfile, failing on any finding (deploy/hadolint.yaml).
-#   shellcheck  this script and deploy/vault/*.sh.
+#   shell       ShellCheck on this script and deploy/vault/*.sh.
 #   policy      deploy/tests/test_manifests.py: no secret in env, secret volumes in memory,
 #               topology invariants, negative fixtures rejected.
+
+# The step functions below are called indirectly, through step(): not dead code.
+# shellcheck disable=SC2329
 set -euo pipefail
 
 DEPLOY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -85,9 +88,9 @@ setup_venv() {
 # Render into $WORK/rendered; compare with (or, with --update, write) deploy/kubernetes/rendered.
 render() {
   local renderer=() o
-  if command -v kubectl >/dev/null 2>&1; then
+  if command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
     renderer=(kubectl kustomize)
-  elif command -v kustomize >/dev/null 2>&1; then
+  elif command -v kustomize >/dev/null 2>&1 && kustomize version >/dev/null 2>&1; then
     renderer=(kustomize build)
   elif ((UPDATE)); then
     echo "--update needs kubectl or kustomize on PATH" >&2
@@ -157,8 +160,8 @@ checkov_scan() {
   "$VENV/bin/checkov" "${args[@]}" -f Dockerfile --framework kubernetes dockerfile \
     --quiet --compact --skip-download -o cli -o json --output-file-path "$WORK/checkov" \
     >"$WORK/checkov.log" 2>&1 || { cat "$WORK/checkov.log" "$WORK/checkov/results_cli.txt" 2>/dev/null; return 1; }
-  "$VENV/bin/python" - "$WORK/checkov/results_json.json" <<'PY'
-import json, sys
+  "$VENV/bin/python" - "$WORK/checkov/results_json.json" "$RENDERED"/*.yaml Dockerfile <<'PY'
+import json, re, sys, yaml
 data = json.load(open(sys.argv[1], encoding="utf-8"))
 failed = 0
 for rep in data if isinstance(data, list) else [data]:
@@ -166,10 +169,20 @@ for rep in data if isinstance(data, list) else [data]:
     failed += s["failed"] + s["parsing_errors"]
     print(f"checkov {rep['check_type']}: {s['passed']} passed, {s['failed']} failed, "
           f"{s['skipped']} skipped, {s['parsing_errors']} parsing errors")
-    for c in rep["results"].get("skipped_checks", []):
-        print(f"  skipped {c['check_id']} on {c['resource']}: {c['check_result'].get('suppress_comment')}")
     for c in rep["results"].get("failed_checks", []):
         print(f"  FAILED {c['check_id']} {c['check_name']} on {c['resource']} ({c['file_path']})")
+# The skips, with their reasons, as written in the files scanned.
+for path in sys.argv[2:]:
+    text = open(path, encoding="utf-8").read()
+    if path.endswith(".yaml"):
+        for d in yaml.safe_load_all(text):
+            meta = (d or {}).get("metadata") or {}
+            for k, v in (meta.get("annotations") or {}).items():
+                if k.startswith("checkov.io/skip"):
+                    print(f"  skip in {path}: {d['kind']}/{meta.get('name')}: {v}")
+    else:
+        for m in re.finditer(r"#\s*checkov:skip=(\S+?):\s*(.*)", text):
+            print(f"  skip in {path}: {m.group(1)}: {m.group(2)}")
 sys.exit(1 if failed else 0)
 PY
 }
@@ -180,8 +193,9 @@ hadolint_scan() {
 }
 
 shellcheck_scan() {
-  "$VENV/bin/shellcheck" deploy/validate.sh deploy/vault/*.sh
-  echo "shellcheck: $(ls deploy/validate.sh deploy/vault/*.sh | wc -l) scripts clean"
+  local scripts=(deploy/validate.sh deploy/vault/*.sh)
+  "$VENV/bin/shellcheck" "${scripts[@]}"
+  echo "shellcheck: ${#scripts[@]} scripts clean"
 }
 
 policy() {

@@ -63,7 +63,13 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Box<dyn SecretSource>),
         retry_on_auth_failure: cfg.upstream.retry_on_auth_failure,
         max_concurrent: cfg.limits.max_concurrent_requests,
     };
-    let proxy = ProxyService::new(upstream, store.clone(), audit.clone(), metrics.clone(), settings);
+    let proxy = ProxyService::new(
+        upstream,
+        store.clone(),
+        audit.clone(),
+        metrics.clone(),
+        settings,
+    );
     let stack = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,

@@ -11,7 +11,11 @@ use crate::config;
 pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "nimgate", version, about = "Authenticating gateway that keeps the NVIDIA NIM API key out of env vars")]
+#[command(
+    name = "nimgate",
+    version,
+    about = "Authenticating gateway that keeps the NVIDIA NIM API key out of env vars"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -93,13 +97,23 @@ pub fn main() -> ExitCode {
             crate::telemetry::init_logging();
             runtime(cfg.server.workers, crate::server::serve(cfg))
         }
-        Cmd::Keys { cmd: KeysCmd::New { id } } => {
-            if id.is_empty() || id.len() > 128 || id.contains(['"', '\\']) || id.chars().any(char::is_control) {
-                eprintln!("error: --id must be 1–128 printable characters without quotes or backslashes");
+        Cmd::Keys {
+            cmd: KeysCmd::New { id },
+        } => {
+            if id.is_empty()
+                || id.len() > 128
+                || id.contains(['"', '\\'])
+                || id.chars().any(char::is_control)
+            {
+                eprintln!(
+                    "error: --id must be 1–128 printable characters without quotes or backslashes"
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
             let key = new_client_key();
-            println!("# Client key for {id:?}: give it to the client now, it is not stored anywhere.");
+            println!(
+                "# Client key for {id:?}: give it to the client now, it is not stored anywhere."
+            );
             println!("# {key}");
             println!();
             println!("[[clients]]");
@@ -107,7 +121,9 @@ pub fn main() -> ExitCode {
             println!("key_sha256 = \"{}\"", crate::auth::key_digest_hex(&key));
             ExitCode::SUCCESS
         }
-        Cmd::Audit { cmd: AuditCmd::Verify { files } } => {
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { files },
+        } => {
             let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
             match crate::audit::verify::verify_files(&paths) {
                 Ok(s) => {
@@ -116,7 +132,11 @@ pub fn main() -> ExitCode {
                         s.records,
                         s.first_seq.map_or("-".into(), |v| v.to_string()),
                         s.last_seq.map_or("-".into(), |v| v.to_string()),
-                        if s.partial_start { " (chain starts mid-way: earlier files not given)" } else { "" }
+                        if s.partial_start {
+                            " (chain starts mid-way: earlier files not given)"
+                        } else {
+                            ""
+                        }
                     );
                     ExitCode::SUCCESS
                 }
@@ -126,7 +146,10 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Demo { listen, admin_listen } => {
+        Cmd::Demo {
+            listen,
+            admin_listen,
+        } => {
             crate::telemetry::init_logging();
             runtime(0, crate::demo::run(listen, admin_listen))
         }

@@ -12,13 +12,19 @@ use crate::fakenim::FakeNim;
 
 pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String> {
     let nim_key = format!("nvapi-demo-{}", &crate::cli::new_client_key()[4..]);
-    let nim_listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let nim_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let nim_addr = nim_listener.local_addr().map_err(|e| e.to_string())?;
     let nim = FakeNim::new(vec![nim_key.clone()], Duration::from_millis(150), false);
     tokio::spawn(nim.serve(nim_listener));
 
     // In memory where possible, as a Vault Agent's emptyDir(medium: Memory) would be.
-    let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
     let dir = base.join(format!("nimgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let key_file = dir.join("nim-api-key");
@@ -31,7 +37,8 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), Str
         .and_then(|mut f| f.write_all(format!("{nim_key}\n").as_bytes()))
         .map_err(|e| format!("{}: {e}", key_file.display()))?;
     drop(nim_key);
-    let audit_path = std::env::temp_dir().join(format!("nimgate-demo-{}-audit.jsonl", std::process::id()));
+    let audit_path =
+        std::env::temp_dir().join(format!("nimgate-demo-{}-audit.jsonl", std::process::id()));
 
     let client_key = crate::cli::new_client_key();
     let toml = format!(
@@ -56,10 +63,12 @@ path = "{audit}"
         audit = audit_path.display(),
     );
     let cfg = crate::config::parse(&toml).map_err(|e| format!("{e:?}"))?;
-    let listener = TcpListener::bind(listen).await.map_err(|e| format!("--listen {listen}: {e} (pick another with --listen)"))?;
-    let admin = TcpListener::bind(admin_listen)
+    let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("--admin-listen {admin_listen}: {e} (pick another with --admin-listen)"))?;
+        .map_err(|e| format!("--listen {listen}: {e} (pick another with --listen)"))?;
+    let admin = TcpListener::bind(admin_listen).await.map_err(|e| {
+        format!("--admin-listen {admin_listen}: {e} (pick another with --admin-listen)")
+    })?;
     let gw = listener.local_addr().map_err(|e| e.to_string())?;
     let adm = admin.local_addr().map_err(|e| e.to_string())?;
     println!(

@@ -137,7 +137,10 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         if let Self::RateLimited { retry_after_secs } = self {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
         }
         if self == Self::Unauthenticated {
             h.insert(

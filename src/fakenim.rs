@@ -66,7 +66,9 @@ impl FakeNim {
     /// Serve on `listener` (HTTP/1.1 and h2c) forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let nim = self.clone();
             tokio::spawn(async move {
@@ -84,7 +86,11 @@ impl FakeNim {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<FakeBody> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         if self.record {
             if let Ok(mut s) = self.seen.lock() {
                 s.push(Seen {
@@ -97,7 +103,10 @@ impl FakeNim {
             }
         }
         let h = &parts.headers;
-        if let Some(ms) = h.get("x-fake-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()) {
+        if let Some(ms) = h
+            .get("x-fake-delay-ms")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         if let Some(loc) = h.get("x-fake-redirect") {
@@ -106,8 +115,14 @@ impl FakeNim {
             r.headers_mut().insert(header::LOCATION, loc.clone());
             return r;
         }
-        if let Some(code) = h.get("x-fake-status").and_then(|v| v.to_str().ok()?.parse().ok()) {
-            return error(StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT), "forced status");
+        if let Some(code) = h
+            .get("x-fake-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            return error(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT),
+                "forced status",
+            );
         }
         let path = parts.uri.path();
         if path.starts_with("/v1/health/") {
@@ -117,20 +132,26 @@ impl FakeNim {
             return error(StatusCode::UNAUTHORIZED, "invalid NIM API key");
         }
         let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let model = req_json["model"].as_str().unwrap_or("meta/llama-3.1-8b-instruct").to_string();
+        let model = req_json["model"]
+            .as_str()
+            .unwrap_or("meta/llama-3.1-8b-instruct")
+            .to_string();
         match (&parts.method, path) {
             (&Method::GET, "/v1/models") => ok_json(json!({
                 "object": "list",
                 "data": [{"id": "meta/llama-3.1-8b-instruct", "object": "model", "created": 1_700_000_000, "owned_by": "system", "root": "meta/llama-3.1-8b-instruct", "parent": null, "max_model_len": 131_072}]
             })),
-            (&Method::GET, "/v1/metadata") => ok_json(json!({"version": "1.3.3", "modelInfo": [{"shortName": "llama-3.1-8b-instruct"}]})),
+            (&Method::GET, "/v1/metadata") => ok_json(
+                json!({"version": "1.3.3", "modelInfo": [{"shortName": "llama-3.1-8b-instruct"}]}),
+            ),
             (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/v1/completions") => {
                 let chat = path.ends_with("chat/completions");
                 if req_json["stream"].as_bool() == Some(true) {
                     let usage = req_json["stream_options"]["include_usage"].as_bool() == Some(true);
                     return self.stream(model, chat, usage);
                 }
-                let usage = json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17});
+                let usage =
+                    json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17});
                 if chat {
                     ok_json(json!({
                         "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
@@ -155,12 +176,17 @@ impl FakeNim {
     }
 
     fn authorized(&self, h: &HeaderMap) -> bool {
-        let Ok(keys) = self.keys.lock() else { return false };
+        let Ok(keys) = self.keys.lock() else {
+            return false;
+        };
         if keys.is_empty() {
             return true;
         }
         let got: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
-        got.len() == 1 && keys.iter().any(|k| got[0].as_bytes() == format!("Bearer {k}").as_bytes())
+        got.len() == 1
+            && keys
+                .iter()
+                .any(|k| got[0].as_bytes() == format!("Bearer {k}").as_bytes())
     }
 
     fn stream(self: Arc<Self>, model: String, chat: bool, usage: bool) -> Response<FakeBody> {
@@ -180,7 +206,11 @@ impl FakeNim {
                 if i > 0 && !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                if tx.send(Bytes::from(format!("data: {chunk}\n\n"))).await.is_err() {
+                if tx
+                    .send(Bytes::from(format!("data: {chunk}\n\n")))
+                    .await
+                    .is_err()
+                {
                     nim.streams_cancelled.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -190,15 +220,25 @@ impl FakeNim {
                                "usage": {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}});
                 let _ = tx.send(Bytes::from(format!("data: {u}\n\n"))).await;
             }
-            if tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await.is_err() {
+            if tx
+                .send(Bytes::from_static(b"data: [DONE]\n\n"))
+                .await
+                .is_err()
+            {
                 nim.streams_cancelled.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             nim.streams_completed.fetch_add(1, Ordering::Relaxed);
         });
         let mut r = Response::new(FakeBody::Channel(rx));
-        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream; charset=utf-8"));
-        r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-cache"),
+        );
         r
     }
 }
@@ -217,7 +257,10 @@ impl FakeBody {
 impl hyper::body::Body for FakeBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
@@ -225,7 +268,9 @@ impl hyper::body::Body for FakeBody {
     }
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            Self::Full(b) => http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Full(b) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Self::Channel(_) => http_body::SizeHint::default(),
         }
     }
@@ -233,12 +278,17 @@ impl hyper::body::Body for FakeBody {
 
 fn ok_json(v: Value) -> Response<FakeBody> {
     let mut r = Response::new(FakeBody::full(Bytes::from(v.to_string())));
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn error(status: StatusCode, msg: &str) -> Response<FakeBody> {
-    let mut r = ok_json(json!({"error": {"message": msg, "type": "invalid_request_error", "code": status.as_u16()}}));
+    let mut r = ok_json(
+        json!({"error": {"message": msg, "type": "invalid_request_error", "code": status.as_u16()}}),
+    );
     *r.status_mut() = status;
     r
 }

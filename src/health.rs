@@ -46,7 +46,11 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             };
             let audit = if app.audit.healthy() { "ok" } else { "failing" };
             let ok = key == "ok" && audit == "ok";
-            let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             json(
                 status,
                 format!(
@@ -56,7 +60,9 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(app.metrics.render(&app.store, &app.audit))));
+            let mut r = Response::new(Full::new(Bytes::from(
+                app.metrics.render(&app.store, &app.audit),
+            )));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),

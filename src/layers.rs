@@ -81,7 +81,10 @@ pub struct AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, cfg: self.clone() }
+        AuthService {
+            inner,
+            cfg: self.clone(),
+        }
     }
 }
 
@@ -116,7 +119,10 @@ where
                 let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
                 let mut r = Record::event("denied");
                 r.request_id = id.as_ref().and_then(|v| v.to_str().ok()).map(String::from);
-                r.remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.0.to_string());
+                r.remote_addr = req
+                    .extensions()
+                    .get::<RemoteAddr>()
+                    .map(|a| a.0.to_string());
                 r.method = Some(req.method().as_str().to_string());
                 r.path = Some(req.uri().path().chars().take(512).collect());
                 r.status = Some(401);

@@ -49,7 +49,8 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let (audit, writer) = Audit::start(&cfg.audit).map_err(|e| format!("audit.path {}: {e}", cfg.audit.path))?;
+    let (audit, writer) =
+        Audit::start(&cfg.audit).map_err(|e| format!("audit.path {}: {e}", cfg.audit.path))?;
     let (app, source) = app::build(&cfg, audit.clone())?;
     let app = Arc::new(app);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -60,7 +61,9 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(c, k)?)),
+        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            c, k,
+        )?)),
         _ => None,
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -91,7 +94,9 @@ pub async fn run(
         });
         match &tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -103,10 +108,14 @@ pub async fn run(
                 let watcher = graceful.watcher();
                 let hs_timeout = cfg.limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let Ok(Ok(tls_stream)) = tokio::time::timeout(hs_timeout, acceptor.accept(stream)).await else {
+                    let Ok(Ok(tls_stream)) =
+                        tokio::time::timeout(hs_timeout, acceptor.accept(stream)).await
+                    else {
                         return;
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc).into_owned();
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), svc)
+                        .into_owned();
                     let _ = watcher.watch(conn).await;
                 });
             }
@@ -114,7 +123,10 @@ pub async fn run(
     }
     drop(listener);
     tracing::info!(grace = ?cfg.server.shutdown_grace, "shutting down: draining in-flight requests");
-    if tokio::time::timeout(cfg.server.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(cfg.server.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over: closing remaining connections");
     }
     let _ = stop_tx.send(true);

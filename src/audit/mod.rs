@@ -44,7 +44,9 @@ struct Inner {
 
 impl Audit {
     /// Start the writer thread. An unopenable audit file is a start-up error.
-    pub fn start(cfg: &AuditConfig) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
+    pub fn start(
+        cfg: &AuditConfig,
+    ) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
         if !cfg.enabled {
             tracing::warn!("audit trail DISABLED (audit.enabled = false): key use is not recorded");
             return Ok((Self { inner: None }, None));
@@ -57,7 +59,11 @@ impl Audit {
         });
         let (tx, rx) = mpsc::channel();
         let handle = writer::spawn(cfg, shared.clone(), rx)?;
-        let inner = Arc::new(Inner { tx, shared, max_wait: cfg.max_wait });
+        let inner = Arc::new(Inner {
+            tx,
+            shared,
+            max_wait: cfg.max_wait,
+        });
         Ok((Self { inner: Some(inner) }, Some(handle)))
     }
 
@@ -100,7 +106,14 @@ impl Audit {
             .map_err(|_| AuditError::WriteFailed)?;
         permit.forget();
         let (ack_tx, ack_rx) = oneshot::channel();
-        if i.tx.send(Msg::Rec { rec, ack: Some(ack_tx), permit: true }).is_err() {
+        if i.tx
+            .send(Msg::Rec {
+                rec,
+                ack: Some(ack_tx),
+                permit: true,
+            })
+            .is_err()
+        {
             i.shared.permits.add_permits(1);
             return Err(AuditError::WriteFailed);
         }
@@ -120,7 +133,14 @@ impl Audit {
             .map_err(|_| AuditError::Timeout)?
             .map_err(|_| AuditError::WriteFailed)?;
         permit.forget();
-        if i.tx.send(Msg::Rec { rec, ack: None, permit: true }).is_err() {
+        if i.tx
+            .send(Msg::Rec {
+                rec,
+                ack: None,
+                permit: true,
+            })
+            .is_err()
+        {
             i.shared.permits.add_permits(1);
             return Err(AuditError::WriteFailed);
         }
@@ -130,7 +150,11 @@ impl Audit {
     /// Queue a `done` record (never waits: its `use` already held queue room).
     pub fn record_done(&self, rec: Record) {
         if let Some(i) = &self.inner {
-            let _ = i.tx.send(Msg::Rec { rec, ack: None, permit: false });
+            let _ = i.tx.send(Msg::Rec {
+                rec,
+                ack: None,
+                permit: false,
+            });
         }
     }
 

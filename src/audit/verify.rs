@@ -27,7 +27,8 @@ pub fn verify_files(files: &[&Path]) -> Result<Summary, String> {
     let mut s = Summary::default();
     let mut prev: Option<(u64, String, String)> = None;
     for path in files {
-        let f = std::fs::File::open(path).map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
+        let f = std::fs::File::open(path)
+            .map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
         let mut reader = BufReader::new(f);
         let mut line = Vec::new();
         let mut n = 0u64;
@@ -45,8 +46,9 @@ pub fn verify_files(files: &[&Path]) -> Result<Summary, String> {
                 return Err(format!("{at}: truncated record (no line end)"));
             }
             line.pop();
-            let link: Link = serde_json::from_slice(&line)
-                .map_err(|e| format!("{at}: not an audit record ({e}); the line was edited or corrupted"))?;
+            let link: Link = serde_json::from_slice(&line).map_err(|e| {
+                format!("{at}: not an audit record ({e}); the line was edited or corrupted")
+            })?;
             match &prev {
                 None => {
                     s.first_seq = Some(link.seq);
@@ -61,14 +63,21 @@ pub fn verify_files(files: &[&Path]) -> Result<Summary, String> {
                 Some((pseq, phash, pat)) => {
                     if link.seq != pseq + 1 {
                         let what = if link.seq > pseq + 1 {
-                            format!("records missing: expected seq {}, found {} ({} record(s) deleted)", pseq + 1, link.seq, link.seq - pseq - 1)
+                            format!(
+                                "records missing: expected seq {}, found {} ({} record(s) deleted)",
+                                pseq + 1,
+                                link.seq,
+                                link.seq - pseq - 1
+                            )
                         } else {
                             format!("out of order: expected seq {}, found {} (records reordered, duplicated or the chain restarted)", pseq + 1, link.seq)
                         };
                         return Err(format!("{at}: {what}"));
                     }
                     if &link.prev_hash != phash {
-                        return Err(format!("{at}: prev_hash does not match the previous record: {pat} was edited"));
+                        return Err(format!(
+                            "{at}: prev_hash does not match the previous record: {pat} was edited"
+                        ));
                     }
                 }
             }

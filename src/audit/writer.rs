@@ -23,6 +23,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const MAX_BATCH: usize = 4096;
 const RETRY_TICK: Duration = Duration::from_millis(250);
 
+// Records are moved once into the queue; `Flush` is rare, so boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
     Rec {
         rec: Record,
@@ -44,7 +46,11 @@ pub struct Shared {
 }
 
 enum Sink {
-    File { path: PathBuf, file: Option<File>, len: u64 },
+    File {
+        path: PathBuf,
+        file: Option<File>,
+        len: u64,
+    },
     Stdout,
 }
 
@@ -71,11 +77,24 @@ pub(crate) fn spawn(
     rx: Receiver<Msg>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let (sink, chain) = if cfg.path == "-" {
-        (Sink::Stdout, Chain { next_seq: 0, prev: GENESIS.into() })
+        (
+            Sink::Stdout,
+            Chain {
+                next_seq: 0,
+                prev: GENESIS.into(),
+            },
+        )
     } else {
         let path = PathBuf::from(&cfg.path);
         let (file, len, chain) = open_and_recover(&path)?;
-        (Sink::File { path, file: Some(file), len }, chain)
+        (
+            Sink::File {
+                path,
+                file: Some(file),
+                len,
+            },
+            chain,
+        )
     };
     let mut w = Writer {
         sink,
@@ -88,15 +107,27 @@ pub(crate) fn spawn(
         buf: Vec::with_capacity(64 * 1024),
     };
     let mut start = Record::event("start");
-    start.detail = Some(format!("nimgate {} pid {}", env!("CARGO_PKG_VERSION"), std::process::id()));
-    w.pending.push(Msg::Rec { rec: start, ack: None, permit: false });
+    start.detail = Some(format!(
+        "nimgate {} pid {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    ));
+    w.pending.push(Msg::Rec {
+        rec: start,
+        ack: None,
+        permit: false,
+    });
     std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || w.run(rx))
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).read(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
 }
 
 /// Open for append; find `seq` and hash of the last complete line (in this file or, if it is
@@ -105,7 +136,14 @@ fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
     let mut file = open_append(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Ok((file, 0, Chain { next_seq: 0, prev: GENESIS.into() }));
+        return Ok((
+            file,
+            0,
+            Chain {
+                next_seq: 0,
+                prev: GENESIS.into(),
+            },
+        ));
     }
     let mut len = meta.len();
     let mut last = last_line(&mut file, len)?;
@@ -133,11 +171,20 @@ fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
                 seq: u64,
             }
             let seq: Seq = serde_json::from_slice(&line).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("last audit line is not a record: {e}"))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("last audit line is not a record: {e}"),
+                )
             })?;
-            Chain { next_seq: seq.seq + 1, prev: hex::encode(Sha256::digest(&line)) }
+            Chain {
+                next_seq: seq.seq + 1,
+                prev: hex::encode(Sha256::digest(&line)),
+            }
         }
-        _ => Chain { next_seq: 0, prev: GENESIS.into() },
+        _ => Chain {
+            next_seq: 0,
+            prev: GENESIS.into(),
+        },
     };
     Ok((file, len, chain))
 }
@@ -152,7 +199,9 @@ fn last_line(file: &mut File, len: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
         let start = len.saturating_sub(window);
         file.seek(SeekFrom::Start(start))?;
         let mut tail = Vec::with_capacity((len - start) as usize);
-        Read::by_ref(file).take(len - start).read_to_end(&mut tail)?;
+        Read::by_ref(file)
+            .take(len - start)
+            .read_to_end(&mut tail)?;
         // End of the last complete line.
         let Some(end) = tail.iter().rposition(|&b| b == b'\n') else {
             if start == 0 {
@@ -182,7 +231,9 @@ impl Writer {
             let timeout = if !self.pending.is_empty() {
                 RETRY_TICK
             } else if self.dirty && self.cfg.fsync == FsyncPolicy::Interval {
-                self.cfg.fsync_interval.saturating_sub(self.last_sync.elapsed())
+                self.cfg
+                    .fsync_interval
+                    .saturating_sub(self.last_sync.elapsed())
             } else {
                 Duration::from_secs(3600)
             };
@@ -237,7 +288,11 @@ impl Writer {
                 }
             }
         }
-        let result = if self.buf.is_empty() { Ok(()) } else { self.write_buf() };
+        let result = if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.write_buf()
+        };
         let ok = result.is_ok();
         let mut released = 0;
         if let Err(e) = result {
@@ -249,7 +304,11 @@ impl Writer {
             self.chain.prev = saved_prev;
             let mut failure = Record::event("audit_failure");
             failure.reason = Some(format!("{:?}", e.kind()));
-            let mut keep = vec![Msg::Rec { rec: failure, ack: None, permit: false }];
+            let mut keep = vec![Msg::Rec {
+                rec: failure,
+                ack: None,
+                permit: false,
+            }];
             for (rec, ack, permit) in recs {
                 match ack {
                     Some(a) => {
@@ -257,12 +316,18 @@ impl Writer {
                         released += usize::from(permit);
                     }
                     None if rec.event == "audit_failure" => released += usize::from(permit),
-                    None => keep.push(Msg::Rec { rec, ack: None, permit }),
+                    None => keep.push(Msg::Rec {
+                        rec,
+                        ack: None,
+                        permit,
+                    }),
                 }
             }
             self.pending = keep;
         } else {
-            self.shared.records.fetch_add(recs.len() as u64, Ordering::Relaxed);
+            self.shared
+                .records
+                .fetch_add(recs.len() as u64, Ordering::Relaxed);
             if !self.shared.healthy.swap(true, Ordering::AcqRel) {
                 tracing::info!("audit writes succeed again");
             }
@@ -313,7 +378,10 @@ impl Writer {
                 out.flush()
             }
             Sink::File { path, file, len } => {
-                if self.cfg.max_bytes > 0 && *len > 0 && *len + self.buf.len() as u64 > self.cfg.max_bytes {
+                if self.cfg.max_bytes > 0
+                    && *len > 0
+                    && *len + self.buf.len() as u64 > self.cfg.max_bytes
+                {
                     if let Some(f) = file.take() {
                         let _ = f.sync_all();
                     }
@@ -328,7 +396,13 @@ impl Writer {
                 let Some(f) = file.as_mut() else {
                     return Err(io::Error::other("audit file not open"));
                 };
-                let r = f.write_all(&self.buf).and_then(|_| if batch_sync { f.sync_data() } else { Ok(()) });
+                let r = f.write_all(&self.buf).and_then(|_| {
+                    if batch_sync {
+                        f.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                });
                 match r {
                     Ok(()) => {
                         *len += self.buf.len() as u64;

@@ -61,7 +61,9 @@ impl ClientRegistry {
             .filter_map(|c| {
                 let mut d = [0u8; 32];
                 hex::decode_to_slice(c.key_sha256.to_ascii_lowercase(), &mut d).ok()?;
-                let limiter = c.rpm.map(|rpm| Gcra::per_minute(rpm, c.burst.unwrap_or(rpm)));
+                let limiter = c
+                    .rpm
+                    .map(|rpm| Gcra::per_minute(rpm, c.burst.unwrap_or(rpm)));
                 let concurrency = c
                     .max_concurrent
                     .map(|n| Arc::new(Semaphore::new(n as usize)));
@@ -157,20 +159,34 @@ mod tests {
         assert_eq!(bearer_token(b"Bearerabc"), None);
         assert_eq!(bearer_token(b"Basic abc"), None);
         assert_eq!(bearer_token(b"Bearer a b"), None);
-        assert_eq!(bearer_token(&[b'B', b'e', b'a', b'r', b'e', b'r', b' ', 0xff]), None);
+        assert_eq!(
+            bearer_token(&[b'B', b'e', b'a', b'r', b'e', b'r', b' ', 0xff]),
+            None
+        );
     }
 
     #[test]
     fn lookup_by_digest() {
         let r = registry();
-        assert_eq!(&*r.authenticate(&headers(&["Bearer ngk_secret"])).unwrap().0.id, "team-a");
-        assert_eq!(r.authenticate(&headers(&[])).unwrap_err(), AuthFailure::Missing);
         assert_eq!(
-            r.authenticate(&headers(&["Bearer ngk_secreT"])).unwrap_err(),
+            &*r.authenticate(&headers(&["Bearer ngk_secret"]))
+                .unwrap()
+                .0
+                .id,
+            "team-a"
+        );
+        assert_eq!(
+            r.authenticate(&headers(&[])).unwrap_err(),
+            AuthFailure::Missing
+        );
+        assert_eq!(
+            r.authenticate(&headers(&["Bearer ngk_secreT"]))
+                .unwrap_err(),
             AuthFailure::Unknown
         );
         assert_eq!(
-            r.authenticate(&headers(&["Bearer ngk_secret", "Bearer ngk_secret"])).unwrap_err(),
+            r.authenticate(&headers(&["Bearer ngk_secret", "Bearer ngk_secret"]))
+                .unwrap_err(),
             AuthFailure::Malformed
         );
     }

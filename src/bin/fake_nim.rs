@@ -13,7 +13,9 @@ fn main() -> std::process::ExitCode {
         match a.as_str() {
             "--listen" => listen = args.next().unwrap_or(listen),
             "--key-file" => key_file = args.next(),
-            "--sse-delay-ms" => delay_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(delay_ms),
+            "--sse-delay-ms" => {
+                delay_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(delay_ms)
+            }
             "--sse-events" => events = args.next().and_then(|v| v.parse().ok()).unwrap_or(events),
             _ => {
                 eprintln!("usage: fake-nim [--listen ADDR] [--key-file FILE] [--sse-delay-ms N] [--sse-events N]");
@@ -31,7 +33,10 @@ fn main() -> std::process::ExitCode {
         },
         None => Vec::new(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fake-nim: {e}");
@@ -46,9 +51,13 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        println!("fake-nim listening on {}", l.local_addr().map(|a| a.to_string()).unwrap_or(listen));
+        println!(
+            "fake-nim listening on {}",
+            l.local_addr().map(|a| a.to_string()).unwrap_or(listen)
+        );
         let nim = nimgate::fakenim::FakeNim::new(keys, Duration::from_millis(delay_ms), false);
-        nim.sse_events.store(events, std::sync::atomic::Ordering::Relaxed);
+        nim.sse_events
+            .store(events, std::sync::atomic::Ordering::Relaxed);
         nim.serve(l).await;
         std::process::ExitCode::SUCCESS
     })

@@ -4,7 +4,6 @@
 use super::types::Config;
 use super::ConfigError;
 
-
 pub fn apply_overlay(
     cfg: &mut Config,
     get: impl Fn(&str) -> Option<String>,

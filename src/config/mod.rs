@@ -51,7 +51,8 @@ fn field_at(text: &str, offset: usize) -> String {
         .rev()
         .find_map(|l| {
             let l = l.trim();
-            l.starts_with('[').then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
+            l.starts_with('[')
+                .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
         })
         .unwrap_or_default();
     let line = text[before.rfind('\n').map_or(0, |i| i + 1)..]

@@ -100,6 +100,7 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "source", rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // built once at start-up
 pub enum SecretConfig {
     File(FileSecretConfig),
     Vault(VaultSecretConfig),

@@ -45,10 +45,7 @@ impl Config {
         let mut err = |f: &str, m: String| errs.push(ConfigError::new(f, m));
 
         if self.server.listen == self.admin.listen {
-            err(
-                "admin.listen",
-                "must differ from server.listen".to_string(),
-            );
+            err("admin.listen", "must differ from server.listen".to_string());
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             err(
@@ -57,7 +54,10 @@ impl Config {
             );
         }
         if self.server.route_prefixes.is_empty() {
-            err("server.route_prefixes", "must list at least one prefix".into());
+            err(
+                "server.route_prefixes",
+                "must list at least one prefix".into(),
+            );
         }
         for p in &self.server.route_prefixes {
             if !p.starts_with('/') || !p.ends_with('/') || p.contains("..") {
@@ -86,10 +86,9 @@ impl Config {
             Err(e) => err("upstream.url", format!("not a valid URL: {e}")),
         }
         match http::HeaderName::from_bytes(self.upstream.auth_header.as_bytes()) {
-            Ok(h) if FORBIDDEN_AUTH_HEADERS.contains(&h.as_str()) => err(
-                "upstream.auth_header",
-                format!("{h} cannot carry the key"),
-            ),
+            Ok(h) if FORBIDDEN_AUTH_HEADERS.contains(&h.as_str()) => {
+                err("upstream.auth_header", format!("{h} cannot carry the key"))
+            }
             Ok(_) => {}
             Err(_) => err("upstream.auth_header", "not a valid header name".into()),
         }
@@ -101,10 +100,7 @@ impl Config {
         } else if http::HeaderValue::from_str(&self.upstream.auth_value.replace("{key}", "k"))
             .is_err()
         {
-            err(
-                "upstream.auth_value",
-                "must be a valid header value".into(),
-            );
+            err("upstream.auth_value", "must be a valid header value".into());
         }
         if self.upstream.connect_timeout.is_zero() {
             err("upstream.connect_timeout", "must be greater than 0".into());
@@ -133,12 +129,18 @@ impl Config {
             }
             let d = c.key_sha256.to_ascii_lowercase();
             if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-                err(&f("key_sha256"), "must be 64 hex characters (a SHA-256 digest)".into());
+                err(
+                    &f("key_sha256"),
+                    "must be 64 hex characters (a SHA-256 digest)".into(),
+                );
             } else if !digests.insert(d) {
                 err(&f("key_sha256"), "same digest as another client".into());
             }
             if c.rpm == Some(0) {
-                err(&f("rpm"), "must be at least 1 (omit it for no limit)".into());
+                err(
+                    &f("rpm"),
+                    "must be at least 1 (omit it for no limit)".into(),
+                );
             }
             if c.burst == Some(0) {
                 err(&f("burst"), "must be at least 1".into());
@@ -150,7 +152,10 @@ impl Config {
 
         let a = &self.audit;
         if a.path.is_empty() {
-            err("audit.path", "must be a file path or \"-\" for stdout".into());
+            err(
+                "audit.path",
+                "must be a file path or \"-\" for stdout".into(),
+            );
         }
         if a.queue == 0 {
             err("audit.queue", "must be at least 1".into());
@@ -159,7 +164,10 @@ impl Config {
             err("audit.max_wait", "must be greater than 0".into());
         }
         if a.max_bytes > 0 && a.keep == 0 {
-            err("audit.keep", "must be at least 1 when max_bytes is set".into());
+            err(
+                "audit.keep",
+                "must be at least 1 when max_bytes is set".into(),
+            );
         }
 
         let l = &self.limits;
@@ -170,13 +178,19 @@ impl Config {
             err("limits.max_headers", "must be at least 1".into());
         }
         if l.max_concurrent_requests == 0 {
-            err("limits.max_concurrent_requests", "must be at least 1".into());
+            err(
+                "limits.max_concurrent_requests",
+                "must be at least 1".into(),
+            );
         }
         if l.max_h2_streams == 0 {
             err("limits.max_h2_streams", "must be at least 1".into());
         }
         if l.header_read_timeout.is_zero() {
-            err("limits.header_read_timeout", "must be greater than 0".into());
+            err(
+                "limits.header_read_timeout",
+                "must be greater than 0".into(),
+            );
         }
         errs
     }
@@ -189,7 +203,10 @@ impl Config {
                 }
                 if let Some(p) = &f.json_pointer {
                     if !p.starts_with('/') {
-                        err("secret.json_pointer", "must start with '/' (RFC 6901)".into());
+                        err(
+                            "secret.json_pointer",
+                            "must start with '/' (RFC 6901)".into(),
+                        );
                     }
                 }
                 if f.poll_interval.is_zero() {

@@ -124,7 +124,9 @@ impl Body for GatewayBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Self::Upstream { inner, .. } => inner.size_hint(),
         }
     }
@@ -132,8 +134,16 @@ impl Body for GatewayBody {
 
 /// Watches response bytes go by for `usage` and `model`, without holding up any of them.
 enum Sniffer {
-    Json { chunks: Vec<Bytes>, size: usize, overflow: bool },
-    Sse { carry: BytesMut, usage: Option<Usage>, model: Option<String> },
+    Json {
+        chunks: Vec<Bytes>,
+        size: usize,
+        overflow: bool,
+    },
+    Sse {
+        carry: BytesMut,
+        usage: Option<Usage>,
+        model: Option<String>,
+    },
 }
 
 const JSON_SNIFF_MAX: usize = 1 << 20;
@@ -168,15 +178,27 @@ impl<'de> serde::Deserialize<'de> for Usage {
 
 impl Sniffer {
     fn json() -> Self {
-        Self::Json { chunks: Vec::new(), size: 0, overflow: false }
+        Self::Json {
+            chunks: Vec::new(),
+            size: 0,
+            overflow: false,
+        }
     }
     fn sse() -> Self {
-        Self::Sse { carry: BytesMut::new(), usage: None, model: None }
+        Self::Sse {
+            carry: BytesMut::new(),
+            usage: None,
+            model: None,
+        }
     }
 
     fn feed(&mut self, d: &Bytes) {
         match self {
-            Self::Json { chunks, size, overflow } => {
+            Self::Json {
+                chunks,
+                size,
+                overflow,
+            } => {
                 if *overflow {
                     return;
                 }
@@ -188,7 +210,11 @@ impl Sniffer {
                     chunks.push(d.clone());
                 }
             }
-            Self::Sse { carry, usage, model } => {
+            Self::Sse {
+                carry,
+                usage,
+                model,
+            } => {
                 let mut rest: &[u8] = d;
                 while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
                     let line: &[u8] = if carry.is_empty() {
@@ -210,7 +236,11 @@ impl Sniffer {
 
     fn result(&mut self) -> (Option<Usage>, Option<String>) {
         match self {
-            Self::Json { chunks, overflow: false, .. } if !chunks.is_empty() => {
+            Self::Json {
+                chunks,
+                overflow: false,
+                ..
+            } if !chunks.is_empty() => {
                 let mut all = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
                 for c in chunks.drain(..) {
                     all.extend_from_slice(&c);
@@ -226,7 +256,9 @@ impl Sniffer {
 }
 
 fn scan_sse_line(line: &[u8], usage: &mut Option<Usage>, model: &mut Option<String>) {
-    let Some(payload) = line.strip_prefix(b"data:") else { return };
+    let Some(payload) = line.strip_prefix(b"data:") else {
+        return;
+    };
     let payload = payload.strip_prefix(b" ").unwrap_or(payload);
     let payload = payload.strip_suffix(b"\r").unwrap_or(payload);
     if payload == b"[DONE]" {
@@ -250,8 +282,16 @@ fn scan_sse_line(line: &[u8], usage: &mut Option<Usage>, model: &mut Option<Stri
 /// Request body sent upstream: either fully known (replayable for one retry) or a peeked
 /// prefix followed by the rest of the client's stream, limited to `max_body_bytes`.
 pub enum RequestBody {
-    Replay { data: Option<Bytes> },
-    Stream { prefix: VecDeque<Bytes>, rest: Incoming, seen: u64, limit: u64, counter: Arc<AtomicU64> },
+    Replay {
+        data: Option<Bytes>,
+    },
+    Stream {
+        prefix: VecDeque<Bytes>,
+        rest: Incoming,
+        seen: u64,
+        limit: u64,
+        counter: Arc<AtomicU64>,
+    },
 }
 
 /// The client sent more than `limits.max_body_bytes`.
@@ -275,7 +315,13 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Replay { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Self::Stream { prefix, rest, seen, limit, counter } => {
+            Self::Stream {
+                prefix,
+                rest,
+                seen,
+                limit,
+                counter,
+            } => {
                 if let Some(b) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
@@ -306,7 +352,9 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Replay { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Replay { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Self::Stream { prefix, rest, .. } => {
                 let p: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let r = rest.size_hint();

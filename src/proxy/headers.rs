@@ -93,18 +93,29 @@ mod tests {
     #[test]
     fn connection_cannot_remove_injected_key() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, authorization, x-api-key"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer client"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, authorization, x-api-key"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer client"),
+        );
         h.insert(X_API_KEY, HeaderValue::from_static("client"));
         h.append(API_KEY, HeaderValue::from_static("client"));
-        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
         h.insert("x-keep", HeaderValue::from_static("1"));
         let key = HeaderValue::from_static("Bearer nim");
         rewrite_request(&mut h, &header::AUTHORIZATION, &key);
         assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
         assert_eq!(h[header::AUTHORIZATION], "Bearer nim");
         assert!(h.get(X_API_KEY).is_none() && h.get(API_KEY).is_none());
-        assert!(h.get(header::PROXY_AUTHORIZATION).is_none() && h.get(header::CONNECTION).is_none());
+        assert!(
+            h.get(header::PROXY_AUTHORIZATION).is_none() && h.get(header::CONNECTION).is_none()
+        );
         assert_eq!(h["x-keep"], "1");
     }
 
@@ -123,6 +134,8 @@ mod tests {
         assert!(valid_request_id(&HeaderValue::from_static("abc-123_x.y:z")));
         assert!(!valid_request_id(&HeaderValue::from_static("")));
         assert!(!valid_request_id(&HeaderValue::from_static("a b")));
-        assert!(!valid_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        assert!(!valid_request_id(
+            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
+        ));
     }
 }

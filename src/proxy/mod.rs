@@ -90,7 +90,14 @@ impl ProxyService {
         settings: ProxySettings,
     ) -> Self {
         let concurrency = Arc::new(Semaphore::new(settings.max_concurrent));
-        Self(Arc::new(Proxy { upstream, store, audit, metrics, settings, concurrency }))
+        Self(Arc::new(Proxy {
+            upstream,
+            store,
+            audit,
+            metrics,
+            settings,
+            concurrency,
+        }))
     }
 }
 
@@ -148,7 +155,10 @@ impl Proxy {
             start,
             request_id,
             client_id: principal.0.id.clone(),
-            remote: req.extensions().get::<RemoteAddr>().map(|r| r.0.to_string()),
+            remote: req
+                .extensions()
+                .get::<RemoteAddr>()
+                .map(|r| r.0.to_string()),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
         };
@@ -165,7 +175,8 @@ impl Proxy {
                 if self.audit.record(r).await.is_err() {
                     tracing::error!(request_id = ?info.request_id, "audit queue full: denied record not written");
                 }
-                self.metrics.response(e.status_code().as_u16(), info.start.elapsed());
+                self.metrics
+                    .response(e.status_code().as_u16(), info.start.elapsed());
                 e.into_response(Some(&info.request_id))
             }
         }
@@ -199,12 +210,16 @@ impl Proxy {
             return Err(GatewayError::BodyTooLarge.into());
         }
         if let Some(l) = &principal.0.limiter {
-            l.check().map_err(|wait| {
-                GatewayError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 }
+            l.check().map_err(|wait| GatewayError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
             })?;
         }
         let client_permit = match &principal.0.concurrency {
-            Some(sem) => Some(sem.clone().try_acquire_owned().map_err(|_| GatewayError::ClientConcurrency)?),
+            Some(sem) => Some(
+                sem.clone()
+                    .try_acquire_owned()
+                    .map_err(|_| GatewayError::ClientConcurrency)?,
+            ),
             None => None,
         };
         let permit = self
@@ -212,13 +227,17 @@ impl Proxy {
             .clone()
             .try_acquire_owned()
             .map_err(|_| GatewayError::Overloaded)?;
-        let key = self.store.load().map_err(|_| GatewayError::KeyUnavailable)?;
+        let key = self
+            .store
+            .load()
+            .map_err(|_| GatewayError::KeyUnavailable)?;
 
         let (mut parts, body) = req.into_parts();
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let (body, replay, model) = tokio::time::timeout(s.body_timeout, peek(body, s.max_body_bytes, &bytes_in))
-            .await
-            .map_err(|_| GatewayError::BadRequest)??;
+        let (body, replay, model) =
+            tokio::time::timeout(s.body_timeout, peek(body, s.max_body_bytes, &bytes_in))
+                .await
+                .map_err(|_| GatewayError::BadRequest)??;
 
         let pq = match parts.uri.query().and_then(path::strip_credential_params) {
             Some(q) if q.is_empty() => path,
@@ -236,22 +255,37 @@ impl Proxy {
             .map_err(|_| Failure::Denied(GatewayError::BadRequest, model.clone()))?;
         parts.version = http::Version::HTTP_11;
         headers::rewrite_request(&mut parts.headers, &s.auth_header, &key.header_value);
-        parts.headers.insert(headers::X_REQUEST_ID, info.request_id.clone());
+        parts
+            .headers
+            .insert(headers::X_REQUEST_ID, info.request_id.clone());
         parts.extensions = http::Extensions::new();
 
-        let ctx = Attempt { proxy: self.clone(), info: info.clone(), model, bytes_in };
+        let ctx = Attempt {
+            proxy: self.clone(),
+            info: info.clone(),
+            model,
+            bytes_in,
+        };
         let mut key = key;
         let mut resp = ctx.send(&key, &parts, body).await?;
         let status = resp.status();
-        if s.retry_on_auth_failure && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        if s.retry_on_auth_failure
+            && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        {
             if let Some(data) = replay {
                 tracing::warn!(request_id = ?info.request_id, status = status.as_u16(), key_version = %key.version, "upstream rejected the key; refreshing");
-                if let Some(new_key) = self.store.refresh_newer_than(key.generation, REFRESH_WAIT).await {
+                if let Some(new_key) = self
+                    .store
+                    .refresh_newer_than(key.generation, REFRESH_WAIT)
+                    .await
+                {
                     let mut r = ctx.done_record(&key, status.as_u16());
                     r.reason = Some("upstream_rejected_key_retrying".into());
                     self.audit.record_done(r);
                     drop(resp);
-                    parts.headers.insert(s.auth_header.clone(), new_key.header_value.clone());
+                    parts
+                        .headers
+                        .insert(s.auth_header.clone(), new_key.header_value.clone());
                     key = new_key;
                     resp = ctx.send(&key, &parts, RequestBody::Replay { data }).await?;
                 }
@@ -270,7 +304,10 @@ impl Proxy {
             status: rparts.status.as_u16(),
             _permits: (permit, client_permit),
         };
-        Ok(Response::from_parts(rparts, GatewayBody::upstream(incoming, sse, Box::new(done))))
+        Ok(Response::from_parts(
+            rparts,
+            GatewayBody::upstream(incoming, sse, Box::new(done)),
+        ))
     }
 }
 
@@ -310,14 +347,18 @@ impl Attempt {
         r.key_fingerprint = Some(key.fingerprint.clone());
         if let Err(e) = p.audit.record_use(r).await {
             tracing::error!(request_id = ?self.info.request_id, error = ?e, "audit use record not written: request refused, key not sent");
-            return Err(Failure::Denied(GatewayError::AuditUnavailable, self.model.clone()));
+            return Err(Failure::Denied(
+                GatewayError::AuditUnavailable,
+                self.model.clone(),
+            ));
         }
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = parts.uri.clone();
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
-        let result = tokio::time::timeout(p.settings.response_timeout, p.upstream.client.request(req)).await;
+        let result =
+            tokio::time::timeout(p.settings.response_timeout, p.upstream.client.request(req)).await;
         let err = match result {
             Ok(Ok(resp)) => return Ok(resp),
             Err(_) => GatewayError::UpstreamTimeout,
@@ -331,7 +372,8 @@ impl Attempt {
         let mut d = self.done_record(key, err.status_code().as_u16());
         d.reason = Some(err.code().to_string());
         p.audit.record_done(d);
-        p.metrics.response(err.status_code().as_u16(), self.info.start.elapsed());
+        p.metrics
+            .response(err.status_code().as_u16(), self.info.start.elapsed());
         Err(Failure::Failed(err))
     }
 }
@@ -412,11 +454,21 @@ async fn peek(
         };
         let model = model_of(&data);
         let data = (!data.is_empty()).then_some(data);
-        return Ok((RequestBody::Replay { data: data.clone() }, Some(data), model));
+        return Ok((
+            RequestBody::Replay { data: data.clone() },
+            Some(data),
+            model,
+        ));
     }
     let model = prefix.front().and_then(|b| model_of(b));
     Ok((
-        RequestBody::Stream { prefix, rest: body, seen: total as u64, limit, counter: counter.clone() },
+        RequestBody::Stream {
+            prefix,
+            rest: body,
+            seen: total as u64,
+            limit,
+            counter: counter.clone(),
+        },
         None,
         model,
     ))
@@ -430,7 +482,10 @@ fn model_of(body: &[u8]) -> Option<String> {
     if body.first() != Some(&b'{') {
         return None;
     }
-    serde_json::from_slice::<Probe>(body).ok()?.model.filter(|m| m.len() <= 256)
+    serde_json::from_slice::<Probe>(body)
+        .ok()?
+        .model
+        .filter(|m| m.len() <= 256)
 }
 
 fn ms(start: Instant) -> f64 {

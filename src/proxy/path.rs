@@ -61,7 +61,11 @@ pub fn strip_credential_params(query: &str) -> Option<String> {
         .split('&')
         .filter(|p| {
             let name = p.split('=').next().unwrap_or("");
-            let name = name.replace("%5F", "_").replace("%5f", "_").replace("%2D", "-").replace("%2d", "-");
+            let name = name
+                .replace("%5F", "_")
+                .replace("%5f", "_")
+                .replace("%2D", "-")
+                .replace("%2d", "-");
             let cred = name.eq_ignore_ascii_case("api_key") || name.eq_ignore_ascii_case("api-key");
             changed |= cred;
             !cred
@@ -76,7 +80,10 @@ mod tests {
 
     #[test]
     fn normalises() {
-        assert_eq!(normalize("/v1/chat/completions").as_deref(), Some("/v1/chat/completions"));
+        assert_eq!(
+            normalize("/v1/chat/completions").as_deref(),
+            Some("/v1/chat/completions")
+        );
         assert_eq!(normalize("/v1//models").as_deref(), Some("/v1/models"));
         assert_eq!(normalize("/v1/../admin").as_deref(), Some("/admin"));
         assert_eq!(normalize("/v1/%2e%2e/admin").as_deref(), Some("/admin"));
@@ -95,9 +102,15 @@ mod tests {
 
     #[test]
     fn strips_api_key_params() {
-        assert_eq!(strip_credential_params("a=1&api_key=x&b=2").as_deref(), Some("a=1&b=2"));
+        assert_eq!(
+            strip_credential_params("a=1&api_key=x&b=2").as_deref(),
+            Some("a=1&b=2")
+        );
         assert_eq!(strip_credential_params("API-KEY=x").as_deref(), Some(""));
-        assert_eq!(strip_credential_params("api%5Fkey=x&a=1").as_deref(), Some("a=1"));
+        assert_eq!(
+            strip_credential_params("api%5Fkey=x&a=1").as_deref(),
+            Some("a=1")
+        );
         assert_eq!(strip_credential_params("a=1"), None);
     }
 }

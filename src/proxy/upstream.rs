@@ -25,10 +25,7 @@ impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
         let uri: http::Uri = cfg.url.parse().map_err(|e| format!("upstream.url: {e}"))?;
         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or("upstream.url: no host")?;
+        let authority = uri.authority().cloned().ok_or("upstream.url: no host")?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

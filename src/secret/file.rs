@@ -47,8 +47,8 @@ impl FileSource {
 
 /// The string at `ptr` in JSON `text`. Error messages never include values.
 pub fn extract_pointer(text: &str, ptr: &str) -> Result<String, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not valid JSON (line {}, column {})", e.line(), e.column()))?;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("not valid JSON (line {}, column {})", e.line(), e.column()))?;
     let mut v = v;
     let found = v
         .pointer_mut(ptr)
@@ -92,14 +92,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         std::fs::write(&p, "nvapi-abc\r\n").unwrap();
-        assert_eq!(src(p.clone(), None).read().unwrap().secret.expose_secret(), "nvapi-abc");
+        assert_eq!(
+            src(p.clone(), None).read().unwrap().secret.expose_secret(),
+            "nvapi-abc"
+        );
         std::fs::write(&p, r#"{"data":{"data":{"api_key":"nvapi-j"}}}"#).unwrap();
         let f = src(p.clone(), Some("/data/data/api_key")).read().unwrap();
         assert_eq!(f.secret.expose_secret(), "nvapi-j");
         let e = src(p.clone(), Some("/data/nope")).read().unwrap_err();
         assert!(e.message.contains("matches nothing"));
         std::fs::write(&p, r#"{"data":{"data":{"api_key":"nvapi-j"#).unwrap();
-        let e = src(p.clone(), Some("/data/data/api_key")).read().unwrap_err();
+        let e = src(p.clone(), Some("/data/data/api_key"))
+            .read()
+            .unwrap_err();
         assert!(!e.message.contains("nvapi"), "{}", e.message);
         let e = src(dir.path().join("missing"), None).read().unwrap_err();
         assert_eq!(e.kind, crate::secret::SecretErrorKind::Unavailable);

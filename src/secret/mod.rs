@@ -10,7 +10,6 @@ pub mod refresher;
 pub mod store;
 pub mod vault;
 
-
 use futures_util::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -23,6 +22,15 @@ pub struct Fetched {
     pub secret: SecretString,
     /// Source-defined version: KV v2 version number, or a content hash.
     pub version: String,
+}
+
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetched")
+            .field("secret", &"[REDACTED]")
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

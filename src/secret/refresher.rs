@@ -52,6 +52,7 @@ pub async fn run(
     let kind = src.kind();
     let mut backoff = Backoff::new(Duration::from_secs(60));
     let mut last_on_demand: Option<Instant> = None;
+    let mut last_failure: Option<String> = None;
     loop {
         let result = src.fetch().await;
         for ev in src.drain_events() {
@@ -63,6 +64,7 @@ pub async fn run(
         }) {
             Ok((rotated, version)) => {
                 backoff.reset();
+                last_failure = None;
                 let key = store.peek();
                 let fp = key.as_ref().map(|k| k.fingerprint.clone());
                 match rotated {
@@ -89,12 +91,19 @@ pub async fn run(
             Err(e) => {
                 let n = store.note_failure();
                 let keeping = store.peek().is_some() && e.kind != SecretErrorKind::Forbidden;
-                tracing::error!(source = kind, error = %e.message, consecutive_failures = n, keeping_cached_key = keeping, "NIM key fetch failed");
-                let mut r = Record::event("secret_failure");
-                r.source = Some(kind);
-                r.reason = Some(format!("{:?}", e.kind).to_lowercase());
-                r.detail = Some(e.message.clone());
-                let _ = audit.record(r).await;
+                // The same failure again (a file source re-reads every poll) is logged at debug
+                // level and not re-audited; a new kind of failure is.
+                if last_failure.as_deref() != Some(e.message.as_str()) {
+                    tracing::error!(source = kind, error = %e.message, consecutive_failures = n, keeping_cached_key = keeping, "NIM key fetch failed");
+                    let mut r = Record::event("secret_failure");
+                    r.source = Some(kind);
+                    r.reason = Some(format!("{:?}", e.kind).to_lowercase());
+                    r.detail = Some(e.message.clone());
+                    let _ = audit.record(r).await;
+                    last_failure = Some(e.message.clone());
+                } else {
+                    tracing::debug!(source = kind, error = %e.message, consecutive_failures = n, "NIM key fetch failed again");
+                }
                 if e.kind == SecretErrorKind::Forbidden {
                     if let Some(old) = store.evict() {
                         tracing::error!(source = kind, key_version = %old.version, "access to the NIM key was revoked: cached key evicted");
@@ -106,25 +115,20 @@ pub async fn run(
                         let _ = audit.record(r).await;
                     }
                 }
-                backoff.next_delay().min(src.interval().max(Duration::from_secs(1)))
+                backoff.next_delay().min(src.interval())
             }
         };
         store.attempt_finished();
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                _ = store.refresh_requested() => {
-                    let since = last_on_demand.map(|t| t.elapsed());
-                    if let Some(gap) = since.filter(|s| *s < ON_DEMAND_MIN_GAP) {
-                        tokio::time::sleep(ON_DEMAND_MIN_GAP - gap).await;
-                    }
-                    last_on_demand = Some(Instant::now());
-                    break;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = store.refresh_requested() => {
+                let since = last_on_demand.map(|t| t.elapsed());
+                if let Some(gap) = since.filter(|s| *s < ON_DEMAND_MIN_GAP) {
+                    tokio::time::sleep(ON_DEMAND_MIN_GAP - gap).await;
                 }
-                _ = shutdown.changed() => return,
+                last_on_demand = Some(Instant::now());
             }
+            _ = shutdown.changed() => return,
         }
     }
 }
@@ -138,7 +142,10 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(8));
         let d: Vec<f64> = (0..6).map(|_| b.next_delay().as_secs_f64()).collect();
         for (got, want) in d.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
-            assert!(*got >= want * 0.8 - 1e-9 && *got <= want * 1.2 + 1e-9, "{got} vs {want}");
+            assert!(
+                *got >= want * 0.8 - 1e-9 && *got <= want * 1.2 + 1e-9,
+                "{got} vs {want}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(1200));

@@ -159,7 +159,11 @@ impl SecretStore {
 
     /// Ask the refresher for an immediate fetch and wait (up to `wait`) for a key newer than
     /// `seen_generation`. Concurrent callers share one fetch.
-    pub async fn refresh_newer_than(&self, seen_generation: u64, wait: Duration) -> Option<Arc<KeyMaterial>> {
+    pub async fn refresh_newer_than(
+        &self,
+        seen_generation: u64,
+        wait: Duration,
+    ) -> Option<Arc<KeyMaterial>> {
         let newer = |s: &Self| s.load().ok().filter(|k| k.generation > seen_generation);
         if let Some(k) = newer(self) {
             return Some(k);
@@ -197,7 +201,10 @@ mod tests {
         assert_eq!(s.offer(fetched("nvapi-1", "1")).unwrap(), None);
         assert!(s.offer(fetched("bad\nkey", "2")).is_err());
         assert_eq!(s.load().unwrap().generation, 1);
-        assert_eq!(s.offer(fetched("nvapi-2", "2")).unwrap(), Some(Some(Arc::from("1"))));
+        assert_eq!(
+            s.offer(fetched("nvapi-2", "2")).unwrap(),
+            Some(Some(Arc::from("1")))
+        );
         assert_eq!(s.load().unwrap().generation, 2);
         // A request that loaded the old key keeps it.
         assert_eq!(k.header_value.to_str().unwrap(), "Bearer nvapi-1");

@@ -14,8 +14,14 @@ impl super::SecretSource for VaultSource {
     fn kind(&self) -> &'static str {
         "vault"
     }
-    fn fetch(&mut self) -> futures_util::future::BoxFuture<'_, Result<super::Fetched, super::SecretError>> {
-        Box::pin(async { Err(super::SecretError::unavailable("vault source not available")) })
+    fn fetch(
+        &mut self,
+    ) -> futures_util::future::BoxFuture<'_, Result<super::Fetched, super::SecretError>> {
+        Box::pin(async {
+            Err(super::SecretError::unavailable(
+                "vault source not available",
+            ))
+        })
     }
     fn interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(60)

@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::audit::Audit;
 use crate::secret::SecretStore;
 
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+];
 const REASONS: [&str; 13] = [
     "invalid_api_key",
     "not_found",
@@ -37,7 +39,10 @@ pub struct Metrics {
 }
 
 fn reason_index(code: &str) -> usize {
-    REASONS.iter().position(|r| *r == code).unwrap_or(REASONS.len() - 1)
+    REASONS
+        .iter()
+        .position(|r| *r == code)
+        .unwrap_or(REASONS.len() - 1)
 }
 
 impl Metrics {
@@ -49,7 +54,8 @@ impl Metrics {
             self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn denied(&self, code: &str) {
@@ -62,7 +68,8 @@ impl Metrics {
 
     pub fn tokens(&self, prompt: u64, completion: u64) {
         self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
-        self.completion_tokens.fetch_add(completion, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -87,11 +94,21 @@ impl Metrics {
         let mut cum = 0;
         for (b, c) in BUCKETS.iter().zip(&self.duration_buckets) {
             cum += g(c);
-            let _ = writeln!(o, "nimgate_request_duration_seconds_bucket{{le=\"{b}\"}} {cum}");
+            let _ = writeln!(
+                o,
+                "nimgate_request_duration_seconds_bucket{{le=\"{b}\"}} {cum}"
+            );
         }
         let count = g(&self.duration_count);
-        let _ = writeln!(o, "nimgate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(o, "nimgate_request_duration_seconds_sum {}", g(&self.duration_sum_us) as f64 / 1e6);
+        let _ = writeln!(
+            o,
+            "nimgate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "nimgate_request_duration_seconds_sum {}",
+            g(&self.duration_sum_us) as f64 / 1e6
+        );
         let _ = writeln!(o, "nimgate_request_duration_seconds_count {count}");
         let _ = writeln!(o, "# TYPE nimgate_tokens_total counter\nnimgate_tokens_total{{kind=\"prompt\"}} {}\nnimgate_tokens_total{{kind=\"completion\"}} {}", g(&self.prompt_tokens), g(&self.completion_tokens));
 
@@ -99,7 +116,11 @@ impl Metrics {
         let _ = writeln!(o, "# HELP nimgate_key_loaded 1 if a NIM key is loaded and fresh.\n# TYPE nimgate_key_loaded gauge\nnimgate_key_loaded {}", u8::from(store.ready().is_ok()));
         if let Some(k) = &key {
             let _ = writeln!(o, "# HELP nimgate_key_age_seconds Time since the current key was loaded.\n# TYPE nimgate_key_age_seconds gauge\nnimgate_key_age_seconds {:.3}", k.loaded_at.elapsed().as_secs_f64());
-            let _ = writeln!(o, "# TYPE nimgate_key_generation gauge\nnimgate_key_generation {}", k.generation);
+            let _ = writeln!(
+                o,
+                "# TYPE nimgate_key_generation gauge\nnimgate_key_generation {}",
+                k.generation
+            );
         }
         if let Some(s) = store.since_success() {
             let _ = writeln!(o, "# HELP nimgate_secret_last_success_age_seconds Time since the last successful secret fetch.\n# TYPE nimgate_secret_last_success_age_seconds gauge\nnimgate_secret_last_success_age_seconds {:.3}", s.as_secs_f64());

@@ -1,0 +1,144 @@
+use super::*;
+
+const DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+fn base() -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:8080"
+[admin]
+listen = "127.0.0.1:9090"
+[upstream]
+url = "http://127.0.0.1:8000"
+[secret]
+source = "file"
+path = "/secrets/nim-api-key"
+[[clients]]
+id = "team-a"
+key_sha256 = "{DIGEST}"
+[audit]
+path = "/var/log/nimgate/audit.jsonl"
+"#
+    )
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse(text) {
+        Ok(c) => c.validate(),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn issue_contract_parses_with_defaults() {
+    let c = parse(&base()).unwrap();
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    assert_eq!(c.upstream.auth_header, "Authorization");
+    assert_eq!(c.upstream.auth_value, "Bearer {key}");
+    assert_eq!(c.audit.fsync, FsyncPolicy::Interval);
+    assert_eq!(c.server.route_prefixes, vec!["/v1/"]);
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_field() {
+    let e = errors(&base().replace("[admin]", "[admin]\nlisen = \"x\""));
+    assert_eq!(e.len(), 1);
+    assert!(e[0].field.starts_with("admin.lisen"), "{:?}", e);
+    assert!(e[0].message.contains("unknown field"), "{:?}", e);
+    let e = errors(&base().replace("source = \"file\"", "source = \"file\"\ntoken = \"x\""));
+    assert!(e[0].message.contains("unknown field"), "{e:?}");
+    let e = errors(&base().replace("source = \"file\"", "source = \"s3\""));
+    assert!(e[0].message.contains("unknown variant"), "{e:?}");
+}
+
+#[test]
+fn validation_names_each_field() {
+    let bad = base()
+        .replace("http://127.0.0.1:8000", "ftp://x/path")
+        .replace(DIGEST, "abc")
+        .replace("[audit]", "[upstream2]\n[audit]");
+    let e = errors(&bad);
+    assert!(!e.is_empty());
+    let bad = base()
+        .replace("http://127.0.0.1:8000", "ftp://x/path")
+        .replace(DIGEST, "abc");
+    let e = errors(&bad);
+    let fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
+    assert!(fields.contains(&"upstream.url"), "{fields:?}");
+    assert!(fields.contains(&"clients[0].key_sha256"), "{fields:?}");
+    let e = errors(&base().replace("[upstream]", "[upstream]\nauth_value = \"Bearer\""));
+    assert_eq!(e[0].field, "upstream.auth_value");
+    let e = errors(&base().replace("[upstream]", "[upstream]\nauth_header = \"Connection\""));
+    assert_eq!(e[0].field, "upstream.auth_header");
+    let e = errors(&base().replace("127.0.0.1:9090", "127.0.0.1:8080"));
+    assert_eq!(e[0].field, "admin.listen");
+    let dup = base() + &format!("[[clients]]\nid = \"team-a\"\nkey_sha256 = \"{DIGEST}\"\n");
+    let fields: Vec<_> = errors(&dup).into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, vec!["clients[1].id", "clients[1].key_sha256"]);
+}
+
+#[test]
+fn durations_are_human_strings() {
+    let c = parse(&base().replace("[upstream]", "[upstream]\nresponse_timeout = \"90s\"")).unwrap();
+    assert_eq!(
+        c.upstream.response_timeout,
+        std::time::Duration::from_secs(90)
+    );
+    let e = errors(&base().replace("[upstream]", "[upstream]\nresponse_timeout = \"soon\""));
+    assert!(e[0].field.starts_with("upstream.response_timeout"), "{e:?}");
+}
+
+#[test]
+fn env_overlay_changes_only_non_secrets() {
+    let mut c = parse(&base()).unwrap();
+    let env = |k: &str| match k {
+        "NIMGATE_SERVER_LISTEN" => Some("0.0.0.0:8443".to_string()),
+        "NIMGATE_UPSTREAM_URL" => Some("http://nim:8000".to_string()),
+        _ => None,
+    };
+    env::apply_overlay(&mut c, env).unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
+    assert_eq!(c.upstream.url, "http://nim:8000");
+    let e = env::apply_overlay(&mut c, |k| {
+        (k == "NIMGATE_ADMIN_LISTEN").then(|| "nope".into())
+    })
+    .unwrap_err();
+    assert!(e[0].field.contains("NIMGATE_ADMIN_LISTEN"));
+}
+
+#[test]
+fn vault_contract_parses() {
+    let v = base().replace(
+        "[secret]\nsource = \"file\"\npath = \"/secrets/nim-api-key\"",
+        r#"[secret]
+source = "vault"
+address = "https://vault.example:8200"
+mount = "secret"
+path = "nim/prod/model-a"
+kv_version = 2
+field = "api_key"
+refresh = "60s"
+max_staleness = "15m"
+[secret.auth]
+method = "approle"
+role_id_file = "/vault/approle/role-id"
+secret_id_file = "/vault/approle/secret-id""#,
+    );
+    let c = parse(&v).unwrap();
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    match &c.secret {
+        SecretConfig::Vault(vc) => {
+            assert!(matches!(&vc.auth, VaultAuthConfig::Approle(a) if a.mount == "approle"));
+            assert_eq!(vc.max_staleness, std::time::Duration::from_secs(900));
+        }
+        _ => panic!("not vault"),
+    }
+    let e = errors(&v.replace("kv_version = 2", "kv_version = 3"));
+    assert_eq!(e[0].field, "secret.kv_version");
+    let e = errors(&v.replace("role_id_file", "role_id"));
+    assert!(
+        e[0].message.contains("unknown field") || e[0].message.contains("missing field"),
+        "{e:?}"
+    );
+}
