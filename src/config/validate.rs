@@ -44,7 +44,7 @@ impl Config {
         let mut errs = Vec::new();
         let mut err = |f: &str, m: String| errs.push(ConfigError::new(f, m));
 
-        if self.server.listen == self.admin.listen {
+        if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             err("admin.listen", "must differ from server.listen".to_string());
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {

@@ -50,12 +50,15 @@ pub fn extract_pointer(text: &str, ptr: &str) -> Result<String, String> {
     let v: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| format!("not valid JSON (line {}, column {})", e.line(), e.column()))?;
     let mut v = v;
-    let found = v
-        .pointer_mut(ptr)
-        .ok_or_else(|| format!("JSON pointer {ptr} matches nothing"))?;
-    match found.take() {
-        serde_json::Value::String(s) => Ok(s),
-        _ => Err(format!("JSON pointer {ptr} is not a string")),
+    let taken = v.pointer_mut(ptr).map(serde_json::Value::take);
+    super::scrub(&mut v);
+    match taken {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(mut other) => {
+            super::scrub(&mut other);
+            Err(format!("JSON pointer {ptr} is not a string"))
+        }
+        None => Err(format!("JSON pointer {ptr} matches nothing")),
     }
 }
 

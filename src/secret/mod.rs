@@ -86,6 +86,18 @@ pub trait SecretSource: Send + 'static {
     }
 }
 
+/// Overwrite every string in a parsed JSON document (a fetched secret's envelope) before it is
+/// dropped, so the key does not linger in freed memory.
+pub fn scrub(v: &mut serde_json::Value) {
+    use zeroize::Zeroize;
+    match v {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+        serde_json::Value::Object(o) => o.values_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
 /// Check a key before it may replace the current one.
 pub fn validate_key(key: &str) -> Result<(), SecretError> {
     if key.is_empty() {

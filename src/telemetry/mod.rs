@@ -8,7 +8,24 @@ pub use metrics::Metrics;
 /// sensitive, keys live in `SecretString`, and no code logs a secret.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Third-party HTTP/Vault client crates may log request bodies or headers at debug/trace
+    // (Vault tokens, AppRole secret-ids, JWTs): they are silenced whatever RUST_LOG says.
+    for d in [
+        "vaultrs=off",
+        "rustify=off",
+        "reqwest=off",
+        "hyper=off",
+        "hyper_util=off",
+        "h2=off",
+        "rustls=off",
+        "tower_http=off",
+        "tower=off",
+    ] {
+        if let Ok(d) = d.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let json = std::env::var("NIMGATE_LOG_FORMAT").is_ok_and(|v| v == "json");
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

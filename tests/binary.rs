@@ -1,0 +1,324 @@
+//! Black-box tests of the built `nimgate` binary: serve from a config file on port 0, graceful
+//! drain on SIGTERM, `check`, `keys new`, `audit verify`, `demo`.
+
+mod common;
+
+use common::*;
+use nimgate::auth::key_digest_hex;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nimgate");
+
+struct Proc {
+    child: Child,
+    gw: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, name: &str) -> Option<std::net::SocketAddr> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}="))?.parse().ok())
+}
+
+/// Start `nimgate serve --config` and wait for its "serving" log line.
+fn spawn_serve(config: &std::path::Path, rust_log: &str) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("nimgate serving") {
+                let _ = tx.send((field(&line, "listen"), field(&line, "admin")));
+            }
+            log2.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let (gw, admin) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no 'nimgate serving' line");
+    Proc {
+        child,
+        gw: gw.unwrap(),
+        admin: admin.unwrap(),
+        stderr: log,
+    }
+}
+
+async fn fake_nim(
+    delay: Duration,
+) -> (
+    std::sync::Arc<nimgate::fakenim::FakeNim>,
+    std::net::SocketAddr,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let nim = nimgate::fakenim::FakeNim::new(vec![NIM_KEY.into()], delay, true);
+    tokio::spawn(nim.clone().serve(l));
+    (nim, addr)
+}
+
+fn write_config(dir: &std::path::Path, nim: std::net::SocketAddr) -> std::path::PathBuf {
+    std::fs::write(dir.join("key"), format!("{NIM_KEY}\n")).unwrap();
+    let cfg = dir.join("nimgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "10s"
+[admin]
+listen = "127.0.0.1:0"
+[upstream]
+url = "http://{nim}"
+[secret]
+source = "file"
+path = "{key}"
+[[clients]]
+id = "team-a"
+key_sha256 = "{d}"
+[audit]
+path = "{audit}"
+fsync = "batch"
+"#,
+            key = dir.join("key").display(),
+            d = key_digest_hex(CLIENT_KEY),
+            audit = dir.join("audit.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+async fn wait_ready(admin: std::net::SocketAddr) {
+    for _ in 0..250 {
+        if get_admin(admin, "/readyz").await.map(|r| r.0) == Ok(200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("binary never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_from_config_file_and_drain_streams_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nim, nim_addr) = fake_nim(Duration::from_millis(200)).await;
+    let cfg = write_config(dir.path(), nim_addr);
+    let p = spawn_serve(&cfg, "info");
+    wait_ready(p.admin).await;
+    let url = format!("http://{}/v1/chat/completions", p.gw);
+    let (s, v) = send_json(post(&url, Some(CLIENT_KEY), &chat_body(false))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = send_json(post(&url, Some("wrong"), &chat_body(false))).await;
+    assert_eq!(s, 401);
+
+    // A stream in flight when SIGTERM arrives runs to its end.
+    let resp = client()
+        .request(post(&url, Some(CLIENT_KEY), &chat_body(true)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reader = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let st = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections once draining.
+    assert!(
+        tokio::net::TcpStream::connect(p.gw).await.is_err(),
+        "listener should be closed while draining"
+    );
+    let text = reader.await.unwrap();
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream cut short: {text}"
+    );
+    assert_eq!(nim.streams_completed.load(Ordering::Relaxed), 1);
+    let mut p = p;
+    let status = p.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let log = p.stderr.lock().unwrap().clone();
+    assert!(log.contains("draining"), "{log}");
+
+    // The trail the binary wrote verifies.
+    let audit = dir.path().join("audit.jsonl");
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let recs = read_audit(&audit);
+    assert_eq!(recs.iter().filter(|r| r["event"] == "use").count(), 2);
+    assert_eq!(recs.iter().filter(|r| r["event"] == "done").count(), 2);
+    assert_eq!(recs.iter().filter(|r| r["event"] == "denied").count(), 1);
+}
+
+#[test]
+fn check_reports_every_problem_with_its_field_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"[server]
+listen = "127.0.0.1:8080"
+[upstream]
+url = "ftp://nim"
+auth_value = "Bearer"
+[secret]
+source = "file"
+path = "/k"
+[[clients]]
+id = "a"
+key_sha256 = "xyz"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for f in [
+        "upstream.url",
+        "upstream.auth_value",
+        "clients[0].key_sha256",
+    ] {
+        assert!(err.contains(f), "{f} not named in:\n{err}");
+    }
+    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:8080\"\nbogus = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.bogus"));
+    // serve refuses the same way.
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn keys_new_prints_a_key_and_its_digest_entry() {
+    let out = Command::new(BIN)
+        .args(["keys", "new", "--id", "team-z"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# ngk_"))
+        .map(|k| format!("ngk_{k}"))
+        .unwrap();
+    assert_eq!(key.len(), 52);
+    assert!(text.contains(&format!("key_sha256 = \"{}\"", key_digest_hex(&key))));
+    assert!(text.contains("id = \"team-z\""));
+    let cfg: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(cfg["clients"][0]["id"].as_str(), Some("team-z"));
+    let out2 = Command::new(BIN)
+        .args(["keys", "new", "--id", "team-z"])
+        .output()
+        .unwrap();
+    assert_ne!(out2.stdout, text.as_bytes(), "keys must be random");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_working_curl_line() {
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let mut gw = None;
+    let mut key = None;
+    for _ in 0..30 {
+        let Some(Ok(l)) = lines.next() else { break };
+        if l.trim_start().starts_with("gateway") {
+            gw = l.split_whitespace().nth(1).map(String::from);
+        }
+        if let Some(k) = l.split("client key (demo only): ").nth(1) {
+            key = Some(k.trim().to_string());
+        }
+        if l.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let (gw, key) = (gw.unwrap(), key.unwrap());
+    let mut ok = false;
+    for _ in 0..100 {
+        let (s, _) = send_json(post(
+            &format!("{gw}/v1/chat/completions"),
+            Some(&key),
+            &chat_body(false),
+        ))
+        .await;
+        if s == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "demo gateway never answered 200");
+}
