@@ -54,6 +54,10 @@ pub struct Opts {
     pub secret_table: Option<String>,
     /// Upstream URL override (default: the fake NIM).
     pub upstream_url: Option<String>,
+    /// Audit path override (default: audit.jsonl in the temp dir).
+    pub audit_path: Option<PathBuf>,
+    /// Do not wait for /readyz before returning.
+    pub no_wait: bool,
 }
 
 impl Default for Opts {
@@ -69,6 +73,8 @@ impl Default for Opts {
             sse_delay: Duration::from_millis(10),
             secret_table: None,
             upstream_url: None,
+            audit_path: None,
+            no_wait: false,
         }
     }
 }
@@ -81,7 +87,10 @@ pub async fn start_with(o: Opts) -> Gateway {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("nim-api-key");
-    let audit_file = dir.path().join("audit.jsonl");
+    let audit_file = o
+        .audit_path
+        .clone()
+        .unwrap_or_else(|| dir.path().join("audit.jsonl"));
     if o.write_key {
         std::fs::write(&key_file, format!("{NIM_KEY}\n")).unwrap();
     }
@@ -157,7 +166,7 @@ path = "{audit}"
         stop: Some(tx),
         task: Some(task),
     };
-    if o.write_key {
+    if o.write_key && !o.no_wait {
         gw.wait_ready().await;
     }
     gw
@@ -180,13 +189,15 @@ impl Gateway {
         panic!("gateway not ready");
     }
 
-    pub async fn stop(mut self) {
+    /// Stop and drain; returns the temp dir so its files can still be read.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        self.dir
     }
 
     /// All audit records written so far (flushes by waiting for the writer to catch up).
