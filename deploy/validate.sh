@@ -80,8 +80,14 @@ setup_venv() {
   echo "creating $VENV and installing deploy/requirements.txt (pinned) ..."
   rm -f "$VENV/.nimgate-deploy-stamp"
   "$PYTHON" -m venv --clear "$VENV"
-  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install --quiet --no-input \
-    -r deploy/requirements.txt -c deploy/requirements.lock
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  # The lock was resolved on CPython 3.11.7 (the CI machine's); on another Python some locked
+  # versions may not install (e.g. Requires-Python >= 3.11.5): fall back to the top-level pins.
+  if ! "$VENV/bin/pip" install --quiet --no-input \
+    -r deploy/requirements.txt -c deploy/requirements.lock; then
+    echo "WARNING: the locked set does not install on $("$VENV/bin/python" -V); using the top-level pins of deploy/requirements.txt only"
+    "$VENV/bin/pip" install --quiet --no-input -r deploy/requirements.txt
+  fi
   echo "$stamp" > "$VENV/.nimgate-deploy-stamp"
 }
 
@@ -159,7 +165,10 @@ checkov_scan() {
   # --skip-download: no call to Prisma Cloud; the checks run from the installed package.
   "$VENV/bin/checkov" "${args[@]}" -f Dockerfile --framework kubernetes dockerfile \
     --quiet --compact --skip-download -o cli -o json --output-file-path "$WORK/checkov" \
-    >"$WORK/checkov.log" 2>&1 || { cat "$WORK/checkov.log" "$WORK/checkov/results_cli.txt" 2>/dev/null; return 1; }
+    >"$WORK/checkov.log" 2>&1 || {
+    cat "$WORK/checkov/results_cli.txt" 2>/dev/null || cat "$WORK/checkov.log"
+    return 1
+  }
   "$VENV/bin/python" - "$WORK/checkov/results_json.json" "$RENDERED"/*.yaml Dockerfile <<'PY'
 import json, re, sys, yaml
 data = json.load(open(sys.argv[1], encoding="utf-8"))

@@ -165,6 +165,9 @@ fn config_errors(path: &std::path::Path, errs: &[config::ConfigError]) -> ExitCo
 }
 
 fn runtime(workers: usize, fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    for p in crate::hardening::harden_process() {
+        tracing::warn!("{p}");
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();

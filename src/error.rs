@@ -20,6 +20,8 @@ pub enum GatewayError {
     BodyTooLarge,
     /// Malformed request (bad path encoding, unreadable body).
     BadRequest,
+    /// The request body did not arrive within `limits.body_timeout`.
+    BodyTimeout,
     /// Per-client rate limit; carries the seconds until a retry may succeed.
     RateLimited { retry_after_secs: u64 },
     /// Per-client `max_concurrent` reached.
@@ -46,6 +48,7 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } | Self::ClientConcurrency => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded
             | Self::KeyUnavailable
@@ -76,6 +79,11 @@ impl GatewayError {
                 "request_too_large",
             ),
             Self::BadRequest => ("Malformed request.", "invalid_request_error", "bad_request"),
+            Self::BodyTimeout => (
+                "The request body was not received in time.",
+                "invalid_request_error",
+                "request_timeout",
+            ),
             Self::RateLimited { .. } => (
                 "Rate limit exceeded for this API key. Retry after the time in Retry-After.",
                 "rate_limit_error",

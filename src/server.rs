@@ -18,6 +18,7 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::health;
 use crate::proxy::RemoteAddr;
+use crate::stall::StallTimeout;
 
 /// Bind both listeners from config, run until SIGTERM/SIGINT.
 pub async fn serve(cfg: Config) -> Result<(), String> {
@@ -87,6 +88,7 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = StallTimeout::new(stream, cfg.limits.send_timeout);
         let svc = app.service.clone();
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(RemoteAddr(remote));

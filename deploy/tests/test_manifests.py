@@ -40,10 +40,18 @@ import math
 import re
 import sys
 import tomllib
+import traceback
 from collections import Counter
 from pathlib import Path
 
-import yaml
+try:
+    import yaml
+except ImportError:  # e.g. collected by a repo-wide pytest run outside deploy/validate.sh's venv
+    if "pytest" in sys.modules:
+        import pytest
+
+        pytest.skip("PyYAML missing: run `bash deploy/validate.sh`", allow_module_level=True)
+    raise
 
 DEPLOY = Path(__file__).resolve().parents[1]
 K8S = DEPLOY / "kubernetes"
@@ -569,7 +577,9 @@ def main() -> int:
             fn()
         except Exception as e:  # noqa: BLE001 - report every failure, keep going
             failed += 1
-            print(f"FAIL {name}: {type(e).__name__}: {e}")
+            here = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == __file__]
+            at = f" (line {here[-1].lineno}: {here[-1].line})" if here else ""
+            print(f"FAIL {name}: {type(e).__name__}: {e}{at}")
         else:
             passed += 1
             print(f"ok   {name}")

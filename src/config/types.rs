@@ -256,19 +256,21 @@ pub struct LimitsConfig {
     pub max_headers: usize,
     /// Largest request body in bytes; larger gets 413.
     pub max_body_bytes: u64,
-    /// A client must send its complete request head within this time.
+    /// A client must send its complete request head within this time; an idle HTTP/1.1
+    /// keep-alive connection is closed after this long too.
     #[serde(with = "dur")]
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight is closed after this long.
-    #[serde(with = "dur")]
-    pub idle_timeout: Duration,
     /// Requests in flight across all clients; more get 503.
     pub max_concurrent_requests: usize,
     /// HTTP/2 concurrent streams per connection.
     pub max_h2_streams: u32,
-    /// Time allowed to receive the first 64 KiB (or all) of a request body.
+    /// Time allowed to receive a whole request body.
     #[serde(with = "dur")]
     pub body_timeout: Duration,
+    /// A connection whose response writes make no progress this long (the client stopped
+    /// reading) is closed.
+    #[serde(with = "dur")]
+    pub send_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -278,10 +280,10 @@ impl Default for LimitsConfig {
             max_headers: 100,
             max_body_bytes: 16 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
             max_concurrent_requests: 4096,
             max_h2_streams: 128,
             body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -291,8 +292,21 @@ pub enum RequestBody {
         seen: u64,
         limit: u64,
         counter: Arc<AtomicU64>,
+        /// The whole body must arrive by then (`limits.body_timeout`): no slow-drip bodies.
+        deadline: Pin<Box<tokio::time::Sleep>>,
     },
 }
+
+/// The client did not send its body within `limits.body_timeout`.
+#[derive(Debug)]
+pub struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body not received within limits.body_timeout")
+    }
+}
+impl std::error::Error for BodyTimeout {}
 
 /// The client sent more than `limits.max_body_bytes`.
 #[derive(Debug)]
@@ -321,9 +335,13 @@ impl Body for RequestBody {
                 seen,
                 limit,
                 counter,
+                deadline,
             } => {
                 if let Some(b) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                 }
                 match ready!(Pin::new(rest).poll_frame(cx)) {
                     Some(Ok(f)) => {

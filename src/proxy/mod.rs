@@ -27,7 +27,7 @@ use crate::auth::Principal;
 use crate::error::GatewayError;
 use crate::secret::{KeyMaterial, SecretStore};
 use crate::telemetry::Metrics;
-use body::{BodyTooLarge, GatewayBody, OnDone, Outcome, RequestBody};
+use body::{BodyTimeout, BodyTooLarge, GatewayBody, OnDone, Outcome, RequestBody};
 pub use upstream::Upstream;
 
 /// How much of a request body is read before forwarding: enough to hold a whole chat request,
@@ -234,10 +234,13 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let (body, replay, model) =
-            tokio::time::timeout(s.body_timeout, peek(body, s.max_body_bytes, &bytes_in))
-                .await
-                .map_err(|_| GatewayError::BadRequest)??;
+        let body_deadline = tokio::time::Instant::now() + s.body_timeout;
+        let (body, replay, model) = tokio::time::timeout_at(
+            body_deadline,
+            peek(body, s.max_body_bytes, &bytes_in, body_deadline),
+        )
+        .await
+        .map_err(|_| GatewayError::BodyTimeout)??;
 
         let pq = match parts.uri.query().and_then(path::strip_credential_params) {
             Some(q) if q.is_empty() => path,
@@ -362,7 +365,8 @@ impl Attempt {
         let err = match result {
             Ok(Ok(resp)) => return Ok(resp),
             Err(_) => GatewayError::UpstreamTimeout,
-            Ok(Err(e)) if is_body_too_large(&e) => GatewayError::BodyTooLarge,
+            Ok(Err(e)) if has_source::<BodyTooLarge>(&e) => GatewayError::BodyTooLarge,
+            Ok(Err(e)) if has_source::<BodyTimeout>(&e) => GatewayError::BodyTimeout,
             Ok(Err(e)) => {
                 tracing::warn!(request_id = ?self.info.request_id, error = %e, source = ?std::error::Error::source(&e).map(|s| s.to_string()), "upstream request failed");
                 GatewayError::UpstreamUnreachable
@@ -378,10 +382,10 @@ impl Attempt {
     }
 }
 
-fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<BodyTooLarge>() {
+        if err.is::<T>() {
             return true;
         }
         cur = err.source();
@@ -420,6 +424,7 @@ async fn peek(
     mut body: Incoming,
     limit: u64,
     counter: &Arc<AtomicU64>,
+    deadline: tokio::time::Instant,
 ) -> Result<(RequestBody, Option<Option<Bytes>>, Option<String>), GatewayError> {
     use http_body::Body as _;
     let mut prefix = VecDeque::new();
@@ -468,6 +473,7 @@ async fn peek(
             seen: total as u64,
             limit,
             counter: counter.clone(),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
         },
         None,
         model,

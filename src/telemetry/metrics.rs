@@ -10,12 +10,13 @@ use crate::secret::SecretStore;
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
 ];
-const REASONS: [&str; 13] = [
+const REASONS: [&str; 14] = [
     "invalid_api_key",
     "not_found",
     "method_not_allowed",
     "request_too_large",
     "bad_request",
+    "request_timeout",
     "rate_limit_exceeded",
     "overloaded",
     "credential_unavailable",
