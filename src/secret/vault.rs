@@ -237,7 +237,7 @@ impl VaultSource {
             None => true,
             Some(t) => {
                 force_login
-                    || now + Duration::from_secs(1) >= t.expires_at
+                    || now + (t.ttl / 10).min(Duration::from_secs(1)) >= t.expires_at
                     || (now >= t.act_at && !t.renewable)
             }
         };

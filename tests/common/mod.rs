@@ -2,6 +2,8 @@
 //! in a temp dir; a small HTTP client; helpers to read the audit trail.
 #![allow(dead_code)]
 
+pub mod fake_vault;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
