@@ -1,0 +1,55 @@
+//! Every TOML config shipped in config/ and deploy/ parses and validates against the real schema
+//! (so examples cannot drift from the code). `clients_file` is resolved against config/clients.toml.
+
+use std::path::{Path, PathBuf};
+
+fn nimgate_configs(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            nimgate_configs(&p, out);
+        } else if p.extension().is_some_and(|x| x == "toml") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            if text.contains("[upstream]") {
+                out.push(p);
+            }
+        }
+    }
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    nimgate_configs(&root.join("config"), &mut files);
+    nimgate_configs(&root.join("deploy"), &mut files);
+    assert!(files.len() >= 6, "{files:?}");
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let mut cfg = nimgate::config::parse(&text).unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
+        if cfg.auth.clients_file.is_some() {
+            cfg.auth.clients_file = Some(root.join("config/clients.toml"));
+            cfg.resolve_files().unwrap();
+        }
+        let errs = cfg.validate();
+        assert!(errs.is_empty(), "{}: {errs:?}", f.display());
+    }
+}
+
+#[test]
+fn clients_files_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in [root.join("config/clients.toml"), root.join("deploy/kubernetes/base/config/clients.toml")] {
+        if !f.exists() {
+            continue;
+        }
+        let text = format!(
+            "[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n[auth]\nclients_file = \"{}\"\n",
+            f.display()
+        );
+        let mut cfg = nimgate::config::parse(&text).unwrap();
+        cfg.resolve_files().unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
+        assert!(!cfg.clients.is_empty());
+        assert!(cfg.validate().is_empty(), "{}: {:?}", f.display(), cfg.validate());
+    }
+}
