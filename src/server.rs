@@ -72,7 +72,8 @@ pub async fn run(
     tracing::info!(listen = %addr, admin = %admin_addr, tls = tls.is_some(), upstream = %cfg.upstream.url, clients = app.clients, "nimgate serving");
     let admin_task = tokio::spawn(health::serve_admin(admin, app.clone(), stop_rx.clone()));
 
-    let builder = conn_builder(&cfg);
+    let h1 = conn_builder(&cfg).http1_only();
+    let h2 = conn_builder(&cfg).http2_only();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -88,40 +89,55 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let stream = StallTimeout::new(stream, cfg.limits.send_timeout);
         let svc = app.service.clone();
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(RemoteAddr(remote));
             svc.clone().call(req)
         });
-        match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let hs_timeout = cfg.limits.header_read_timeout;
-                tokio::spawn(async move {
+        let (h1, h2) = (h1.clone(), h2.clone());
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let (first_bytes, send_timeout) = (cfg.limits.header_read_timeout, cfg.limits.send_timeout);
+        tokio::spawn(async move {
+            // The protocol is settled before hyper sees the connection, within the header-read
+            // timeout, so a client that sends nothing (or half an h2 preface) cannot hold it.
+            match tls {
+                None => {
+                    let Some(is_h2) = detect_h2(&stream, first_bytes).await else {
+                        return;
+                    };
+                    let io = TokioIo::new(StallTimeout::new(stream, send_timeout));
+                    if is_h2 {
+                        let _ = watcher
+                            .watch(h2.serve_connection(io, svc).into_owned())
+                            .await;
+                    } else {
+                        let _ = watcher
+                            .watch(h1.serve_connection_with_upgrades(io, svc).into_owned())
+                            .await;
+                    }
+                }
+                Some(acceptor) => {
+                    let stream = StallTimeout::new(stream, send_timeout);
                     let Ok(Ok(tls_stream)) =
-                        tokio::time::timeout(hs_timeout, acceptor.accept(stream)).await
+                        tokio::time::timeout(first_bytes, acceptor.accept(stream)).await
                     else {
                         return;
                     };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), svc)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
-                });
+                    let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = TokioIo::new(tls_stream);
+                    if is_h2 {
+                        let _ = watcher
+                            .watch(h2.serve_connection(io, svc).into_owned())
+                            .await;
+                    } else {
+                        let _ = watcher
+                            .watch(h1.serve_connection_with_upgrades(io, svc).into_owned())
+                            .await;
+                    }
+                }
             }
-        }
+        });
     }
     drop(listener);
     tracing::info!(grace = ?cfg.server.shutdown_grace, "shutting down: draining in-flight requests");
@@ -139,6 +155,32 @@ pub async fn run(
     drop(writer);
     tracing::info!(audit_flushed = flushed, "stopped");
     Ok(())
+}
+
+/// Wait (up to `limit`) for enough bytes to tell an HTTP/2 prior-knowledge preface from HTTP/1.
+/// `None`: the client closed, errored or was too slow.
+async fn detect_h2(stream: &tokio::net::TcpStream, limit: Duration) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    tokio::time::timeout(limit, async {
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != PREFACE[..n] {
+                return Some(false);
+            }
+            if n == PREFACE.len() {
+                return Some(true);
+            }
+            // A partial preface: peek returns at once, so wait a little for the rest.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 fn conn_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {

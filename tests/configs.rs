@@ -26,7 +26,8 @@ fn shipped_configs_are_valid() {
     assert!(files.len() >= 6, "{files:?}");
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
-        let mut cfg = nimgate::config::parse(&text).unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
+        let mut cfg =
+            nimgate::config::parse(&text).unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
         if cfg.auth.clients_file.is_some() {
             cfg.auth.clients_file = Some(root.join("config/clients.toml"));
             cfg.resolve_files().unwrap();
@@ -39,7 +40,10 @@ fn shipped_configs_are_valid() {
 #[test]
 fn clients_files_parse() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in [root.join("config/clients.toml"), root.join("deploy/kubernetes/base/config/clients.toml")] {
+    for f in [
+        root.join("config/clients.toml"),
+        root.join("deploy/kubernetes/base/config/clients.toml"),
+    ] {
         if !f.exists() {
             continue;
         }
@@ -48,8 +52,14 @@ fn clients_files_parse() {
             f.display()
         );
         let mut cfg = nimgate::config::parse(&text).unwrap();
-        cfg.resolve_files().unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
+        cfg.resolve_files()
+            .unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
         assert!(!cfg.clients.is_empty());
-        assert!(cfg.validate().is_empty(), "{}: {:?}", f.display(), cfg.validate());
+        assert!(
+            cfg.validate().is_empty(),
+            "{}: {:?}",
+            f.display(),
+            cfg.validate()
+        );
     }
 }

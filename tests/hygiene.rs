@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fake_vault::{Fault, FakeVault};
+use common::fake_vault::{FakeVault, Fault};
 use common::*;
 use serde_json::json;
 use std::io::Read;
@@ -23,15 +23,34 @@ async fn no_secret_in_logs_audit_metrics_or_proc_at_trace_level() {
     let fv = FakeVault::start().await;
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
     // Short TTL so renewals and logins happen during the run.
-    fv.add_approle("approle", ROLE_ID, SECRET_ID, Duration::from_secs(2), Duration::from_secs(4), true);
+    fv.add_approle(
+        "approle",
+        ROLE_ID,
+        SECRET_ID,
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+        true,
+    );
     std::fs::write(dir.path().join("role-id"), ROLE_ID).unwrap();
     std::fs::write(dir.path().join("secret-id"), SECRET_ID).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let nim_addr = l.local_addr().unwrap();
-    let nim = nimgate::fakenim::FakeNim::new(vec![NIM_KEY.into(), K2.into()], Duration::from_millis(5), true);
+    let nim = nimgate::fakenim::FakeNim::new(
+        vec![NIM_KEY.into(), K2.into()],
+        Duration::from_millis(5),
+        true,
+    );
     tokio::spawn(nim.clone().serve(l));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let audit = dir.path().join("audit.jsonl");
     let cfg = dir.path().join("c.toml");
     std::fs::write(
@@ -113,8 +132,19 @@ path = "{audit}"
     assert_eq!(chat(CLIENT_KEY, None, false).await, 200);
     assert_eq!(chat(CLIENT_KEY, None, true).await, 200);
     assert_eq!(chat("ngk_wrong_key", None, false).await, 401);
-    assert_eq!(chat(CLIENT_KEY, Some(("x-fake-status", "500")), false).await, 500);
-    assert_eq!(chat(CLIENT_KEY, Some(("x-api-key", "client-side-secret-abc")), false).await, 200);
+    assert_eq!(
+        chat(CLIENT_KEY, Some(("x-fake-status", "500")), false).await,
+        500
+    );
+    assert_eq!(
+        chat(
+            CLIENT_KEY,
+            Some(("x-api-key", "client-side-secret-abc")),
+            false
+        )
+        .await,
+        200
+    );
     // Vault failure for a while, then back.
     fv.set_fault(Fault::Status503);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -129,15 +159,31 @@ path = "{audit}"
     let (_, metrics) = get_admin(admin, "/metrics").await.unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     let _ = child.wait();
     let stdout = out_t.join().unwrap();
     let stderr = err_t.join().unwrap();
     let audit_text = std::fs::read_to_string(&audit).unwrap();
 
-    assert!(fv.count("login") >= 2 && fv.count("renew") >= 1, "renewal paths not exercised");
-    assert!(stderr.contains("TRACE") || stderr.contains("DEBUG"), "trace logging was not on");
-    let mut secrets: Vec<String> = vec![NIM_KEY.into(), K2.into(), CLIENT_KEY.into(), SECRET_ID.into(), ROLE_ID.into(), "client-side-secret-abc".into()];
+    assert!(
+        fv.count("login") >= 2 && fv.count("renew") >= 1,
+        "renewal paths not exercised"
+    );
+    assert!(
+        stderr.contains("TRACE") || stderr.contains("DEBUG"),
+        "trace logging was not on"
+    );
+    let mut secrets: Vec<String> = vec![
+        NIM_KEY.into(),
+        K2.into(),
+        CLIENT_KEY.into(),
+        SECRET_ID.into(),
+        ROLE_ID.into(),
+        "client-side-secret-abc".into(),
+    ];
     secrets.extend(fv.tokens_issued());
     assert!(fv.tokens_issued().len() >= 2);
     let places = [
@@ -155,5 +201,8 @@ path = "{audit}"
         }
     }
     // The NIM really got the keys (the test would be vacuous otherwise).
-    assert!(nim.seen().iter().any(|s| s.headers["authorization"] == format!("Bearer {K2}").as_str()));
+    assert!(nim
+        .seen()
+        .iter()
+        .any(|s| s.headers["authorization"] == format!("Bearer {K2}").as_str()));
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fake_vault::{Fault, FakeVault};
+use common::fake_vault::{FakeVault, Fault};
 use common::*;
 use http::header;
 use serde_json::json;
@@ -20,7 +20,14 @@ struct VaultSetup {
 }
 
 fn approle(fv: &FakeVault, dir: &std::path::Path, extra: &str) -> VaultSetup {
-    fv.add_approle("approle", "role-1", "secret-id-1", Duration::from_secs(60), Duration::from_secs(600), true);
+    fv.add_approle(
+        "approle",
+        "role-1",
+        "secret-id-1",
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        true,
+    );
     std::fs::write(dir.join("role-id"), "role-1\n").unwrap();
     std::fs::write(dir.join("secret-id"), "secret-id-1\n").unwrap();
     VaultSetup {
@@ -48,22 +55,45 @@ secret_id_file = "{d}/secret-id"
 }
 
 async fn gateway(table: String) -> Gateway {
-    start_with(Opts { secret_table: Some(table), ..Opts::default() }).await
+    start_with(Opts {
+        secret_table: Some(table),
+        ..Opts::default()
+    })
+    .await
 }
 
 async fn chat(gw: &Gateway) -> u16 {
-    send_json(post(&gw.url("/v1/chat/completions"), Some(CLIENT_KEY), &chat_body(false))).await.0
+    send_json(post(
+        &gw.url("/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        &chat_body(false),
+    ))
+    .await
+    .0
 }
 
 fn keys_seen(gw: &Gateway) -> Vec<String> {
-    gw.nim.seen().iter().map(|s| s.headers[header::AUTHORIZATION].to_str().unwrap().to_string()).collect()
+    gw.nim
+        .seen()
+        .iter()
+        .map(|s| {
+            s.headers[header::AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn kv2_approle_fetch_and_rotation_under_load() {
     let fv = FakeVault::start().await;
     let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY, "other": "x"}));
+    fv.put_kv2(
+        "secret",
+        "nim/prod",
+        json!({"api_key": NIM_KEY, "other": "x"}),
+    );
     let v = approle(&fv, dir.path(), "");
     let gw = gateway(v.table).await;
     gw.nim.set_keys(vec![NIM_KEY.into(), K2.into()]);
@@ -73,7 +103,10 @@ async fn kv2_approle_fetch_and_rotation_under_load() {
         let c = client();
         let mut st = Vec::new();
         for _ in 0..200 {
-            let r = c.request(post(&url, Some(CLIENT_KEY), &chat_body(false))).await.unwrap();
+            let r = c
+                .request(post(&url, Some(CLIENT_KEY), &chat_body(false)))
+                .await
+                .unwrap();
             st.push(r.status().as_u16());
             let _ = http_body_util::BodyExt::collect(r.into_body()).await;
             tokio::time::sleep(Duration::from_millis(3)).await;
@@ -83,13 +116,23 @@ async fn kv2_approle_fetch_and_rotation_under_load() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(fv.put_kv2("secret", "nim/prod", json!({"api_key": K2})), 2);
     let st = load.await.unwrap();
-    assert!(st.iter().all(|s| *s == 200), "failed requests during rotation: {st:?}");
+    assert!(
+        st.iter().all(|s| *s == 200),
+        "failed requests during rotation: {st:?}"
+    );
     let keys = keys_seen(&gw);
     assert_eq!(keys.last().unwrap(), &format!("Bearer {K2}"));
     assert!(keys.contains(&format!("Bearer {NIM_KEY}")));
     let rot = gw.audit_events("secret_rotate").await;
     assert_eq!(rot.len(), 2);
-    assert_eq!((rot[0]["key_version"].as_str(), rot[1]["key_version"].as_str(), rot[1]["old_key_version"].as_str()), (Some("1"), Some("2"), Some("1")));
+    assert_eq!(
+        (
+            rot[0]["key_version"].as_str(),
+            rot[1]["key_version"].as_str(),
+            rot[1]["old_key_version"].as_str()
+        ),
+        (Some("1"), Some("2"), Some("1"))
+    );
     let uses = gw.audit_events("use").await;
     assert_eq!(uses.last().unwrap()["key_version"], "2");
     assert!(!gw.audit_events("vault_login").await.is_empty());
@@ -123,14 +166,22 @@ async fn kv2_without_metadata_pinned_version_and_kv1() {
     let gw = gateway(v.table).await;
     gw.nim.set_keys(vec![K2.into()]);
     assert_eq!(chat(&gw).await, 200);
-    let ver = gw.audit_events("use").await[0]["key_version"].as_str().unwrap().to_string();
+    let ver = gw.audit_events("use").await[0]["key_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(ver.starts_with("sha256:"), "{ver}");
     gw.stop().await;
 
     // KV v1.
     fv.put_kv1("kv", "nim/v1", json!({"token": NIM_KEY}));
     let v = approle(&fv, dir.path(), "");
-    let table = v.table.replace("mount = \"secret\"", "mount = \"kv\"").replace("path = \"nim/prod\"", "path = \"nim/v1\"").replace("kv_version = 2", "kv_version = 1").replace("field = \"api_key\"", "field = \"token\"");
+    let table = v
+        .table
+        .replace("mount = \"secret\"", "mount = \"kv\"")
+        .replace("path = \"nim/prod\"", "path = \"nim/v1\"")
+        .replace("kv_version = 2", "kv_version = 1")
+        .replace("field = \"api_key\"", "field = \"token\"");
     let gw = gateway(table).await;
     assert_eq!(chat(&gw).await, 200);
     assert_eq!(keys_seen(&gw), vec![format!("Bearer {NIM_KEY}")]);
@@ -144,8 +195,18 @@ async fn renews_at_two_thirds_of_ttl_and_logs_in_again_near_max_ttl() {
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
     let v = approle(&fv, dir.path(), "");
     // ttl 3 s, max 5 s: renew at ~2 s, capped renewal → login before 5 s.
-    fv.add_approle("approle", "role-1", "secret-id-1", Duration::from_secs(3), Duration::from_secs(5), true);
-    let table = v.table.replace("refresh = \"200ms\"", "refresh = \"60s\"").replace("max_staleness = \"5s\"", "max_staleness = \"60s\"");
+    fv.add_approle(
+        "approle",
+        "role-1",
+        "secret-id-1",
+        Duration::from_secs(3),
+        Duration::from_secs(5),
+        true,
+    );
+    let table = v
+        .table
+        .replace("refresh = \"200ms\"", "refresh = \"60s\"")
+        .replace("max_staleness = \"5s\"", "max_staleness = \"60s\"");
     let gw = gateway(table).await;
     let mut statuses = Vec::new();
     for _ in 0..35 {
@@ -154,7 +215,11 @@ async fn renews_at_two_thirds_of_ttl_and_logs_in_again_near_max_ttl() {
     }
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(fv.count("renew") >= 1, "no renewal");
-    assert!(fv.count("login") >= 2, "no re-login near max TTL (logins {})", fv.count("login"));
+    assert!(
+        fv.count("login") >= 2,
+        "no re-login near max TTL (logins {})",
+        fv.count("login")
+    );
     // Every token the gateway used was valid: no 403 on reads.
     let renew = gw.audit_events("vault_renew").await;
     assert!(!renew.is_empty());
@@ -167,12 +232,22 @@ async fn refused_renewal_and_revoked_tokens_lead_to_a_new_login() {
     let dir = tempfile::tempdir().unwrap();
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
     let v = approle(&fv, dir.path(), "");
-    fv.add_approle("approle", "role-1", "secret-id-1", Duration::from_secs(2), Duration::from_secs(600), true);
+    fv.add_approle(
+        "approle",
+        "role-1",
+        "secret-id-1",
+        Duration::from_secs(2),
+        Duration::from_secs(600),
+        true,
+    );
     fv.set_renew_refused(true);
     let gw = gateway(v.table).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(fv.count("renew") >= 1);
-    assert!(fv.count("login") >= 2, "refused renewal must lead to a login");
+    assert!(
+        fv.count("login") >= 2,
+        "refused renewal must lead to a login"
+    );
     let logins = fv.count("login");
     fv.revoke_all_tokens();
     let mut st = Vec::new();
@@ -181,7 +256,10 @@ async fn refused_renewal_and_revoked_tokens_lead_to_a_new_login() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(st.iter().all(|s| *s == 200), "{st:?}");
-    assert!(fv.count("login") > logins, "403 after revoke must lead to a login");
+    assert!(
+        fv.count("login") > logins,
+        "403 after revoke must lead to a login"
+    );
     gw.stop().await;
 }
 
@@ -192,7 +270,11 @@ async fn outage_shorter_than_max_staleness_keeps_serving() {
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
     let v = approle(&fv, dir.path(), "");
     let gw = gateway(v.table).await;
-    for fault in [Fault::Status503, Fault::Down, Fault::Delay(Duration::from_secs(3))] {
+    for fault in [
+        Fault::Status503,
+        Fault::Down,
+        Fault::Delay(Duration::from_secs(3)),
+    ] {
         fv.set_fault(fault);
         for _ in 0..10 {
             assert_eq!(chat(&gw).await, 200, "during {fault:?}");
@@ -214,11 +296,18 @@ async fn outage_longer_than_max_staleness_fails_closed_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
     let v = approle(&fv, dir.path(), "");
-    let table = v.table.replace("max_staleness = \"5s\"", "max_staleness = \"1s\"");
+    let table = v
+        .table
+        .replace("max_staleness = \"5s\"", "max_staleness = \"1s\"");
     let gw = gateway(table).await;
     fv.set_fault(Fault::Down);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (s, v) = send_json(post(&gw.url("/v1/chat/completions"), Some(CLIENT_KEY), &chat_body(false))).await;
+    let (s, v) = send_json(post(
+        &gw.url("/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        &chat_body(false),
+    ))
+    .await;
     assert_eq!(s, 503);
     assert_eq!(error_code(&v), "credential_unavailable");
     let (s, body) = get_admin(gw.admin, "/readyz").await.unwrap();
@@ -228,7 +317,11 @@ async fn outage_longer_than_max_staleness_fails_closed_then_recovers() {
     fv.set_fault(Fault::None);
     gw.wait_ready().await;
     assert_eq!(chat(&gw).await, 200);
-    assert_eq!(gw.nim.requests.load(Ordering::Relaxed), before + 1, "nothing was sent while stale");
+    assert_eq!(
+        gw.nim.requests.load(Ordering::Relaxed),
+        before + 1,
+        "nothing was sent while stale"
+    );
     gw.stop().await;
 }
 
@@ -268,7 +361,12 @@ async fn startup_with_vault_down_is_not_ready_until_vault_answers() {
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
     let v = approle(&fv, dir.path(), "");
     fv.set_fault(Fault::Down);
-    let gw = start_with(Opts { secret_table: Some(v.table), no_wait: true, ..Opts::default() }).await;
+    let gw = start_with(Opts {
+        secret_table: Some(v.table),
+        no_wait: true,
+        ..Opts::default()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 503);
     assert_eq!(chat(&gw).await, 503);
@@ -283,7 +381,10 @@ async fn nim_401_triggers_one_refresh_and_one_retry() {
     let fv = FakeVault::start().await;
     let dir = tempfile::tempdir().unwrap();
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "").table.replace("refresh = \"200ms\"", "refresh = \"60s\"").replace("max_staleness = \"5s\"", "max_staleness = \"120s\"");
+    let v = approle(&fv, dir.path(), "")
+        .table
+        .replace("refresh = \"200ms\"", "refresh = \"60s\"")
+        .replace("max_staleness = \"5s\"", "max_staleness = \"120s\"");
     let gw = gateway(v).await;
     assert_eq!(chat(&gw).await, 200);
     // The key is rotated in Vault and the NIM already rejects the old one.
@@ -294,20 +395,35 @@ async fn nim_401_triggers_one_refresh_and_one_retry() {
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let url = gw.url("/v1/chat/completions");
-        tasks.push(tokio::spawn(async move { send_json(post(&url, Some(CLIENT_KEY), &chat_body(false))).await.0 }));
+        tasks.push(tokio::spawn(async move {
+            send_json(post(&url, Some(CLIENT_KEY), &chat_body(false)))
+                .await
+                .0
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    assert!(fv.count("read") - reads <= 2, "refreshes were not coalesced: {} reads", fv.count("read") - reads);
+    assert!(
+        fv.count("read") - reads <= 2,
+        "refreshes were not coalesced: {} reads",
+        fv.count("read") - reads
+    );
     let keys = keys_seen(&gw);
     assert_eq!(keys.iter().filter(|k| k.ends_with(K2)).count(), 5);
     let done = gw.audit_events("done").await;
-    assert!(done.iter().any(|d| d["status"] == 401 && d["reason"] == "upstream_rejected_key_retrying"));
+    assert!(done
+        .iter()
+        .any(|d| d["status"] == 401 && d["reason"] == "upstream_rejected_key_retrying"));
     // When Vault has nothing newer, the 401 is passed back after one attempt (no loop).
     gw.nim.set_keys(vec!["nvapi-something-else".into()]);
     let n = gw.nim.requests.load(Ordering::Relaxed);
-    let (s, _) = send_json(post(&gw.url("/v1/chat/completions"), Some(CLIENT_KEY), &chat_body(false))).await;
+    let (s, _) = send_json(post(
+        &gw.url("/v1/chat/completions"),
+        Some(CLIENT_KEY),
+        &chat_body(false),
+    ))
+    .await;
     assert_eq!(s, 401);
     assert_eq!(gw.nim.requests.load(Ordering::Relaxed), n + 1);
     gw.stop().await;
@@ -318,14 +434,20 @@ async fn no_vault_traffic_per_request() {
     let fv = FakeVault::start().await;
     let dir = tempfile::tempdir().unwrap();
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "namespace = \"team-a\"").table.replace("refresh = \"200ms\"", "refresh = \"60s\"").replace("max_staleness = \"5s\"", "max_staleness = \"120s\"");
+    let v = approle(&fv, dir.path(), "namespace = \"team-a\"")
+        .table
+        .replace("refresh = \"200ms\"", "refresh = \"60s\"")
+        .replace("max_staleness = \"5s\"", "max_staleness = \"120s\"");
     let gw = gateway(v).await;
     let before = fv.count("requests");
     for _ in 0..50 {
         assert_eq!(chat(&gw).await, 200);
     }
     assert_eq!(fv.count("requests"), before, "requests must not call Vault");
-    assert!(fv.log().iter().all(|s| s.headers.get("x-vault-namespace").is_some_and(|v| v == "team-a")));
+    assert!(fv.log().iter().all(|s| s
+        .headers
+        .get("x-vault-namespace")
+        .is_some_and(|v| v == "team-a")));
     gw.stop().await;
 }
 
@@ -334,7 +456,14 @@ async fn kubernetes_auth_rereads_the_jwt_at_each_login() {
     let fv = FakeVault::start().await;
     let dir = tempfile::tempdir().unwrap();
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    fv.add_k8s_role("kubernetes", "nimgate", &["jwt-one"], Duration::from_secs(60), Duration::from_secs(600), true);
+    fv.add_k8s_role(
+        "kubernetes",
+        "nimgate",
+        &["jwt-one"],
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        true,
+    );
     std::fs::write(dir.path().join("jwt"), "jwt-one").unwrap();
     let table = format!(
         "[secret]\nsource = \"vault\"\naddress = \"{}\"\npath = \"nim/prod\"\nfield = \"api_key\"\nrefresh = \"200ms\"\nmax_staleness = \"30s\"\n[secret.auth]\nmethod = \"kubernetes\"\nrole = \"nimgate\"\njwt_file = \"{}\"\n",
@@ -345,12 +474,24 @@ async fn kubernetes_auth_rereads_the_jwt_at_each_login() {
     assert_eq!(chat(&gw).await, 200);
     // The projected token rotates; Vault now only accepts the new one; old Vault tokens die.
     std::fs::write(dir.path().join("jwt"), "jwt-two").unwrap();
-    fv.add_k8s_role("kubernetes", "nimgate", &["jwt-two"], Duration::from_secs(60), Duration::from_secs(600), true);
+    fv.add_k8s_role(
+        "kubernetes",
+        "nimgate",
+        &["jwt-two"],
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        true,
+    );
     fv.revoke_all_tokens();
     let logins = fv.count("login");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(fv.count("login") > logins);
-    let last_login = fv.log().into_iter().filter(|s| s.path.contains("/login")).last().unwrap();
+    let last_login = fv
+        .log()
+        .into_iter()
+        .filter(|s| s.path.contains("/login"))
+        .last()
+        .unwrap();
     assert!(String::from_utf8_lossy(&last_login.body).contains("jwt-two"));
     assert_eq!(chat(&gw).await, 200);
     gw.stop().await;
@@ -361,7 +502,12 @@ async fn token_file_is_reread_when_it_changes() {
     let fv = FakeVault::start().await;
     let dir = tempfile::tempdir().unwrap();
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    fv.add_token("hvs.agent-token-1", Duration::from_secs(60), Duration::from_secs(600), true);
+    fv.add_token(
+        "hvs.agent-token-1",
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        true,
+    );
     std::fs::write(dir.path().join("token"), "hvs.agent-token-1\n").unwrap();
     let table = format!(
         "[secret]\nsource = \"vault\"\naddress = \"{}\"\npath = \"nim/prod\"\nfield = \"api_key\"\nrefresh = \"200ms\"\nmax_staleness = \"30s\"\n[secret.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n",
@@ -371,10 +517,20 @@ async fn token_file_is_reread_when_it_changes() {
     let gw = gateway(table).await;
     assert_eq!(chat(&gw).await, 200);
     fv.revoke_all_tokens();
-    fv.add_token("hvs.agent-token-2", Duration::from_secs(60), Duration::from_secs(600), true);
+    fv.add_token(
+        "hvs.agent-token-2",
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        true,
+    );
     std::fs::write(dir.path().join("token"), "hvs.agent-token-2\n").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let last = fv.log().into_iter().filter(|s| s.path.contains("/data/")).last().unwrap();
+    let last = fv
+        .log()
+        .into_iter()
+        .filter(|s| s.path.contains("/data/"))
+        .last()
+        .unwrap();
     assert_eq!(last.headers["x-vault-token"], "hvs.agent-token-2");
     assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 200);
     gw.stop().await;

@@ -71,6 +71,29 @@ impl Record {
     }
 }
 
+/// Append one chained audit line (`{"ts":…,"seq":…,"prev_hash":…,<record fields>}` + `\n`) to
+/// `buf`; returns the hex SHA-256 of the line (without `\n`), the next record's `prev_hash`.
+pub fn encode_line(buf: &mut Vec<u8>, rec: &Record, seq: u64, prev_hash: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let start = buf.len();
+    let _ = write!(
+        buf,
+        "{{\"ts\":\"{}\",\"seq\":{seq},\"prev_hash\":\"{prev_hash}\"",
+        now_rfc3339()
+    );
+    let brace = buf.len();
+    if serde_json::to_writer(&mut *buf, rec).is_err() {
+        buf.truncate(brace);
+        buf.extend_from_slice(br#"{"event":"unencodable_record"}"#);
+    }
+    // The record's own opening brace becomes the separator after the chain fields.
+    buf[brace] = b',';
+    let hash = hex::encode(Sha256::digest(&buf[start..]));
+    buf.push(b'\n');
+    hash
+}
+
 /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-28T23:59:01.123Z`.
 pub fn now_rfc3339() -> String {
     let d = SystemTime::now()
@@ -111,6 +134,24 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+    }
+
+    #[test]
+    fn encoded_line_chains() {
+        let mut buf = Vec::new();
+        let h = encode_line(&mut buf, &Record::event("use"), 7, "ab");
+        let line = std::str::from_utf8(&buf).unwrap();
+        assert!(
+            line.ends_with("\"seq\":7,\"prev_hash\":\"ab\",\"event\":\"use\"}\n"),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["seq"], 7);
+        use sha2::Digest;
+        assert_eq!(
+            h,
+            hex::encode(sha2::Sha256::digest(line.trim_end().as_bytes()))
+        );
     }
 
     #[test]

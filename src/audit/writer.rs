@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::record::{now_rfc3339, Record};
+use super::record::{encode_line, Record};
 use crate::config::{AuditConfig, FsyncPolicy};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -351,22 +351,8 @@ impl Writer {
 
     /// Serialise one record onto the chain (tentatively: `commit` rolls back on failure).
     fn append(&mut self, rec: &Record) {
-        let start = self.buf.len();
-        let body = match serde_json::to_vec(rec) {
-            Ok(b) => b,
-            Err(_) => br#"{"event":"unencodable_record"}"#.to_vec(),
-        };
-        let _ = write!(
-            self.buf,
-            "{{\"ts\":\"{}\",\"seq\":{},\"prev_hash\":\"{}\",",
-            now_rfc3339(),
-            self.chain.next_seq,
-            self.chain.prev
-        );
-        self.buf.extend_from_slice(&body[1..]);
-        self.chain.prev = hex::encode(Sha256::digest(&self.buf[start..]));
+        self.chain.prev = encode_line(&mut self.buf, rec, self.chain.next_seq, &self.chain.prev);
         self.chain.next_seq += 1;
-        self.buf.push(b'\n');
     }
 
     fn write_buf(&mut self) -> io::Result<()> {

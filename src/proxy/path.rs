@@ -60,18 +60,38 @@ pub fn strip_credential_params(query: &str) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
         .filter(|p| {
-            let name = p.split('=').next().unwrap_or("");
-            let name = name
-                .replace("%5F", "_")
-                .replace("%5f", "_")
-                .replace("%2D", "-")
-                .replace("%2d", "-");
-            let cred = name.eq_ignore_ascii_case("api_key") || name.eq_ignore_ascii_case("api-key");
+            // Compare the fully decoded name, as the upstream's framework will see it.
+            let name = form_decode(p.split('=').next().unwrap_or(""));
+            let cred =
+                name.eq_ignore_ascii_case(b"api_key") || name.eq_ignore_ascii_case(b"api-key");
             changed |= cred;
             !cred
         })
         .collect();
     changed.then(|| kept.join("&"))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name: `%XX` and `+`.
+fn form_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -112,5 +132,18 @@ mod tests {
             Some("a=1")
         );
         assert_eq!(strip_credential_params("a=1"), None);
+        assert_eq!(
+            strip_credential_params("%61pi_key=x&b=2").as_deref(),
+            Some("b=2")
+        );
+        assert_eq!(
+            strip_credential_params("%41%50%49%5F%4B%45%59=x").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            strip_credential_params("%61pi-key=x&api_ke=1").as_deref(),
+            Some("api_ke=1")
+        );
+        assert_eq!(strip_credential_params("a=%&b%="), None);
     }
 }

@@ -1,0 +1,95 @@
+//! Micro-benchmarks of the per-request hot path (divan): client key lookup, header rewrite,
+//! path normalisation, audit record encoding. `cargo bench --bench hot_path`.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use nimgate::audit::record::{encode_line, Record};
+use nimgate::auth::{key_digest_hex, ClientRegistry};
+use nimgate::config::ClientConfig;
+use std::sync::Arc;
+
+fn main() {
+    divan::main();
+}
+
+fn registry(n: usize) -> ClientRegistry {
+    let clients: Vec<ClientConfig> = (0..n)
+        .map(|i| ClientConfig {
+            id: format!("team-{i}"),
+            key_sha256: key_digest_hex(&format!(
+                "ngk_bench_key_{i:04}_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            )),
+            rpm: None,
+            burst: None,
+            max_concurrent: None,
+        })
+        .collect();
+    ClientRegistry::new(&clients)
+}
+
+fn client_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("gateway.example:8080"));
+    h.insert(
+        "user-agent",
+        HeaderValue::from_static("openai-python/1.52.0"),
+    );
+    h.insert("accept", HeaderValue::from_static("application/json"));
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("content-length", HeaderValue::from_static("187"));
+    h.insert("connection", HeaderValue::from_static("keep-alive"));
+    h.insert("x-stainless-lang", HeaderValue::from_static("python"));
+    h.insert(
+        "x-request-id",
+        HeaderValue::from_static("req-0123456789abcdef"),
+    );
+    h.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer ngk_bench_key_0042_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+    );
+    h
+}
+
+#[divan::bench(args = [1, 100, 10_000])]
+fn client_key_lookup(bencher: divan::Bencher, n: usize) {
+    let r = registry(n.max(43));
+    let h = client_headers();
+    bencher.bench(|| r.authenticate(divan::black_box(&h)).is_ok());
+}
+
+#[divan::bench]
+fn header_rewrite(bencher: divan::Bencher) {
+    let key =
+        HeaderValue::from_static("Bearer nvapi-0123456789abcdef0123456789abcdef0123456789abcdef");
+    let name = HeaderName::from_static("authorization");
+    bencher
+        .with_inputs(client_headers)
+        .bench_local_values(|mut h| {
+            nimgate::proxy::headers::rewrite_request(&mut h, &name, &key);
+            h
+        });
+}
+
+#[divan::bench]
+fn path_normalize() -> Option<String> {
+    nimgate::proxy::path::normalize(divan::black_box("/v1/chat/completions"))
+}
+
+#[divan::bench]
+fn audit_use_record_encoding(bencher: divan::Bencher) {
+    let mut r = Record::event("use");
+    r.request_id = Some("077f87f251920c020000000000000000".into());
+    r.client_id = Some(Arc::from("team-a"));
+    r.remote_addr = Some("10.0.3.7:37834".into());
+    r.method = Some("POST".into());
+    r.path = Some("/v1/chat/completions".into());
+    r.model = Some("meta/llama-3.1-8b-instruct".into());
+    r.upstream = Some(Arc::from("http://127.0.0.1:8000"));
+    r.key_version = Some(Arc::from("7"));
+    r.key_fingerprint = Some(Arc::from("671b023cf9d6a1ea"));
+    let prev = "bc5294ff6029e220837e8f3fbf5f35b7a23f64cbd91121afb55c8e1a09d27bfc".to_string();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    bencher.bench_local(|| {
+        buf.clear();
+        encode_line(&mut buf, divan::black_box(&r), 42, &prev)
+    });
+}
