@@ -70,17 +70,22 @@ impl FakeNim {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let nim = self.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let nim = nim.clone();
-                    async move { Ok::<_, std::convert::Infallible>(nim.handle(req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::spawn(self.clone().serve_conn(stream));
         }
+    }
+
+    /// Serve one connection (plain TCP, or a TLS stream the caller accepted).
+    pub async fn serve_conn<I>(self: Arc<Self>, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |req| {
+            let nim = self.clone();
+            async move { Ok::<_, std::convert::Infallible>(nim.handle(req).await) }
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<FakeBody> {

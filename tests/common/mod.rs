@@ -41,6 +41,8 @@ pub struct Opts {
     pub extra: String,
     /// Extra keys for the `[upstream]` table.
     pub upstream_extra: String,
+    /// Extra keys for the `[server]` table.
+    pub server_extra: String,
     /// Extra keys for the `[secret]` table.
     pub secret_extra: String,
     /// Extra keys for `[limits]`.
@@ -67,6 +69,7 @@ impl Default for Opts {
         Self {
             extra: String::new(),
             upstream_extra: String::new(),
+            server_extra: String::new(),
             secret_extra: String::new(),
             limits_extra: String::new(),
             audit_extra: String::new(),
@@ -112,6 +115,7 @@ pub async fn start_with(o: Opts) -> Gateway {
 [server]
 listen = "127.0.0.1:0"
 shutdown_grace = "5s"
+{server_extra}
 [admin]
 listen = "127.0.0.1:1"
 [upstream]
@@ -138,6 +142,7 @@ path = "{audit}"
             .clone()
             .unwrap_or(format!("http://{nim_addr}")),
         upstream_extra = o.upstream_extra,
+        server_extra = o.server_extra,
         da = key_digest_hex(CLIENT_KEY),
         db = key_digest_hex(CLIENT_KEY_B),
         client_extra = o.client_extra,
