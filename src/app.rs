@@ -10,25 +10,22 @@
 //! Every layer answers with a response (errors are already mapped to OpenAI-shaped JSON), so the
 //! stack's error type is `Infallible`.
 
-use http::{header, HeaderName, Request, Response};
-use hyper::body::Incoming;
-use std::convert::Infallible;
+use http::{header, HeaderName};
 use std::sync::Arc;
-use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 use crate::audit::Audit;
 use crate::auth::ClientRegistry;
 use crate::config::{Config, SecretConfig};
-use crate::layers::{AuthLayer, RequestIdLayer};
-use crate::proxy::body::GatewayBody;
+use crate::layers::{AuthLayer, AuthService, RequestIdLayer, RequestIdService};
 use crate::proxy::headers::{API_KEY, X_API_KEY};
 use crate::proxy::{ProxyService, ProxySettings, Upstream};
 use crate::secret::{file::FileSource, SecretSource, SecretStore};
 use crate::telemetry::Metrics;
 
-pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<GatewayBody>, Infallible>;
+/// The stack's concrete type (no boxing: cloning it per connection/request clones a few `Arc`s).
+pub type GatewayService = SetSensitiveRequestHeaders<RequestIdService<AuthService<ProxyService>>>;
 
 /// Everything the server and admin listener need.
 pub struct App {
@@ -85,7 +82,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Box<dyn SecretSource>),
         })
         .service(proxy);
     let app = App {
-        service: BoxCloneSyncService::new(stack),
+        service: stack,
         store,
         audit,
         metrics,

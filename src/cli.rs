@@ -169,9 +169,15 @@ fn runtime(workers: usize, fut: impl std::future::Future<Output = Result<(), Str
         tracing::warn!("{p}");
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime (no work-stealing machinery, no cross-thread
+    // wake-ups); more: the multi-thread scheduler.
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     b.enable_all();
-    if workers > 0 {
+    if workers > 1 {
         b.worker_threads(workers);
     }
     let rt = match b.build() {

@@ -211,6 +211,9 @@ impl FakeNim {
                 if i > 0 && !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
+                // Send time (Unix µs): benchmarks measure per-event forwarding delay with it.
+                let mut chunk = chunk;
+                chunk["x_sent_unix_us"] = Value::from(unix_micros());
                 if tx
                     .send(Bytes::from(format!("data: {chunk}\n\n")))
                     .await
@@ -279,6 +282,13 @@ impl hyper::body::Body for FakeBody {
             Self::Channel(_) => http_body::SizeHint::default(),
         }
     }
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn ok_json(v: Value) -> Response<FakeBody> {

@@ -160,6 +160,8 @@ async fn unwritable_audit_fails_closed_then_recovers() {
     ))
     .await;
     assert_eq!(s, 200);
+    // Stopping flushes the writer (a `done` record is written within a few ms otherwise).
+    let _dir = gw.stop().await;
     let recs = read_audit(&real);
     let events: Vec<_> = recs
         .iter()
@@ -179,7 +181,6 @@ async fn unwritable_audit_fails_closed_then_recovers() {
         "the refused requests are recorded: {events:?}"
     );
     assert!(events.contains(&"use".to_string()) && events.contains(&"done".to_string()));
-    gw.stop().await;
     let (ok, out) = verify(&[&real]);
     assert!(ok, "{out}");
 }

@@ -7,6 +7,7 @@
 //! - `record` (denied, source events) waits for queue room, bounded by `max_wait`;
 //! - `record_done` never waits (it is already accounted for by its `use`).
 
+mod queue;
 pub mod record;
 pub mod verify;
 mod writer;
@@ -15,7 +16,6 @@ pub use record::{Record, Usage};
 pub use writer::{rotated_name, Shared, GENESIS};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
@@ -37,9 +37,16 @@ pub struct Audit {
 }
 
 struct Inner {
-    tx: mpsc::Sender<Msg>,
+    queue: Arc<queue::Queue>,
     shared: Arc<Shared>,
     max_wait: Duration,
+}
+
+impl Drop for Inner {
+    /// The last handle gone: the writer drains what is queued and ends.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl Audit {
@@ -57,10 +64,10 @@ impl Audit {
             records: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
         });
-        let (tx, rx) = mpsc::channel();
-        let handle = writer::spawn(cfg, shared.clone(), rx)?;
+        let queue = Arc::new(queue::Queue::new());
+        let handle = writer::spawn(cfg, shared.clone(), queue.clone())?;
         let inner = Arc::new(Inner {
-            tx,
+            queue,
             shared,
             max_wait: cfg.max_wait,
         });
@@ -106,14 +113,14 @@ impl Audit {
             .map_err(|_| AuditError::WriteFailed)?;
         permit.forget();
         let (ack_tx, ack_rx) = oneshot::channel();
-        if i.tx
-            .send(Msg::Rec {
+        if !i.queue.push(
+            Msg::Rec {
                 rec,
                 ack: Some(ack_tx),
                 permit: true,
-            })
-            .is_err()
-        {
+            },
+            true,
+        ) {
             i.shared.permits.add_permits(1);
             return Err(AuditError::WriteFailed);
         }
@@ -133,14 +140,14 @@ impl Audit {
             .map_err(|_| AuditError::Timeout)?
             .map_err(|_| AuditError::WriteFailed)?;
         permit.forget();
-        if i.tx
-            .send(Msg::Rec {
+        if !i.queue.push(
+            Msg::Rec {
                 rec,
                 ack: None,
                 permit: true,
-            })
-            .is_err()
-        {
+            },
+            false,
+        ) {
             i.shared.permits.add_permits(1);
             return Err(AuditError::WriteFailed);
         }
@@ -150,11 +157,14 @@ impl Audit {
     /// Queue a `done` record (never waits: its `use` already held queue room).
     pub fn record_done(&self, rec: Record) {
         if let Some(i) = &self.inner {
-            let _ = i.tx.send(Msg::Rec {
-                rec,
-                ack: None,
-                permit: false,
-            });
+            let _ = i.queue.push(
+                Msg::Rec {
+                    rec,
+                    ack: None,
+                    permit: false,
+                },
+                false,
+            );
         }
     }
 
@@ -162,7 +172,7 @@ impl Audit {
     pub async fn flush(&self) -> bool {
         let Some(i) = &self.inner else { return true };
         let (tx, rx) = oneshot::channel();
-        if i.tx.send(Msg::Flush(tx)).is_err() {
+        if !i.queue.push(Msg::Flush(tx), true) {
             return false;
         }
         rx.await.unwrap_or(false)

@@ -11,11 +11,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
+use super::queue::{Popped, Queue};
 use super::record::{encode_line, Record};
 use crate::config::{AuditConfig, FsyncPolicy};
 
@@ -74,7 +74,7 @@ struct Writer {
 pub(crate) fn spawn(
     cfg: &AuditConfig,
     shared: Arc<Shared>,
-    rx: Receiver<Msg>,
+    queue: Arc<Queue>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let (sink, chain) = if cfg.path == "-" {
         (
@@ -119,7 +119,7 @@ pub(crate) fn spawn(
     });
     std::thread::Builder::new()
         .name("audit-writer".into())
-        .spawn(move || w.run(rx))
+        .spawn(move || w.run(&queue))
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -219,6 +219,40 @@ fn last_line(file: &mut File, len: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
     }
 }
 
+/// SCHED_BATCH (nice 0) for the writer: waking it does not preempt the thread that queued a
+/// record, so on a busy core the writer runs when the request threads yield and finds a whole
+/// batch waiting (group commit without a timer). On an idle core it runs at once as usual.
+fn batch_scheduling() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        };
+        let nice_0 = ThreadPriorityValue::try_from(50u8).map(ThreadPriority::Crossplatform);
+        if let Ok(p) = nice_0 {
+            if let Err(e) = thread_priority::set_thread_priority_and_policy(
+                thread_priority::thread_native_id(),
+                p,
+                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
+            ) {
+                tracing::debug!(error = ?e, "audit writer: SCHED_BATCH not available");
+            }
+        }
+    }
+}
+
+/// Split a large drain into batches of at most `MAX_BATCH` records (one write each).
+fn chunks(mut batch: Vec<Msg>) -> Vec<Vec<Msg>> {
+    let mut out = Vec::new();
+    while batch.len() > MAX_BATCH {
+        let rest = batch.split_off(MAX_BATCH);
+        out.push(batch);
+        batch = rest;
+    }
+    out.push(batch);
+    out
+}
+
 pub fn rotated_name(path: &Path, n: usize) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{n}"));
@@ -226,7 +260,8 @@ pub fn rotated_name(path: &Path, n: usize) -> PathBuf {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Msg>) {
+    fn run(mut self, queue: &Queue) {
+        batch_scheduling();
         loop {
             let timeout = if !self.pending.is_empty() {
                 RETRY_TICK
@@ -238,22 +273,14 @@ impl Writer {
                 Duration::from_secs(3600)
             };
             let mut batch = std::mem::take(&mut self.pending);
-            match rx.recv_timeout(timeout) {
-                Ok(m) => batch.push(m),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.commit(batch);
-                    self.sync();
-                    return;
-                }
+            let closed = matches!(queue.pop(&mut batch, timeout), Popped::Closed);
+            for chunk in chunks(batch) {
+                self.commit(chunk);
             }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
+            if closed {
+                self.sync();
+                return;
             }
-            self.commit(batch);
             if self.dirty
                 && self.cfg.fsync == FsyncPolicy::Interval
                 && self.last_sync.elapsed() >= self.cfg.fsync_interval

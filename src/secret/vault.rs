@@ -297,19 +297,11 @@ impl VaultSource {
                     format!("{method} login failed: {e}"),
                     Some("failure".into()),
                 );
-                let kind = if matches!(e, CallError::Transport(_))
-                    || matches!(e, CallError::Status(c) if c >= 500)
-                {
-                    SecretErrorKind::Unavailable
-                } else {
-                    // Bad credentials: the cached key stays until max_staleness (not a revocation
-                    // of the secret itself).
-                    SecretErrorKind::Unavailable
-                };
-                return Err(SecretError::new(
-                    kind,
-                    format!("Vault {method} login failed: {e}"),
-                ));
+                // Network errors and refused credentials alike keep the cached key until
+                // max_staleness: a failed login says nothing about the secret itself.
+                return Err(SecretError::unavailable(format!(
+                    "Vault {method} login failed: {e}"
+                )));
             }
         };
         let auth = &v["auth"];

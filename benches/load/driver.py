@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Load-test driver for nimgate (called by benches/load/run.sh).
+
+Layout on a 2-core machine: every proxy under test is pinned to core 0 (`taskset -c 0`); the load
+generator (oha) and the upstream (nginx returning a fixed chat completion, or the project's
+fake-nim when nginx is absent) share core 1. Targets: direct (upstream itself), nimgate (audit
+fsync=interval), nimgate with fsync=batch, nimgate with audit off, nginx and HAProxy (when on
+PATH; same job: client-key check, key injection, one JSON log line per request, keep-alive pool).
+
+Measures, interleaved over several rounds:
+  - closed-loop requests/s and p50/p99/p99.9 latency (oha -c 64 -z DUR);
+  - at a fixed rate (oha -q RATE): added p99 latency over direct and the CPU time each proxy spends
+    per request (utime+stime of its processes over the run / requests served);
+  - nimgate RSS under 64 connections (VmRSS mid-run, VmHWM at the end);
+  - SSE: time to first event and per-event forwarding delay, gateway vs direct (fake-nim stamps each
+    event with its send time);
+  - optionally a soak (--soak SECONDS) sampling nimgate's RSS.
+Writes benches/load/results/latest.json and results/chart.svg and prints a Markdown table.
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REL = os.path.join(ROOT, "target", "release")
+CLIENT_KEY = "ngk_bench_client_key_0123456789abcdef0123456789ab"
+NIM_KEY = "nvapi-bench-key-0123456789abcdef"
+BODY = json.dumps({"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16})
+PORTS = {"upstream": 18000, "ssenim": 18001, "nimgate": 18080, "nimgate-batch": 18083, "nimgate-noaudit": 18084,
+         "nimgate-2core": 18085, "nginx": 18081, "haproxy": 18082}
+TICK = os.sysconf("SC_CLK_TCK")
+PROCS = []
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def start(cmd, cpus, log, **kw):
+    p = subprocess.Popen(["taskset", "-c", cpus] + cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop_all():
+    for p in PROCS:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in PROCS:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_port(port, path="/", timeout=20.0, headers=None):
+    t = time.time()
+    while time.time() - t < timeout:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", path, headers=headers or {})
+            c.getresponse().read()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not come up")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            total += int(parts[11]) + int(parts[12])  # utime, stime (fields 14, 15)
+        except OSError:
+            pass
+    return total
+
+
+def rss_kb(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def oha(port, duration, conns=64, rate=None, path="/v1/chat/completions"):
+    cmd = ["taskset", "-c", "1", "oha", "-z", duration, "-c", str(conns), "--no-tui", "--output-format", "json",
+           "-m", "POST", "-d", BODY, "-T", "application/json", "-H", f"Authorization: Bearer {CLIENT_KEY}",
+           f"http://127.0.0.1:{port}{path}"]
+    if rate:
+        cmd[-1:-1] = ["-q", str(rate), "--latency-correction"]
+    out = sh(cmd).stdout
+    j = json.loads(out)
+    codes = j.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k == "200")
+    # Requests cut off by the end of the run (-z) are not failures.
+    errs = {k: v for k, v in j.get("errorDistribution", {}).items() if "deadline" not in k}
+    bad = sum(v for k, v in codes.items() if k != "200") + sum(errs.values())
+    lp = j.get("latencyPercentiles", {})
+    return {"rps": j["summary"]["requestsPerSec"], "ok": ok, "errors": bad,
+            "p50_ms": lp.get("p50", 0) * 1e3, "p99_ms": lp.get("p99", 0) * 1e3, "p999_ms": lp.get("p99.9", 0) * 1e3}
+
+
+def write_templ(src, dst, **vals):
+    with open(os.path.join(HERE, src)) as f:
+        s = f.read()
+    for k, v in vals.items():
+        s = s.replace("{{" + k + "}}", str(v))
+    with open(dst, "w") as f:
+        f.write(s)
+
+
+def nimgate_config(d, name, port, upstream_port, audit, workers):
+    key_file = os.path.join(d, "nim-key")
+    with open(key_file, "w") as f:
+        f.write(NIM_KEY + "\n")
+    digest = sh(["python3", "-c", f"import hashlib;print(hashlib.sha256(b'{CLIENT_KEY}').hexdigest())"]).stdout.strip()
+    audit_toml = {"interval": f'path = "{d}/{name}-audit.jsonl"\nfsync = "interval"',
+                  "batch": f'path = "{d}/{name}-audit.jsonl"\nfsync = "batch"',
+                  "off": "enabled = false"}[audit]
+    cfg = os.path.join(d, f"{name}.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""[server]
+listen = "127.0.0.1:{port}"
+workers = {workers}
+[admin]
+listen = "127.0.0.1:{port + 100}"
+[upstream]
+url = "http://127.0.0.1:{upstream_port}"
+[secret]
+source = "file"
+path = "{key_file}"
+[[clients]]
+id = "team-a"
+key_sha256 = "{digest}"
+[audit]
+{audit_toml}
+""")
+    return cfg
+
+
+def sse_probe(port, n_streams=5):
+    """Time to first event and per-event delay (receive time - fake-nim's send stamp), in ms."""
+    ttft, delays = [], []
+    body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    for _ in range(n_streams):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        t0 = time.time()
+        c.request("POST", "/v1/chat/completions", body=body,
+                  headers={"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"})
+        r = c.getresponse()
+        first = None
+        while True:
+            line = r.readline()
+            if not line:
+                break
+            now = time.time()
+            if line.startswith(b"data: {"):
+                ev = json.loads(line[6:])
+                if first is None:
+                    first = now
+                    ttft.append((now - t0) * 1e3)
+                if "x_sent_unix_us" in ev:
+                    delays.append((now * 1e6 - ev["x_sent_unix_us"]) / 1e3)
+            elif line.startswith(b"data: [DONE]"):
+                break
+        c.close()
+    delays.sort()
+    q = lambda p: delays[min(len(delays) - 1, int(p * len(delays)))]
+    return {"ttft_ms_median": statistics.median(ttft), "event_delay_ms_p50": q(0.5), "event_delay_ms_p99": q(0.99),
+            "event_delay_ms_max": delays[-1], "events": len(delays)}
+
+
+def svg_chart(results, path):
+    rows = [(name, r["closed"]["rps"]) for name, r in results["targets"].items() if "closed" in r]
+    cpu = [(name, r["fixed"]["cpu_us_per_req"]) for name, r in results["targets"].items()
+           if r.get("fixed", {}).get("cpu_us_per_req") is not None]
+    w, bar, gap = 760, 22, 8
+    h = 60 + (len(rows) + len(cpu)) * (bar + gap) + 60
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="13">',
+           '<rect width="100%" height="100%" fill="white"/>']
+    y = 30
+    def section(title, data, unit, color):
+        nonlocal y
+        out.append(f'<text x="10" y="{y}" font-weight="bold">{title}</text>')
+        y += 12
+        m = max(v for _, v in data) or 1
+        for name, v in data:
+            bw = int((w - 330) * v / m)
+            out.append(f'<text x="10" y="{y + 16}">{name}</text>')
+            out.append(f'<rect x="170" y="{y}" width="{bw}" height="{bar}" fill="{color}"/>')
+            out.append(f'<text x="{175 + bw}" y="{y + 16}">{v:,.0f} {unit}</text>')
+            y += bar + gap
+        y += 24
+    section("Closed-loop throughput (64 connections; proxies on 1 core)", rows, "req/s", "#4a7fb5")
+    if cpu:
+        section(f"CPU per request at {results['fixed_rate']} req/s (lower is better)", cpu, "µs", "#c0504d")
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", default="10s")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--soak", type=int, default=0, help="seconds of soak at --rate, sampling RSS")
+    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round (smoke)")
+    a = ap.parse_args()
+    if a.quick:
+        a.duration, a.rounds = "3s", 1
+    d = tempfile.mkdtemp(prefix="nimgate-bench-")
+    have_nginx = shutil.which("nginx") is not None
+    have_haproxy = shutil.which("haproxy") is not None
+    pids = {}
+    try:
+        # Upstream on core 1.
+        if have_nginx:
+            for sub in ("ub", "pb", "pt"):
+                os.makedirs(os.path.join(d, sub), exist_ok=True)
+            write_templ("nginx-upstream.conf", f"{d}/up.conf", DIR=d, UPSTREAM_PORT=PORTS["upstream"])
+            start(["nginx", "-c", f"{d}/up.conf", "-e", f"{d}/up-err.log"], "1", f"{d}/up.log")
+            upstream_kind = "nginx (fixed chat completion)"
+        else:
+            start([f"{REL}/fake-nim", "--listen", f"127.0.0.1:{PORTS['upstream']}"], "1", f"{d}/up.log")
+            upstream_kind = "fake-nim"
+        start([f"{REL}/fake-nim", "--listen", f"127.0.0.1:{PORTS['ssenim']}", "--sse-delay-ms", "20", "--sse-events", "50"], "1", f"{d}/sse.log")
+        wait_port(PORTS["upstream"])
+        wait_port(PORTS["ssenim"], "/v1/health/ready")
+        # Proxies on core 0.
+        for name, audit in (("nimgate", "interval"), ("nimgate-batch", "batch"), ("nimgate-noaudit", "off")):
+            cfg = nimgate_config(d, name, PORTS[name], PORTS["upstream"], audit, 1)
+            pids[name] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/{name}.log").pid]
+        if have_nginx:
+            write_templ("nginx-proxy.conf", f"{d}/proxy.conf", DIR=d, PORT=PORTS["nginx"], UPSTREAM_PORT=PORTS["upstream"],
+                        CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY)
+            pids["nginx"] = [start(["nginx", "-c", f"{d}/proxy.conf", "-e", f"{d}/proxy-err.log"], "0", f"{d}/nginx.log").pid]
+        if have_haproxy:
+            write_templ("haproxy.cfg", f"{d}/haproxy.cfg", DIR=d, PORT=PORTS["haproxy"], UPSTREAM_PORT=PORTS["upstream"],
+                        CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY)
+            pids["haproxy"] = [start(["haproxy", "-db", "-f", f"{d}/haproxy.cfg"], "0", f"{d}/haproxy-access.jsonl").pid]
+        for name in pids:
+            wait_port(PORTS[name], "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+        targets = ["direct"] + list(pids)
+        port_of = lambda t: PORTS["upstream"] if t == "direct" else PORTS[t]
+        # Warm-up.
+        for t in targets:
+            oha(port_of(t), "2s")
+        closed = {t: [] for t in targets}
+        rss_mid = []
+        for r in range(a.rounds):
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
+            for t in order:
+                res = oha(port_of(t), a.duration)
+                if t == "nimgate":
+                    rss_mid.append(rss_kb(pids["nimgate"][0]))
+                closed[t].append(res)
+                print(f"  round {r + 1} {t:16s} {res['rps']:>9.0f} req/s  p99 {res['p99_ms']:.2f} ms  errors {res['errors']}", flush=True)
+        fixed = {}
+        for t in targets:
+            ps = pids.get(t, [])
+            c0 = cpu_ticks(ps)
+            res = oha(port_of(t), a.duration, rate=a.rate)
+            c1 = cpu_ticks(ps)
+            res["cpu_us_per_req"] = ((c1 - c0) / TICK * 1e6 / max(res["ok"], 1)) if ps else None
+            fixed[t] = res
+            cpu_s = f"{res['cpu_us_per_req']:.1f} µs/req" if ps else ""
+            print(f"  fixed {a.rate}/s {t:16s} p99 {res['p99_ms']:.3f} ms  {cpu_s}", flush=True)
+        # Two cores for nimgate (oha shares them), for reference.
+        cfg2 = nimgate_config(d, "nimgate-2core", PORTS["nimgate-2core"], PORTS["upstream"], "interval", 2)
+        p2 = start([f"{REL}/nimgate", "serve", "--config", cfg2], "0,1", f"{d}/nimgate-2core.log")
+        wait_port(PORTS["nimgate-2core"], "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+        two_core = oha(PORTS["nimgate-2core"], a.duration)
+        p2.send_signal(signal.SIGTERM)
+        print(f"  nimgate on 2 cores (shared with oha + upstream): {two_core['rps']:.0f} req/s", flush=True)
+        sse = {"direct": sse_probe(PORTS["ssenim"])}
+        cfg_sse = nimgate_config(d, "nimgate-sse", 18086, PORTS["ssenim"], "interval", 1)
+        start([f"{REL}/nimgate", "serve", "--config", cfg_sse], "0", f"{d}/nimgate-sse.log")
+        wait_port(18086, "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+        sse["nimgate"] = sse_probe(18086)
+        soak = []
+        if a.soak:
+            t_end = time.time() + a.soak
+            while time.time() < t_end:
+                res = oha(PORTS["nimgate"], "30s", rate=a.rate)
+                soak.append({"t": round(a.soak - (t_end - time.time())), "rss_kb": rss_kb(pids["nimgate"][0]), "rps": res["rps"], "errors": res["errors"]})
+                print(f"  soak t={soak[-1]['t']}s rss {soak[-1]['rss_kb']} kB", flush=True)
+        results = {
+            "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release, "cpu": cpu_model()},
+            "upstream": upstream_kind, "duration": a.duration, "rounds": a.rounds, "fixed_rate": a.rate,
+            "targets": {}, "nimgate_rss_kb": {"mid_run": max(rss_mid) if rss_mid else None, "peak": rss_kb(pids["nimgate"][0], "VmHWM")},
+            "nimgate_2core_rps": two_core["rps"], "sse": sse, "soak": soak,
+        }
+        for t in targets:
+            runs = closed[t]
+            med = lambda k: statistics.median(x[k] for x in runs)
+            results["targets"][t] = {"closed": {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+                                                "p999_ms": med("p999_ms"), "errors": sum(x["errors"] for x in runs),
+                                                "rounds_rps": [round(x["rps"]) for x in runs]},
+                                     "fixed": fixed[t]}
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        svg_chart(results, os.path.join(HERE, "results", "chart.svg"))
+        print_table(results)
+    finally:
+        stop_all()
+        if os.environ.get("NIMGATE_BENCH_KEEP"):
+            print(f"kept {d}")
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def print_table(r):
+    direct = r["targets"]["direct"]
+    print()
+    print(f"| target | req/s (closed loop) | p50 ms | p99 ms | p99.9 ms | added p99 at {r['fixed_rate']}/s, ms | CPU µs/req at {r['fixed_rate']}/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for t, v in r["targets"].items():
+        c, f = v["closed"], v["fixed"]
+        added = f["p99_ms"] - direct["fixed"]["p99_ms"] if t != "direct" else 0
+        cpu = f"{f['cpu_us_per_req']:.1f}" if f.get("cpu_us_per_req") is not None else "–"
+        print(f"| {t} | {c['rps']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['p999_ms']:.2f} | {added:+.3f} | {cpu} |")
+    print()
+    rss = r["nimgate_rss_kb"]
+    print(f"nimgate RSS under 64 connections: {rss['mid_run'] / 1024:.1f} MB (peak {rss['peak'] / 1024:.1f} MB); "
+          f"2 cores: {r['nimgate_2core_rps']:,.0f} req/s")
+    s = r["sse"]
+    print(f"SSE (50 events, 20 ms apart): event delay p50/p99/max direct {s['direct']['event_delay_ms_p50']:.3f}/"
+          f"{s['direct']['event_delay_ms_p99']:.3f}/{s['direct']['event_delay_ms_max']:.3f} ms, via nimgate "
+          f"{s['nimgate']['event_delay_ms_p50']:.3f}/{s['nimgate']['event_delay_ms_p99']:.3f}/{s['nimgate']['event_delay_ms_max']:.3f} ms; "
+          f"TTFT median direct {s['direct']['ttft_ms_median']:.2f} ms, via nimgate {s['nimgate']['ttft_ms_median']:.2f} ms")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except subprocess.CalledProcessError as e:
+        print(e.stderr or e.stdout, file=sys.stderr)
+        raise

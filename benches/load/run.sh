@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Load test: nimgate vs direct vs nginx and HAProxy, with oha. From a fresh checkout:
+#   bash benches/load/run.sh            # 3 rounds × 10 s per target (≈ 8 min)
+#   bash benches/load/run.sh --quick    # smoke: 1 round × 3 s
+#   bash benches/load/run.sh --soak 600 # plus a 10-minute soak at 5,000 req/s sampling RSS
+# Results: benches/load/results/latest.json and results/chart.svg; a Markdown table on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v oha >/dev/null || cargo install oha --locked
+command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy >/dev/null || true
+    pkill -x nginx 2>/dev/null || true   # the package may start a default instance
+  fi
+  command -v nginx >/dev/null || echo "nginx not on PATH: peer skipped, fake-nim is the upstream" >&2
+  command -v haproxy >/dev/null || echo "haproxy not on PATH: peer skipped" >&2
+fi
+cargo build --release --locked --bins
+exec python3 benches/load/driver.py "$@"
