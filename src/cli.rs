@@ -176,7 +176,7 @@ fn runtime(workers: usize, fut: impl std::future::Future<Output = Result<(), Str
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    b.enable_all();
+    b.enable_all().on_thread_park(crate::audit::on_thread_park);
     if workers > 1 {
         b.worker_threads(workers);
     }

@@ -12,6 +12,7 @@ pub mod record;
 pub mod verify;
 mod writer;
 
+pub use queue::on_thread_park;
 pub use record::{Record, Usage};
 pub use writer::{rotated_name, Shared, GENESIS};
 
@@ -64,7 +65,7 @@ impl Audit {
             records: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
         });
-        let queue = Arc::new(queue::Queue::new());
+        let queue = queue::Queue::new();
         let handle = writer::spawn(cfg, shared.clone(), queue.clone())?;
         let inner = Arc::new(Inner {
             queue,
@@ -124,7 +125,18 @@ impl Audit {
             i.shared.permits.add_permits(1);
             return Err(AuditError::WriteFailed);
         }
-        match tokio::time::timeout_at(deadline.into(), ack_rx).await {
+        // Normally the runtime's park hook wakes the writer; if this thread stays busy (or the
+        // runtime has no hook), wake it ourselves after a short wait.
+        let mut ack_rx = ack_rx;
+        let first = tokio::time::timeout(queue::KICK_AFTER, &mut ack_rx).await;
+        let acked = match first {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                i.queue.kick();
+                tokio::time::timeout_at(deadline.into(), ack_rx).await
+            }
+        };
+        match acked {
             Ok(Ok(true)) => Ok(()),
             Ok(_) => Err(AuditError::WriteFailed),
             Err(_) => Err(AuditError::Timeout),
@@ -175,6 +187,7 @@ impl Audit {
         if !i.queue.push(Msg::Flush(tx), true) {
             return false;
         }
+        i.queue.kick();
         rx.await.unwrap_or(false)
     }
 }

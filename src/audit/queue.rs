@@ -1,19 +1,29 @@
-//! The writer's queue: a mutex-protected vector with "urgent" wake-ups. Records someone waits for
-//! (`use` acknowledgements, flushes) wake a sleeping writer at once; `done`, `denied` and source
-//! events ride along with the next batch or are written within `LAZY_FLUSH`. On one core this
-//! halves the context switches per request.
+//! The writer's queue, and when to wake the writer.
+//!
+//! Pushing a record never makes a syscall. A sleeping writer is woken once per burst: when the
+//! runtime thread that queued records is about to park (`on_thread_park`, after it has run every
+//! ready task, so the writer finds a whole batch), or by a waiting request after
+//! `KICK_AFTER` (the backstop for a thread that stays busy, or a runtime without the hook).
+//! Records nobody waits for (`done`, `denied`, source events) are written within `LAZY_FLUSH`.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::writer::Msg;
 
-/// Longest a non-urgent record waits in the queue.
+/// Longest a record nobody waits for stays queued.
 pub const LAZY_FLUSH: Duration = Duration::from_millis(5);
+/// A request waiting this long for its `use` acknowledgement wakes the writer itself.
+pub const KICK_AFTER: Duration = Duration::from_micros(500);
+/// The writer never sleeps longer than this (bounds LAZY_FLUSH when no wake-up comes).
+const MAX_SLEEP: Duration = Duration::from_millis(20);
 
 pub(crate) struct Queue {
     state: Mutex<State>,
     cv: Condvar,
+    /// Records are queued and the writer sleeps: wake it at the next park.
+    kick_needed: AtomicBool,
 }
 
 struct State {
@@ -31,9 +41,22 @@ pub(crate) enum Popped {
     Closed,
 }
 
+/// Queues to kick when a runtime thread parks.
+static REGISTRY: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
+
+/// Runtime hook (`tokio::runtime::Builder::on_thread_park`): wake writers with queued records.
+pub fn on_thread_park() {
+    let Ok(reg) = REGISTRY.try_lock() else { return };
+    for q in reg.iter().filter_map(Weak::upgrade) {
+        if q.kick_needed.swap(false, Ordering::AcqRel) {
+            q.kick();
+        }
+    }
+}
+
 impl Queue {
-    pub fn new() -> Self {
-        Self {
+    pub fn new() -> Arc<Self> {
+        let q = Arc::new(Self {
             state: Mutex::new(State {
                 items: Vec::new(),
                 urgent: 0,
@@ -42,10 +65,16 @@ impl Queue {
                 closed: false,
             }),
             cv: Condvar::new(),
+            kick_needed: AtomicBool::new(false),
+        });
+        if let Ok(mut reg) = REGISTRY.lock() {
+            reg.retain(|w| w.strong_count() > 0);
+            reg.push(Arc::downgrade(&q));
         }
+        q
     }
 
-    /// Queue `m`; wake the writer if it sleeps and `urgent`. `false` when closed.
+    /// Queue `m` (`urgent`: someone waits for it). `false` when closed.
     pub fn push(&self, m: Msg, urgent: bool) -> bool {
         let Ok(mut g) = self.state.lock() else {
             return false;
@@ -54,20 +83,24 @@ impl Queue {
             return false;
         }
         g.items.push(m);
-        // Wake a sleeping writer for an urgent record, or for the first lazy one (so that it
-        // shortens its sleep to LAZY_FLUSH): at most one lazy wake-up per LAZY_FLUSH.
-        let first_lazy = !urgent && g.first_lazy.is_none();
         if urgent {
             g.urgent += 1;
-        } else if first_lazy {
+        } else if g.first_lazy.is_none() {
             g.first_lazy = Some(Instant::now());
         }
-        let wake = (urgent || first_lazy) && g.writer_waiting;
-        drop(g);
-        if wake {
-            self.cv.notify_one();
+        if g.writer_waiting {
+            self.kick_needed.store(true, Ordering::Release);
         }
         true
+    }
+
+    /// Wake the writer now if it sleeps.
+    pub fn kick(&self) {
+        if let Ok(g) = self.state.lock() {
+            if g.writer_waiting {
+                self.cv.notify_one();
+            }
+        }
     }
 
     pub fn close(&self) {
@@ -89,8 +122,7 @@ impl Queue {
                 out.append(&mut g.items);
                 return Popped::Closed;
             }
-            let lazy_due = g.first_lazy.map(|t| t.elapsed() >= LAZY_FLUSH);
-            if g.urgent > 0 || lazy_due == Some(true) {
+            if g.urgent > 0 || g.first_lazy.is_some_and(|t| t.elapsed() >= LAZY_FLUSH) {
                 break;
             }
             let wait = match g.first_lazy {
@@ -101,12 +133,13 @@ impl Queue {
                 break;
             }
             g.writer_waiting = true;
-            g = match self.cv.wait_timeout(g, wait) {
+            g = match self.cv.wait_timeout(g, wait.min(MAX_SLEEP)) {
                 Ok((g, _)) => g,
                 Err(_) => return Popped::Closed,
             };
             g.writer_waiting = false;
         }
+        self.kick_needed.store(false, Ordering::Release);
         out.append(&mut g.items);
         g.urgent = 0;
         g.first_lazy = None;

@@ -48,7 +48,7 @@ pub struct Shared {
 enum Sink {
     File {
         path: PathBuf,
-        file: Option<File>,
+        file: Option<Arc<File>>,
         len: u64,
     },
     Stdout,
@@ -68,6 +68,26 @@ struct Writer {
     last_sync: Instant,
     pending: Vec<Msg>,
     buf: Vec<u8>,
+    /// `fsync = "interval"`: the thread that runs the periodic `fdatasync`.
+    syncer: Option<std::sync::mpsc::Sender<Arc<File>>>,
+}
+
+/// The periodic-fsync thread: syncs the files it is handed, reports failures like the writer.
+fn spawn_syncer(shared: Arc<Shared>) -> Option<std::sync::mpsc::Sender<Arc<File>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Arc<File>>();
+    std::thread::Builder::new()
+        .name("audit-fsync".into())
+        .spawn(move || {
+            while let Ok(f) = rx.recv() {
+                if let Err(e) = f.sync_data() {
+                    tracing::error!(error = %e, "audit fsync failed");
+                    shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                    shared.healthy.store(false, Ordering::Release);
+                }
+            }
+        })
+        .ok()?;
+    Some(tx)
 }
 
 /// Open the sink, recover the chain from the file's last line, start the thread.
@@ -90,7 +110,7 @@ pub(crate) fn spawn(
         (
             Sink::File {
                 path,
-                file: Some(file),
+                file: Some(Arc::new(file)),
                 len,
             },
             chain,
@@ -105,7 +125,11 @@ pub(crate) fn spawn(
         last_sync: Instant::now(),
         pending: Vec::new(),
         buf: Vec::with_capacity(64 * 1024),
+        syncer: None,
     };
+    if cfg.fsync == FsyncPolicy::Interval && cfg.path != "-" {
+        w.syncer = spawn_syncer(w.shared.clone());
+    }
     let mut start = Record::event("start");
     start.detail = Some(format!(
         "nimgate {} pid {}",
@@ -219,28 +243,6 @@ fn last_line(file: &mut File, len: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
     }
 }
 
-/// SCHED_BATCH (nice 0) for the writer: waking it does not preempt the thread that queued a
-/// record, so on a busy core the writer runs when the request threads yield and finds a whole
-/// batch waiting (group commit without a timer). On an idle core it runs at once as usual.
-fn batch_scheduling() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
-        };
-        let nice_0 = ThreadPriorityValue::try_from(50u8).map(ThreadPriority::Crossplatform);
-        if let Ok(p) = nice_0 {
-            if let Err(e) = thread_priority::set_thread_priority_and_policy(
-                thread_priority::thread_native_id(),
-                p,
-                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
-            ) {
-                tracing::debug!(error = ?e, "audit writer: SCHED_BATCH not available");
-            }
-        }
-    }
-}
-
 /// Split a large drain into batches of at most `MAX_BATCH` records (one write each).
 fn chunks(mut batch: Vec<Msg>) -> Vec<Vec<Msg>> {
     let mut out = Vec::new();
@@ -261,7 +263,6 @@ pub fn rotated_name(path: &Path, n: usize) -> PathBuf {
 
 impl Writer {
     fn run(mut self, queue: &Queue) {
-        batch_scheduling();
         loop {
             let timeout = if !self.pending.is_empty() {
                 RETRY_TICK
@@ -285,7 +286,7 @@ impl Writer {
                 && self.cfg.fsync == FsyncPolicy::Interval
                 && self.last_sync.elapsed() >= self.cfg.fsync_interval
             {
-                self.sync();
+                self.sync_in_background();
             }
         }
     }
@@ -404,12 +405,12 @@ impl Writer {
                 if file.is_none() {
                     let f = open_append(path)?;
                     *len = f.metadata()?.len();
-                    *file = Some(f);
+                    *file = Some(Arc::new(f));
                 }
-                let Some(f) = file.as_mut() else {
+                let Some(f) = file.as_deref() else {
                     return Err(io::Error::other("audit file not open"));
                 };
-                let r = f.write_all(&self.buf).and_then(|_| {
+                let r = { f }.write_all(&self.buf).and_then(|_| {
                     if batch_sync {
                         f.sync_data()
                     } else {
@@ -437,6 +438,19 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// `fsync = "interval"`: hand the file to the syncer thread, so that a slow `fdatasync`
+    /// never holds up the acknowledgements of the records behind it.
+    fn sync_in_background(&mut self) {
+        if let (Sink::File { file: Some(f), .. }, Some(tx)) = (&self.sink, &self.syncer) {
+            if tx.send(f.clone()).is_ok() {
+                self.dirty = false;
+                self.last_sync = Instant::now();
+                return;
+            }
+        }
+        self.sync();
     }
 
     fn sync(&mut self) {
