@@ -98,6 +98,21 @@ pub async fn run(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let (first_bytes, send_timeout) = (cfg.limits.header_read_timeout, cfg.limits.send_timeout);
+        // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
+        // path applies the http1 builder's `max_buf_size` (431 on oversized heads; see
+        // tests/security.rs). No upgrade is ever granted: `Upgrade` is stripped, no 101 is sent.
+        macro_rules! serve {
+            ($io:expr, $is_h2:expr) => {
+                if $is_h2 {
+                    let _ = watcher
+                        .watch(h2.serve_connection($io, svc).into_owned())
+                        .await;
+                } else {
+                    let conn = h1.serve_connection_with_upgrades($io, svc).into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+            };
+        }
         tokio::spawn(async move {
             // The protocol is settled before hyper sees the connection, within the header-read
             // timeout, so a client that sends nothing (or half an h2 preface) cannot hold it.
@@ -106,16 +121,7 @@ pub async fn run(
                     let Some(is_h2) = detect_h2(&stream, first_bytes).await else {
                         return;
                     };
-                    let io = TokioIo::new(StallTimeout::new(stream, send_timeout));
-                    if is_h2 {
-                        let _ = watcher
-                            .watch(h2.serve_connection(io, svc).into_owned())
-                            .await;
-                    } else {
-                        let _ = watcher
-                            .watch(h1.serve_connection_with_upgrades(io, svc).into_owned())
-                            .await;
-                    }
+                    serve!(TokioIo::new(StallTimeout::new(stream, send_timeout)), is_h2);
                 }
                 Some(acceptor) => {
                     let stream = StallTimeout::new(stream, send_timeout);
@@ -125,16 +131,7 @@ pub async fn run(
                         return;
                     };
                     let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = TokioIo::new(tls_stream);
-                    if is_h2 {
-                        let _ = watcher
-                            .watch(h2.serve_connection(io, svc).into_owned())
-                            .await;
-                    } else {
-                        let _ = watcher
-                            .watch(h1.serve_connection_with_upgrades(io, svc).into_owned())
-                            .await;
-                    }
+                    serve!(TokioIo::new(tls_stream), is_h2);
                 }
             }
         });
