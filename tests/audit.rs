@@ -133,12 +133,7 @@ async fn unwritable_audit_fails_closed_then_recovers() {
     assert_eq!(s, 503, "{body}");
     assert!(body.contains("\"audit\":\"failing\""), "{body}");
     for _ in 0..5 {
-        let (s, v) = send_json(post(
-            &gw.url("/v1/chat/completions"),
-            Some(CLIENT_KEY),
-            &chat_body(false),
-        ))
-        .await;
+        let (s, v) = gw.chat().await;
         assert_eq!(s, 503);
         assert_eq!(error_code(&v), "audit_unavailable");
     }
@@ -153,12 +148,7 @@ async fn unwritable_audit_fails_closed_then_recovers() {
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&real, &link).unwrap();
     gw.wait_ready().await;
-    let (s, _) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, _) = gw.chat().await;
     assert_eq!(s, 200);
     // Stopping flushes the writer (a `done` record is written within a few ms otherwise).
     let _dir = gw.stop().await;
@@ -189,12 +179,7 @@ async fn unwritable_audit_fails_closed_then_recovers() {
 async fn verify_detects_edits_deletions_and_reordering() {
     let gw = start().await;
     for _ in 0..4 {
-        send_json(post(
-            &gw.url("/v1/chat/completions"),
-            Some(CLIENT_KEY),
-            &chat_body(false),
-        ))
-        .await;
+        gw.chat().await;
     }
     let path = gw.audit_file.clone();
     let _dir = gw.stop().await;
@@ -303,18 +288,8 @@ async fn denied_requests_have_no_key_fields() {
         ..Opts::default()
     })
     .await;
-    send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
-    let (s, v) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    gw.chat().await;
+    let (s, v) = gw.chat().await;
     assert_eq!(s, 429, "{v}");
     send_json(post(
         &gw.url("/v1/chat/completions"),

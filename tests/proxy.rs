@@ -39,12 +39,7 @@ fn only_our_credential(seen: &nimgate::fakenim::Seen, key: &str) {
 #[tokio::test]
 async fn authorized_chat_reaches_nim_with_only_our_key() {
     let gw = start().await;
-    let (s, v) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, v) = gw.chat().await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["object"], "chat.completion");
     let seen = gw.nim.seen();
@@ -394,12 +389,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
         ..Opts::default()
     })
     .await;
-    let (s, v) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, v) = gw.chat().await;
     assert_eq!(s, 502);
     assert_eq!(error_code(&v), "upstream_unreachable");
     assert!(
@@ -517,12 +507,7 @@ async fn rotation_under_traffic(symlink_swap: bool) {
     // Not ready without a key.
     let (s, body) = get_admin(gw.admin, "/readyz").await.unwrap();
     assert_eq!(s, 503, "{body}");
-    let (s, v) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, v) = gw.chat().await;
     assert_eq!(s, 503);
     assert_eq!(error_code(&v), "credential_unavailable");
     write(1, k1);
@@ -582,22 +567,12 @@ async fn bad_new_key_file_keeps_the_old_key() {
     for bad in ["", "\n", "two words\n", "nvapi\u{7}bell"] {
         std::fs::write(&gw.key_file, bad).unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let (s, _) = send_json(post(
-            &gw.url("/v1/chat/completions"),
-            Some(CLIENT_KEY),
-            &chat_body(false),
-        ))
-        .await;
+        let (s, _) = gw.chat().await;
         assert_eq!(s, 200, "bad file {bad:?} must keep the old key");
     }
     std::fs::remove_file(&gw.key_file).unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let (s, _) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, _) = gw.chat().await;
     assert_eq!(s, 200, "a vanished file keeps the old key");
     assert!(gw
         .nim
@@ -635,12 +610,7 @@ async fn json_key_file_with_pointer() {
     .await;
     std::fs::write(&gw.key_file, format!(r#"{{"request_id":"x","data":{{"data":{{"api_key":"{NIM_KEY}"}},"metadata":{{"version":3}}}}}}"#)).unwrap();
     gw.wait_ready().await;
-    let (s, _) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, _) = gw.chat().await;
     assert_eq!(s, 200);
     only_our_credential(&gw.nim.seen()[0], NIM_KEY);
     gw.stop().await;
@@ -675,12 +645,7 @@ async fn health_and_metrics() {
     assert_eq!(get_admin(gw.admin, "/healthz").await.unwrap().0, 200);
     let (s, b) = get_admin(gw.admin, "/readyz").await.unwrap();
     assert_eq!((s, b.contains("\"key\":\"ok\"")), (200, true));
-    send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    gw.chat().await;
     send_json(get(&gw.url("/v1/models"), Some("nope"))).await;
     let (_, m) = get_admin(gw.admin, "/metrics").await.unwrap();
     assert!(

@@ -215,16 +215,6 @@ fn approle_table(
     )
 }
 
-async fn chat(gw: &Gateway) -> u16 {
-    send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await
-    .0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approle_kv1_rotation_and_token_expiry_under_traffic() {
     let Some(bin) = require_rvault() else { return };
@@ -321,7 +311,7 @@ async fn token_file_auth_and_revocation() {
         ..Opts::default()
     })
     .await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     // Revoke the token: reads get 403 → the key is evicted (a token file cannot log in again).
     let (s, _) = rv
         .req("POST", &format!("auth/token/revoke/{t1}"), None)
@@ -329,7 +319,7 @@ async fn token_file_auth_and_revocation() {
     assert_eq!(s, 204);
     let mut evicted = false;
     for _ in 0..60 {
-        if chat(&gw).await == 503 {
+        if gw.chat().await.0 == 503 {
             evicted = true;
             break;
         }
@@ -347,7 +337,7 @@ async fn token_file_auth_and_revocation() {
     let t2 = v["auth"]["client_token"].as_str().unwrap().to_string();
     std::fs::write(dir.path().join("token"), format!("{t2}\n")).unwrap();
     gw.wait_ready().await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     gw.stop().await;
 }
 
@@ -367,34 +357,29 @@ async fn sealed_vault_outage_short_and_long_and_startup() {
     .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 503);
-    assert_eq!(chat(&gw).await, 503);
+    assert_eq!(gw.chat().await.0, 503);
     rv.unseal().await;
     gw.wait_ready().await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     // Short outage (< max_staleness 2 s): still serving.
     rv.seal().await;
     for _ in 0..5 {
-        assert_eq!(chat(&gw).await, 200);
+        assert_eq!(gw.chat().await.0, 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     rv.unseal().await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     // Long outage (> max_staleness): fail closed, then recover without restart.
     rv.seal().await;
     tokio::time::sleep(Duration::from_millis(2800)).await;
-    let (s, v) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, v) = gw.chat().await;
     assert_eq!(s, 503);
     assert_eq!(error_code(&v), "credential_unavailable");
     let n = gw.nim.requests.load(Ordering::Relaxed);
     rv.unseal().await;
     gw.wait_ready().await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     assert_eq!(gw.nim.requests.load(Ordering::Relaxed), n + 1);
     let failures = gw.audit_events("secret_failure").await;
     assert!(!failures.is_empty());

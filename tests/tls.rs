@@ -194,12 +194,7 @@ async fn https_upstream_trusted_by_ca_file() {
         ..Opts::default()
     })
     .await;
-    let (s, v) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, v) = gw.chat().await;
     assert_eq!(s, 200, "{v}");
     assert!(hs.load(Ordering::Relaxed) >= 1);
     assert_eq!(
@@ -219,12 +214,7 @@ async fn untrusted_upstream_certificate_is_502_and_the_key_never_leaves() {
         ..Opts::default()
     })
     .await;
-    let (s, v) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, v) = gw.chat().await;
     assert_eq!(s, 502, "{v}");
     assert_eq!(error_code(&v), "upstream_unreachable");
     assert_eq!(hs.load(Ordering::Relaxed), 0, "handshake must fail");

@@ -62,16 +62,6 @@ async fn gateway(table: String) -> Gateway {
     .await
 }
 
-async fn chat(gw: &Gateway) -> u16 {
-    send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await
-    .0
-}
-
 fn keys_seen(gw: &Gateway) -> Vec<String> {
     gw.nim
         .seen()
@@ -97,7 +87,7 @@ async fn kv2_approle_fetch_and_rotation_under_load() {
     let v = approle(&fv, dir.path(), "");
     let gw = gateway(v.table).await;
     gw.nim.set_keys(vec![NIM_KEY.into(), K2.into()]);
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     let url = gw.url("/v1/chat/completions");
     let load = tokio::spawn(async move {
         let c = client();
@@ -154,7 +144,7 @@ async fn kv2_without_metadata_pinned_version_and_kv1() {
     // Pinned to version 1 although 2 exists.
     let v = approle(&fv, dir.path(), "version = 1");
     let gw = gateway(v.table).await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     assert_eq!(keys_seen(&gw), vec![format!("Bearer {NIM_KEY}")]);
     assert_eq!(gw.audit_events("use").await[0]["key_version"], "1");
     assert!(fv.log().iter().any(|s| s.path.contains("version=1")));
@@ -165,7 +155,7 @@ async fn kv2_without_metadata_pinned_version_and_kv1() {
     let v = approle(&fv, dir.path(), "");
     let gw = gateway(v.table).await;
     gw.nim.set_keys(vec![K2.into()]);
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     let ver = gw.audit_events("use").await[0]["key_version"]
         .as_str()
         .unwrap()
@@ -183,7 +173,7 @@ async fn kv2_without_metadata_pinned_version_and_kv1() {
         .replace("kv_version = 2", "kv_version = 1")
         .replace("field = \"api_key\"", "field = \"token\"");
     let gw = gateway(table).await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     assert_eq!(keys_seen(&gw), vec![format!("Bearer {NIM_KEY}")]);
     gw.stop().await;
 }
@@ -210,7 +200,7 @@ async fn renews_at_two_thirds_of_ttl_and_logs_in_again_near_max_ttl() {
     let gw = gateway(table).await;
     let mut statuses = Vec::new();
     for _ in 0..35 {
-        statuses.push(chat(&gw).await);
+        statuses.push(gw.chat().await.0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
@@ -252,7 +242,7 @@ async fn refused_renewal_and_revoked_tokens_lead_to_a_new_login() {
     fv.revoke_all_tokens();
     let mut st = Vec::new();
     for _ in 0..10 {
-        st.push(chat(&gw).await);
+        st.push(gw.chat().await.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(st.iter().all(|s| *s == 200), "{st:?}");
@@ -277,7 +267,7 @@ async fn outage_shorter_than_max_staleness_keeps_serving() {
     ] {
         fv.set_fault(fault);
         for _ in 0..10 {
-            assert_eq!(chat(&gw).await, 200, "during {fault:?}");
+            assert_eq!(gw.chat().await.0, 200, "during {fault:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 200);
@@ -302,12 +292,7 @@ async fn outage_longer_than_max_staleness_fails_closed_then_recovers() {
     let gw = gateway(table).await;
     fv.set_fault(Fault::Down);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (s, v) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, v) = gw.chat().await;
     assert_eq!(s, 503);
     assert_eq!(error_code(&v), "credential_unavailable");
     let (s, body) = get_admin(gw.admin, "/readyz").await.unwrap();
@@ -316,7 +301,7 @@ async fn outage_longer_than_max_staleness_fails_closed_then_recovers() {
     let before = gw.nim.requests.load(Ordering::Relaxed);
     fv.set_fault(Fault::None);
     gw.wait_ready().await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     assert_eq!(
         gw.nim.requests.load(Ordering::Relaxed),
         before + 1,
@@ -332,7 +317,7 @@ async fn forbidden_secret_evicts_the_key() {
     fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
     let v = approle(&fv, dir.path(), "");
     let gw = gateway(v.table).await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     fv.deny_secret("secret/nim/prod", true);
     let gwr = &gw;
     let mut evicted = false;
@@ -344,13 +329,13 @@ async fn forbidden_secret_evicts_the_key() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(evicted, "403 on the secret must evict the cached key");
-    assert_eq!(chat(&gw).await, 503);
+    assert_eq!(gw.chat().await.0, 503);
     let ev = gw.audit_events("secret_evict").await;
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0]["key_version"], "1");
     fv.deny_secret("secret/nim/prod", false);
     gw.wait_ready().await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     gw.stop().await;
 }
 
@@ -369,10 +354,10 @@ async fn startup_with_vault_down_is_not_ready_until_vault_answers() {
     .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 503);
-    assert_eq!(chat(&gw).await, 503);
+    assert_eq!(gw.chat().await.0, 503);
     fv.set_fault(Fault::None);
     gw.wait_ready().await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     gw.stop().await;
 }
 
@@ -386,7 +371,7 @@ async fn nim_401_triggers_one_refresh_and_one_retry() {
         .replace("refresh = \"200ms\"", "refresh = \"60s\"")
         .replace("max_staleness = \"5s\"", "max_staleness = \"120s\"");
     let gw = gateway(v).await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     // The key is rotated in Vault and the NIM already rejects the old one.
     fv.put_kv2("secret", "nim/prod", json!({"api_key": K2}));
     gw.nim.set_keys(vec![K2.into()]);
@@ -418,12 +403,7 @@ async fn nim_401_triggers_one_refresh_and_one_retry() {
     // When Vault has nothing newer, the 401 is passed back after one attempt (no loop).
     gw.nim.set_keys(vec!["nvapi-something-else".into()]);
     let n = gw.nim.requests.load(Ordering::Relaxed);
-    let (s, _) = send_json(post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    ))
-    .await;
+    let (s, _) = gw.chat().await;
     assert_eq!(s, 401);
     assert_eq!(gw.nim.requests.load(Ordering::Relaxed), n + 1);
     gw.stop().await;
@@ -441,7 +421,7 @@ async fn no_vault_traffic_per_request() {
     let gw = gateway(v).await;
     let before = fv.count("requests");
     for _ in 0..50 {
-        assert_eq!(chat(&gw).await, 200);
+        assert_eq!(gw.chat().await.0, 200);
     }
     assert_eq!(fv.count("requests"), before, "requests must not call Vault");
     assert!(fv.log().iter().all(|s| s
@@ -471,7 +451,7 @@ async fn kubernetes_auth_rereads_the_jwt_at_each_login() {
         dir.path().join("jwt").display()
     );
     let gw = gateway(table).await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     // The projected token rotates; Vault now only accepts the new one; old Vault tokens die.
     std::fs::write(dir.path().join("jwt"), "jwt-two").unwrap();
     fv.add_k8s_role(
@@ -493,7 +473,7 @@ async fn kubernetes_auth_rereads_the_jwt_at_each_login() {
         .last()
         .unwrap();
     assert!(String::from_utf8_lossy(&last_login.body).contains("jwt-two"));
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     gw.stop().await;
 }
 
@@ -515,7 +495,7 @@ async fn token_file_is_reread_when_it_changes() {
         dir.path().join("token").display()
     );
     let gw = gateway(table).await;
-    assert_eq!(chat(&gw).await, 200);
+    assert_eq!(gw.chat().await.0, 200);
     fv.revoke_all_tokens();
     fv.add_token(
         "hvs.agent-token-2",

@@ -213,6 +213,16 @@ impl Gateway {
         read_audit(&self.audit_file)
     }
 
+    /// POST a non-streaming chat completion with the first client's key: (status, JSON body).
+    pub async fn chat(&self) -> (u16, Value) {
+        send_json(post(
+            &self.url("/v1/chat/completions"),
+            Some(CLIENT_KEY),
+            &chat_body(false),
+        ))
+        .await
+    }
+
     pub async fn audit_events(&self, event: &str) -> Vec<Value> {
         self.audit()
             .await
