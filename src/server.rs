@@ -75,6 +75,7 @@ pub async fn run(
     let h1 = conn_builder(&cfg).http1_only();
     let h2 = conn_builder(&cfg).http2_only();
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -87,6 +88,13 @@ pub async fn run(
                 }
             },
             _ = &mut shutdown => break,
+        };
+        // `limits.max_connections`: beyond it a new connection is closed at once, so idle
+        // connections (an HTTP/2 peer that only answers pings) cannot exhaust descriptors.
+        let Ok(conn_permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "max_connections reached: connection refused");
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let svc = app.service.clone();
@@ -114,6 +122,7 @@ pub async fn run(
             };
         }
         tokio::spawn(async move {
+            let _conn_permit = conn_permit;
             // The protocol is settled before hyper sees the connection, within the header-read
             // timeout, so a client that sends nothing (or half an h2 preface) cannot hold it.
             match tls {

@@ -664,3 +664,39 @@ async fn health_and_metrics() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = start_with(Opts {
+        limits_extra: "max_connections = 2".into(),
+        ..Opts::default()
+    })
+    .await;
+    // Two idle HTTP/2 connections (preface + empty SETTINGS) hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "third connection must be closed without a response: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Freeing a slot lets clients in again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.chat().await.0, 200);
+    gw.stop().await;
+}

@@ -264,6 +264,8 @@ pub struct LimitsConfig {
     pub max_concurrent_requests: usize,
     /// HTTP/2 concurrent streams per connection.
     pub max_h2_streams: u32,
+    /// Open client connections; a connection beyond this is closed at once.
+    pub max_connections: usize,
     /// Time allowed to receive a whole request body.
     #[serde(with = "dur")]
     pub body_timeout: Duration,
@@ -282,6 +284,7 @@ impl Default for LimitsConfig {
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_requests: 4096,
             max_h2_streams: 128,
+            max_connections: 10_000,
             body_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
         }

@@ -183,6 +183,9 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        if l.max_connections == 0 {
+            err("limits.max_connections", "must be at least 1".into());
+        }
         if l.max_h2_streams == 0 {
             err("limits.max_h2_streams", "must be at least 1".into());
         }
