@@ -75,15 +75,6 @@ impl Audit {
         Ok((Self { inner: Some(inner) }, Some(handle)))
     }
 
-    /// An audit that records nothing (audit disabled).
-    pub fn disabled() -> Self {
-        Self { inner: None }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.inner.is_some()
-    }
-
     /// Whether the last write succeeded (for `/readyz`).
     pub fn healthy(&self) -> bool {
         self.inner

@@ -13,6 +13,8 @@ use super::{validate_key, Fetched, SecretError};
 
 /// A validated key, ready to inject. Immutable once published.
 pub struct KeyMaterial {
+    /// Never read: kept so the key is zeroized when the last request holding this version
+    /// drops it.
     #[allow(dead_code)]
     secret: SecretString,
     /// The complete upstream header value (`auth_value` with `{key}` filled in), marked
