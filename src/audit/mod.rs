@@ -1,5 +1,6 @@
 //! The audit trail: every use of the NIM key, every denied request and every secret-source event,
-//! as hash-chained JSON lines written by one dedicated thread (see `writer`).
+//! as hash-chained JSON lines (`writer`), committed in groups by the runtime thread about to park
+//! or by the dedicated writer thread (`commit`).
 //!
 //! `Audit` is the `AuditSink` seam request handlers use:
 //! - `record_use` waits until the writer has written the record (fail closed: `Err` → 503, the
@@ -7,12 +8,13 @@
 //! - `record` (denied, source events) waits for queue room, bounded by `max_wait`;
 //! - `record_done` never waits (it is already accounted for by its `use`).
 
+mod commit;
 mod queue;
 pub mod record;
 pub mod verify;
 mod writer;
 
-pub use queue::on_thread_park;
+pub use commit::on_thread_park;
 pub use record::{Record, Usage};
 pub use writer::{rotated_name, Shared, GENESIS};
 
@@ -38,7 +40,7 @@ pub struct Audit {
 }
 
 struct Inner {
-    queue: Arc<queue::Queue>,
+    committer: Arc<commit::Committer>,
     shared: Arc<Shared>,
     max_wait: Duration,
 }
@@ -46,7 +48,7 @@ struct Inner {
 impl Drop for Inner {
     /// The last handle gone: the writer drains what is queued and ends.
     fn drop(&mut self) {
-        self.queue.close();
+        self.committer.queue.close();
     }
 }
 
@@ -64,11 +66,12 @@ impl Audit {
             permits: Semaphore::new(cfg.queue),
             records: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
+            thread_batches: AtomicU64::new(0),
+            inline_batches: AtomicU64::new(0),
         });
-        let queue = queue::Queue::new();
-        let handle = writer::spawn(cfg, shared.clone(), queue.clone())?;
+        let (committer, handle) = commit::Committer::start(writer::open(cfg, shared.clone())?)?;
         let inner = Arc::new(Inner {
-            queue,
+            committer,
             shared,
             max_wait: cfg.max_wait,
         });
@@ -92,6 +95,16 @@ impl Audit {
         })
     }
 
+    /// Batches written (by the writer thread, by runtime threads at park) for metrics.
+    pub fn batches(&self) -> (u64, u64) {
+        self.inner.as_ref().map_or((0, 0), |i| {
+            (
+                i.shared.thread_batches.load(Ordering::Relaxed),
+                i.shared.inline_batches.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// Write a `use` record; returns once `write(2)` has returned for it.
     pub async fn record_use(&self, rec: Record) -> Result<(), AuditError> {
         let Some(i) = &self.inner else { return Ok(()) };
@@ -105,7 +118,7 @@ impl Audit {
             .map_err(|_| AuditError::WriteFailed)?;
         permit.forget();
         let (ack_tx, ack_rx) = oneshot::channel();
-        if !i.queue.push(
+        if !i.committer.queue.push(
             Msg::Rec {
                 rec,
                 ack: Some(ack_tx),
@@ -123,7 +136,7 @@ impl Audit {
         let acked = match first {
             Ok(r) => Ok(r),
             Err(_) => {
-                i.queue.kick();
+                i.committer.queue.kick();
                 tokio::time::timeout_at(deadline.into(), ack_rx).await
             }
         };
@@ -143,7 +156,7 @@ impl Audit {
             .map_err(|_| AuditError::Timeout)?
             .map_err(|_| AuditError::WriteFailed)?;
         permit.forget();
-        if !i.queue.push(
+        if !i.committer.queue.push(
             Msg::Rec {
                 rec,
                 ack: None,
@@ -160,7 +173,7 @@ impl Audit {
     /// Queue a `done` record (never waits: its `use` already held queue room).
     pub fn record_done(&self, rec: Record) {
         if let Some(i) = &self.inner {
-            let _ = i.queue.push(
+            let _ = i.committer.queue.push(
                 Msg::Rec {
                     rec,
                     ack: None,
@@ -175,10 +188,10 @@ impl Audit {
     pub async fn flush(&self) -> bool {
         let Some(i) = &self.inner else { return true };
         let (tx, rx) = oneshot::channel();
-        if !i.queue.push(Msg::Flush(tx), true) {
+        if !i.committer.queue.push(Msg::Flush(tx), true) {
             return false;
         }
-        i.queue.kick();
+        i.committer.queue.kick();
         rx.await.unwrap_or(false)
     }
 }

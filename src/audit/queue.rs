@@ -1,29 +1,34 @@
-//! The writer's queue, and when to wake the writer.
+//! The records waiting to be committed, and the flags that say who should commit them.
 //!
-//! Pushing a record never makes a syscall. A sleeping writer is woken once per burst: when the
-//! runtime thread that queued records is about to park (`on_thread_park`, after it has run every
-//! ready task, so the writer finds a whole batch), or by a waiting request after
-//! `KICK_AFTER` (the backstop for a thread that stays busy, or a runtime without the hook).
-//! Records nobody waits for (`done`, `denied`, source events) are written within `LAZY_FLUSH`.
+//! Pushing a record never makes a syscall. Records someone waits for (`use`) raise the global
+//! `PENDING` flag, which the runtime's park hook (`commit::on_thread_park`) checks before the
+//! thread sleeps. Records nobody waits for (`done`, `denied`, source events) wake nobody: they go
+//! out with the next `use`, or the writer thread, which never sleeps longer than `MAX_SLEEP`,
+//! commits them once they are `LAZY_FLUSH` old.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::writer::Msg;
 
-/// Longest a record nobody waits for stays queued.
+/// How long a record nobody waits for may wait for a `use` to go out with.
 pub const LAZY_FLUSH: Duration = Duration::from_millis(5);
-/// A request waiting this long for its `use` acknowledgement wakes the writer itself.
+/// A request waiting this long for its `use` acknowledgement wakes the writer thread itself
+/// (the backstop for a runtime thread that stays busy, or a runtime without the park hook).
 pub const KICK_AFTER: Duration = Duration::from_micros(500);
-/// The writer never sleeps longer than this (bounds LAZY_FLUSH when no wake-up comes).
+/// The writer thread never sleeps longer than this: records nobody waits for are written at most
+/// `MAX_SLEEP + LAZY_FLUSH` after they are queued.
 const MAX_SLEEP: Duration = Duration::from_millis(20);
+
+/// Some queue has work for the park hook (cheap check before it looks at the queues).
+pub(crate) static PENDING: AtomicBool = AtomicBool::new(false);
 
 pub(crate) struct Queue {
     state: Mutex<State>,
     cv: Condvar,
-    /// Records are queued and the writer sleeps: wake it at the next park.
-    kick_needed: AtomicBool,
+    /// A `use` record is queued: the park hook should commit (or wake the writer).
+    urgent_flag: AtomicBool,
 }
 
 struct State {
@@ -31,47 +36,33 @@ struct State {
     urgent: usize,
     first_lazy: Option<Instant>,
     writer_waiting: bool,
+    /// A runtime thread left records to the writer thread (in `Writer::pending`).
+    handed_over: bool,
     closed: bool,
 }
 
-pub(crate) enum Popped {
-    /// A batch to write (possibly empty on a timeout).
-    Batch,
-    /// The queue is closed; `out` holds the last records.
+/// Why `wait` returned.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Something is due (or the idle time passed): take and commit.
+    Ready,
     Closed,
 }
 
-/// Queues to kick when a runtime thread parks.
-static REGISTRY: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
-
-/// Runtime hook (`tokio::runtime::Builder::on_thread_park`): wake writers with queued records.
-pub fn on_thread_park() {
-    let Ok(reg) = REGISTRY.try_lock() else { return };
-    for q in reg.iter().filter_map(Weak::upgrade) {
-        if q.kick_needed.swap(false, Ordering::AcqRel) {
-            q.kick();
-        }
-    }
-}
-
 impl Queue {
-    pub fn new() -> Arc<Self> {
-        let q = Arc::new(Self {
+    pub fn new() -> Self {
+        Self {
             state: Mutex::new(State {
                 items: Vec::new(),
                 urgent: 0,
                 first_lazy: None,
                 writer_waiting: false,
+                handed_over: false,
                 closed: false,
             }),
             cv: Condvar::new(),
-            kick_needed: AtomicBool::new(false),
-        });
-        if let Ok(mut reg) = REGISTRY.lock() {
-            reg.retain(|w| w.strong_count() > 0);
-            reg.push(Arc::downgrade(&q));
+            urgent_flag: AtomicBool::new(false),
         }
-        q
     }
 
     /// Queue `m` (`urgent`: someone waits for it). `false` when closed.
@@ -85,18 +76,32 @@ impl Queue {
         g.items.push(m);
         if urgent {
             g.urgent += 1;
+            self.urgent_flag.store(true, Ordering::Release);
+            PENDING.store(true, Ordering::Release);
         } else if g.first_lazy.is_none() {
             g.first_lazy = Some(Instant::now());
-        }
-        if g.writer_waiting {
-            self.kick_needed.store(true, Ordering::Release);
         }
         true
     }
 
-    /// Wake the writer now if it sleeps.
+    /// For the park hook: whether a `use` was queued since the last look (clears the flag).
+    pub fn take_urgent(&self) -> bool {
+        self.urgent_flag.swap(false, Ordering::AcqRel)
+    }
+
+    /// Wake the writer thread now if it sleeps.
     pub fn kick(&self) {
         if let Ok(g) = self.state.lock() {
+            if g.writer_waiting {
+                self.cv.notify_one();
+            }
+        }
+    }
+
+    /// A runtime thread left records to the writer thread: wake it to commit them now.
+    pub fn hand_over(&self) {
+        if let Ok(mut g) = self.state.lock() {
+            g.handed_over = true;
             if g.writer_waiting {
                 self.cv.notify_one();
             }
@@ -110,39 +115,48 @@ impl Queue {
         self.cv.notify_one();
     }
 
-    /// Move queued records into `out`: at once if any is urgent, else when the oldest lazy one
-    /// has waited `LAZY_FLUSH`, else after `idle` (then possibly nothing).
-    pub fn pop(&self, out: &mut Vec<Msg>, idle: Duration) -> Popped {
+    /// Writer thread: sleep until a record is urgent, the oldest lazy one has waited
+    /// `LAZY_FLUSH`, `idle` has passed, or the queue is closed.
+    pub fn wait(&self, idle: Duration) -> Wait {
         let Ok(mut g) = self.state.lock() else {
-            return Popped::Closed;
+            return Wait::Closed;
         };
         let start = Instant::now();
         loop {
             if g.closed {
-                out.append(&mut g.items);
-                return Popped::Closed;
+                return Wait::Closed;
             }
-            if g.urgent > 0 || g.first_lazy.is_some_and(|t| t.elapsed() >= LAZY_FLUSH) {
-                break;
+            if g.urgent > 0
+                || std::mem::take(&mut g.handed_over)
+                || g.first_lazy.is_some_and(|t| t.elapsed() >= LAZY_FLUSH)
+            {
+                return Wait::Ready;
             }
             let wait = match g.first_lazy {
                 Some(t) => LAZY_FLUSH.saturating_sub(t.elapsed()),
                 None => idle.saturating_sub(start.elapsed()),
             };
             if wait.is_zero() {
-                break;
+                return Wait::Ready;
             }
             g.writer_waiting = true;
             g = match self.cv.wait_timeout(g, wait.min(MAX_SLEEP)) {
                 Ok((g, _)) => g,
-                Err(_) => return Popped::Closed,
+                Err(_) => return Wait::Closed,
             };
             g.writer_waiting = false;
         }
-        self.kick_needed.store(false, Ordering::Release);
+    }
+
+    /// Move every queued record into `out` (never blocks on the writer); `true` once closed.
+    pub fn take(&self, out: &mut Vec<Msg>) -> bool {
+        let Ok(mut g) = self.state.lock() else {
+            return true;
+        };
         out.append(&mut g.items);
         g.urgent = 0;
         g.first_lazy = None;
-        Popped::Batch
+        self.urgent_flag.store(false, Ordering::Release);
+        g.closed
     }
 }

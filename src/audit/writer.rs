@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::queue::{Popped, Queue};
 use super::record::{encode_line, Record};
 use crate::config::{AuditConfig, FsyncPolicy};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const MAX_BATCH: usize = 4096;
-const RETRY_TICK: Duration = Duration::from_millis(250);
+pub(crate) const RETRY_TICK: Duration = Duration::from_millis(250);
 
 // Records are moved once into the queue; `Flush` is rare, so boxing would only add an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -43,6 +42,9 @@ pub struct Shared {
     pub permits: Semaphore,
     pub records: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Batches written by the writer thread and by runtime threads (`commit(.., inline)`).
+    pub thread_batches: AtomicU64,
+    pub inline_batches: AtomicU64,
 }
 
 enum Sink {
@@ -59,7 +61,7 @@ struct Chain {
     prev: String,
 }
 
-struct Writer {
+pub(crate) struct Writer {
     sink: Sink,
     chain: Chain,
     cfg: AuditConfig,
@@ -90,12 +92,9 @@ fn spawn_syncer(shared: Arc<Shared>) -> Option<std::sync::mpsc::Sender<Arc<File>
     Some(tx)
 }
 
-/// Open the sink, recover the chain from the file's last line, start the thread.
-pub(crate) fn spawn(
-    cfg: &AuditConfig,
-    shared: Arc<Shared>,
-    queue: Arc<Queue>,
-) -> io::Result<std::thread::JoinHandle<()>> {
+/// Open the sink and recover the chain from the file's last line; the first record queued is
+/// `start`.
+pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer> {
     let (sink, chain) = if cfg.path == "-" {
         (
             Sink::Stdout,
@@ -141,9 +140,7 @@ pub(crate) fn spawn(
         ack: None,
         permit: false,
     });
-    std::thread::Builder::new()
-        .name("audit-writer".into())
-        .spawn(move || w.run(&queue))
+    Ok(w)
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -244,7 +241,7 @@ fn last_line(file: &mut File, len: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
 }
 
 /// Split a large drain into batches of at most `MAX_BATCH` records (one write each).
-fn chunks(mut batch: Vec<Msg>) -> Vec<Vec<Msg>> {
+pub(crate) fn chunks(mut batch: Vec<Msg>) -> Vec<Vec<Msg>> {
     let mut out = Vec::new();
     while batch.len() > MAX_BATCH {
         let rest = batch.split_off(MAX_BATCH);
@@ -262,37 +259,61 @@ pub fn rotated_name(path: &Path, n: usize) -> PathBuf {
 }
 
 impl Writer {
-    fn run(mut self, queue: &Queue) {
-        loop {
-            let timeout = if !self.pending.is_empty() {
-                RETRY_TICK
-            } else if self.dirty && self.cfg.fsync == FsyncPolicy::Interval {
+    /// Whether a runtime thread may commit for this sink (`commit(.., inline = true)`): a file,
+    /// not synced per batch. Standard output (maybe a blocking pipe) and `fsync = "batch"` are
+    /// left to the writer thread.
+    pub(crate) fn inline_capable(&self) -> bool {
+        matches!(self.sink, Sink::File { .. }) && self.cfg.fsync != FsyncPolicy::Batch
+    }
+
+    /// Records left for the writer thread (a failed write to retry, a deferred batch or flush).
+    pub(crate) fn take_pending(&mut self) -> Vec<Msg> {
+        std::mem::take(&mut self.pending)
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// How long the writer thread may sleep: a retry tick with records pending, else until the
+    /// next interval sync is due.
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        if !self.pending.is_empty() {
+            RETRY_TICK
+        } else if self.cfg.fsync == FsyncPolicy::Interval {
+            if self.dirty {
                 self.cfg
                     .fsync_interval
                     .saturating_sub(self.last_sync.elapsed())
             } else {
-                Duration::from_secs(3600)
-            };
-            let mut batch = std::mem::take(&mut self.pending);
-            let closed = matches!(queue.pop(&mut batch, timeout), Popped::Closed);
-            for chunk in chunks(batch) {
-                self.commit(chunk);
+                // Runtime threads may dirty the file without waking this thread.
+                self.cfg.fsync_interval
             }
-            if closed {
-                self.sync();
-                return;
-            }
-            if self.dirty
-                && self.cfg.fsync == FsyncPolicy::Interval
-                && self.last_sync.elapsed() >= self.cfg.fsync_interval
-            {
-                self.sync_in_background();
-            }
+        } else {
+            Duration::from_secs(3600)
         }
     }
 
-    fn commit(&mut self, batch: Vec<Msg>) {
+    /// `fsync = "interval"`: start a sync when one is due.
+    pub(crate) fn sync_if_due(&mut self) {
+        if self.dirty
+            && self.cfg.fsync == FsyncPolicy::Interval
+            && self.last_sync.elapsed() >= self.cfg.fsync_interval
+        {
+            self.sync_in_background();
+        }
+    }
+
+    /// Write `batch` as one group and answer its records. `inline`: called on a runtime thread,
+    /// which must not block on a sync or a rotation; such a batch is left in `pending` for the
+    /// writer thread (the caller wakes it).
+    pub(crate) fn commit(&mut self, batch: Vec<Msg>, inline: bool) {
         if batch.is_empty() {
+            return;
+        }
+        if inline && !self.pending.is_empty() {
+            // Keep file order: what the writer thread still holds goes first.
+            self.pending.extend(batch);
             return;
         }
         let saved_seq = self.chain.next_seq;
@@ -302,6 +323,7 @@ impl Writer {
         let mut recs = Vec::with_capacity(batch.len());
         for m in batch {
             match m {
+                Msg::Flush(tx) if inline => self.pending.push(Msg::Flush(tx)),
                 Msg::Flush(tx) => flushes.push(tx),
                 Msg::Rec { rec, ack, permit } => {
                     // A `use` whose request already gave up never happened: skip it.
@@ -315,6 +337,15 @@ impl Writer {
                     recs.push((rec, ack, permit));
                 }
             }
+        }
+        if inline && self.would_rotate() {
+            self.chain.next_seq = saved_seq;
+            self.chain.prev = saved_prev;
+            let deferred = recs
+                .into_iter()
+                .map(|(rec, ack, permit)| Msg::Rec { rec, ack, permit });
+            self.pending.splice(0..0, deferred);
+            return;
         }
         let result = if self.buf.is_empty() {
             Ok(())
@@ -356,6 +387,14 @@ impl Writer {
             self.shared
                 .records
                 .fetch_add(recs.len() as u64, Ordering::Relaxed);
+            if !self.buf.is_empty() {
+                let by = if inline {
+                    &self.shared.inline_batches
+                } else {
+                    &self.shared.thread_batches
+                };
+                by.fetch_add(1, Ordering::Relaxed);
+            }
             if !self.shared.healthy.swap(true, Ordering::AcqRel) {
                 tracing::info!("audit writes succeed again");
             }
@@ -383,8 +422,21 @@ impl Writer {
         self.chain.next_seq += 1;
     }
 
+    /// Whether writing `buf` now would rotate the file first.
+    fn would_rotate(&self) -> bool {
+        match &self.sink {
+            Sink::File { len, .. } => {
+                self.cfg.max_bytes > 0
+                    && *len > 0
+                    && *len + self.buf.len() as u64 > self.cfg.max_bytes
+            }
+            Sink::Stdout => false,
+        }
+    }
+
     fn write_buf(&mut self) -> io::Result<()> {
         let batch_sync = self.cfg.fsync == FsyncPolicy::Batch;
+        let rotate_first = self.would_rotate();
         match &mut self.sink {
             Sink::Stdout => {
                 let mut out = io::stdout().lock();
@@ -392,10 +444,7 @@ impl Writer {
                 out.flush()
             }
             Sink::File { path, file, len } => {
-                if self.cfg.max_bytes > 0
-                    && *len > 0
-                    && *len + self.buf.len() as u64 > self.cfg.max_bytes
-                {
+                if rotate_first {
                     if let Some(f) = file.take() {
                         let _ = f.sync_all();
                     }
@@ -453,7 +502,7 @@ impl Writer {
         self.sync();
     }
 
-    fn sync(&mut self) {
+    pub(crate) fn sync(&mut self) {
         if let Sink::File { file: Some(f), .. } = &self.sink {
             if let Err(e) = f.sync_data() {
                 tracing::error!(error = %e, "audit fsync failed");

@@ -128,6 +128,8 @@ impl Metrics {
         }
         let _ = writeln!(o, "# TYPE nimgate_secret_consecutive_failures gauge\nnimgate_secret_consecutive_failures {}", store.consecutive_failures());
         let (records, errors) = audit.counters();
+        let (thread_batches, inline_batches) = audit.batches();
+        let _ = writeln!(o, "# TYPE nimgate_audit_batches_total counter\nnimgate_audit_batches_total{{by=\"writer_thread\"}} {thread_batches}\nnimgate_audit_batches_total{{by=\"runtime_thread\"}} {inline_batches}");
         let _ = writeln!(o, "# TYPE nimgate_audit_records_total counter\nnimgate_audit_records_total {records}\n# TYPE nimgate_audit_write_errors_total counter\nnimgate_audit_write_errors_total {errors}\n# TYPE nimgate_audit_healthy gauge\nnimgate_audit_healthy {}", u8::from(audit.healthy()));
         o
     }
