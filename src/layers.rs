@@ -16,7 +16,7 @@ use crate::auth::ClientRegistry;
 use crate::error::GatewayError;
 use crate::proxy::body::GatewayBody;
 use crate::proxy::headers::{valid_request_id, X_REQUEST_ID};
-use crate::proxy::{RemoteAddr, RequestId};
+use crate::proxy::{method_name, truncated_path, RemoteAddr, RequestId};
 use crate::telemetry::Metrics;
 
 /// Keep a valid client `X-Request-Id`, else generate one; store it in extensions.
@@ -118,13 +118,10 @@ where
                 let start = Instant::now();
                 let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
                 let mut r = Record::event("denied");
-                r.request_id = id.as_ref().and_then(|v| v.to_str().ok()).map(String::from);
-                r.remote_addr = req
-                    .extensions()
-                    .get::<RemoteAddr>()
-                    .map(|a| a.0.to_string());
-                r.method = Some(req.method().as_str().to_string());
-                r.path = Some(req.uri().path().chars().take(512).collect());
+                r.request_id = id.as_ref().and_then(|v| v.to_str().ok()).map(Arc::from);
+                r.remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.text.clone());
+                r.method = Some(method_name(req.method()));
+                r.path = Some(truncated_path(req.uri().path()));
                 r.status = Some(401);
                 r.reason = Some(why.reason().to_string());
                 let audit = self.cfg.audit.clone();

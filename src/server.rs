@@ -98,8 +98,9 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let svc = app.service.clone();
+        let remote = RemoteAddr::new(remote);
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(RemoteAddr(remote));
+            req.extensions_mut().insert(remote.clone());
             svc.clone().call(req)
         });
         let (h1, h2) = (h1.clone(), h2.clone());

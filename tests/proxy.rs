@@ -474,6 +474,18 @@ async fn unknown_routes_are_404_after_normalisation() {
     let (s, _) = send_json(get(&gw.url("/v1//models"), Some(CLIENT_KEY))).await;
     assert_eq!(s, 200);
     assert_eq!(gw.nim.seen()[0].uri, "/v1/models");
+    // Records name the path as forwarded (normalised); a path that cannot be normalised is
+    // recorded as sent.
+    let uses = gw.audit_events("use").await;
+    assert_eq!(uses.len(), 1);
+    assert_eq!(uses[0]["path"], "/v1/models");
+    assert_eq!(uses[0]["method"], "GET");
+    let denied = gw.audit_events("denied").await;
+    assert!(
+        denied.iter().any(|d| d["path"] == "/v1/..%2Fadmin"),
+        "{denied:?}"
+    );
+    assert!(denied.iter().any(|d| d["path"] == "/admin"), "{denied:?}");
     gw.stop().await;
 }
 

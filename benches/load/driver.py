@@ -36,7 +36,8 @@ CLIENT_KEY = "ngk_bench_client_key_0123456789abcdef0123456789ab"
 NIM_KEY = "nvapi-bench-key-0123456789abcdef"
 BODY = json.dumps({"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16})
 PORTS = {"upstream": 18000, "ssenim": 18001, "nimgate": 18080, "nimgate-batch": 18083, "nimgate-noaudit": 18084,
-         "nimgate-2core": 18085, "nginx": 18081, "haproxy": 18082}
+         "nimgate-2core": 18085, "nimgate-sse": 18086, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
+         "haproxy-sse": 18092}
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
 
@@ -151,7 +152,7 @@ key_sha256 = "{digest}"
     return cfg
 
 
-def sse_probe(port, n_streams=5):
+def sse_probe(port, n_streams=10):
     """Time to first event and per-event delay (receive time - fake-nim's send stamp), in ms."""
     ttft, delays = [], []
     body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
@@ -223,6 +224,11 @@ def main():
     if a.quick:
         a.duration, a.rounds = "3s", 1
     d = tempfile.mkdtemp(prefix="nimgate-bench-")
+    # The driver (and so the SSE probe) shares core 1 with oha and the upstream.
+    try:
+        os.sched_setaffinity(0, {1})
+    except OSError:
+        pass
     have_nginx = shutil.which("nginx") is not None
     have_haproxy = shutil.which("haproxy") is not None
     pids = {}
@@ -246,11 +252,13 @@ def main():
             pids[name] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/{name}.log").pid]
         if have_nginx:
             write_templ("nginx-proxy.conf", f"{d}/proxy.conf", DIR=d, PORT=PORTS["nginx"], UPSTREAM_PORT=PORTS["upstream"],
-                        CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY)
+                        CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY, SSE_PORT=PORTS["nginx-sse"],
+                        SSE_UPSTREAM_PORT=PORTS["ssenim"])
             pids["nginx"] = [start(["nginx", "-c", f"{d}/proxy.conf", "-e", f"{d}/proxy-err.log"], "0", f"{d}/nginx.log").pid]
         if have_haproxy:
             write_templ("haproxy.cfg", f"{d}/haproxy.cfg", DIR=d, PORT=PORTS["haproxy"], UPSTREAM_PORT=PORTS["upstream"],
-                        CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY)
+                        CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY, SSE_PORT=PORTS["haproxy-sse"],
+                        SSE_UPSTREAM_PORT=PORTS["ssenim"])
             pids["haproxy"] = [start(["haproxy", "-db", "-f", f"{d}/haproxy.cfg"], "0", f"{d}/haproxy-access.jsonl").pid]
         for name in pids:
             wait_port(PORTS[name], "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
@@ -269,16 +277,27 @@ def main():
                     rss_mid.append(rss_kb(pids["nimgate"][0]))
                 closed[t].append(res)
                 print(f"  round {r + 1} {t:16s} {res['rps']:>9.0f} req/s  p99 {res['p99_ms']:.2f} ms  errors {res['errors']}", flush=True)
+        # Fixed rate, interleaved rounds like the closed loop: p99 and CPU per request per round.
+        fixed_runs = {t: [] for t in targets}
+        for r in range(a.rounds):
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
+            for t in order:
+                ps = pids.get(t, [])
+                c0 = cpu_ticks(ps)
+                res = oha(port_of(t), a.duration, rate=a.rate)
+                c1 = cpu_ticks(ps)
+                res["cpu_us_per_req"] = ((c1 - c0) / TICK * 1e6 / max(res["ok"], 1)) if ps else None
+                fixed_runs[t].append(res)
+                cpu_s = f"{res['cpu_us_per_req']:.1f} µs/req" if ps else ""
+                print(f"  fixed {a.rate}/s round {r + 1} {t:16s} p99 {res['p99_ms']:.3f} ms  {cpu_s}", flush=True)
         fixed = {}
-        for t in targets:
-            ps = pids.get(t, [])
-            c0 = cpu_ticks(ps)
-            res = oha(port_of(t), a.duration, rate=a.rate)
-            c1 = cpu_ticks(ps)
-            res["cpu_us_per_req"] = ((c1 - c0) / TICK * 1e6 / max(res["ok"], 1)) if ps else None
-            fixed[t] = res
-            cpu_s = f"{res['cpu_us_per_req']:.1f} µs/req" if ps else ""
-            print(f"  fixed {a.rate}/s {t:16s} p99 {res['p99_ms']:.3f} ms  {cpu_s}", flush=True)
+        for t, runs in fixed_runs.items():
+            med = lambda k: statistics.median(x[k] for x in runs)
+            fixed[t] = {"rps": med("rps"), "ok": sum(x["ok"] for x in runs), "errors": sum(x["errors"] for x in runs),
+                        "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"), "p999_ms": med("p999_ms"),
+                        "rounds_p99_ms": [round(x["p99_ms"], 3) for x in runs],
+                        "cpu_us_per_req": med("cpu_us_per_req") if runs[0]["cpu_us_per_req"] is not None else None,
+                        "rounds_cpu_us_per_req": [round(x["cpu_us_per_req"], 1) for x in runs if x["cpu_us_per_req"] is not None]}
         # Two cores for nimgate (oha shares them), for reference.
         cfg2 = nimgate_config(d, "nimgate-2core", PORTS["nimgate-2core"], PORTS["upstream"], "interval", 2)
         p2 = start([f"{REL}/nimgate", "serve", "--config", cfg2], "0,1", f"{d}/nimgate-2core.log")
@@ -286,11 +305,17 @@ def main():
         two_core = oha(PORTS["nimgate-2core"], a.duration)
         p2.send_signal(signal.SIGTERM)
         print(f"  nimgate on 2 cores (shared with oha + upstream): {two_core['rps']:.0f} req/s", flush=True)
-        sse = {"direct": sse_probe(PORTS["ssenim"])}
-        cfg_sse = nimgate_config(d, "nimgate-sse", 18086, PORTS["ssenim"], "interval", 1)
+        # SSE through each proxy (the probe runs on core 1, like oha).
+        cfg_sse = nimgate_config(d, "nimgate-sse", PORTS["nimgate-sse"], PORTS["ssenim"], "interval", 1)
         start([f"{REL}/nimgate", "serve", "--config", cfg_sse], "0", f"{d}/nimgate-sse.log")
-        wait_port(18086, "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-        sse["nimgate"] = sse_probe(18086)
+        wait_port(PORTS["nimgate-sse"], "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+        sse = {"direct": sse_probe(PORTS["ssenim"]), "nimgate": sse_probe(PORTS["nimgate-sse"])}
+        for peer in ("nginx", "haproxy"):
+            if peer in pids:
+                sse[peer] = sse_probe(PORTS[f"{peer}-sse"])
+        for t, v in sse.items():
+            print(f"  SSE {t:10s} event delay p50/p99/max {v['event_delay_ms_p50']:.3f}/{v['event_delay_ms_p99']:.3f}/"
+                  f"{v['event_delay_ms_max']:.3f} ms  TTFT {v['ttft_ms_median']:.2f} ms", flush=True)
         soak = []
         if a.soak:
             t_end = time.time() + a.soak
@@ -350,10 +375,13 @@ def print_table(r):
     print(f"nimgate RSS under 64 connections: {rss['mid_run'] / 1024:.1f} MB (peak {rss['peak'] / 1024:.1f} MB); "
           f"2 cores: {r['nimgate_2core_rps']:,.0f} req/s")
     s = r["sse"]
-    print(f"SSE (50 events, 20 ms apart): event delay p50/p99/max direct {s['direct']['event_delay_ms_p50']:.3f}/"
-          f"{s['direct']['event_delay_ms_p99']:.3f}/{s['direct']['event_delay_ms_max']:.3f} ms, via nimgate "
-          f"{s['nimgate']['event_delay_ms_p50']:.3f}/{s['nimgate']['event_delay_ms_p99']:.3f}/{s['nimgate']['event_delay_ms_max']:.3f} ms; "
-          f"TTFT median direct {s['direct']['ttft_ms_median']:.2f} ms, via nimgate {s['nimgate']['ttft_ms_median']:.2f} ms")
+    print("SSE (fake NIM, 10 streams × 50 events 20 ms apart): per-event delay from the NIM's send stamp to the client, ms")
+    print()
+    print("| path | p50 | p99 | max | time to first event (median) |")
+    print("|---|---:|---:|---:|---:|")
+    for t, v in s.items():
+        print(f"| {t} | {v['event_delay_ms_p50']:.3f} | {v['event_delay_ms_p99']:.3f} | {v['event_delay_ms_max']:.3f} | "
+              f"{v['ttft_ms_median']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 //! The writer adds `ts`, `seq` and `prev_hash` when it appends the record to the chain.
 
 use serde::Serialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,17 +22,17 @@ pub struct Usage {
 pub struct Record {
     pub event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_addr: Option<String>,
+    pub remote_addr: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,11 +78,9 @@ pub fn encode_line(buf: &mut Vec<u8>, rec: &Record, seq: u64, prev_hash: &str) -
     use sha2::{Digest, Sha256};
     use std::io::Write;
     let start = buf.len();
-    let _ = write!(
-        buf,
-        "{{\"ts\":\"{}\",\"seq\":{seq},\"prev_hash\":\"{prev_hash}\"",
-        now_rfc3339()
-    );
+    buf.extend_from_slice(b"{\"ts\":\"");
+    write_ts(buf, SystemTime::now());
+    let _ = write!(buf, "\",\"seq\":{seq},\"prev_hash\":\"{prev_hash}\"");
     let brace = buf.len();
     if serde_json::to_writer(&mut *buf, rec).is_err() {
         buf.truncate(brace);
@@ -96,19 +95,49 @@ pub fn encode_line(buf: &mut Vec<u8>, rec: &Record, seq: u64, prev_hash: &str) -
 
 /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-28T23:59:01.123Z`.
 pub fn now_rfc3339() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let mut b = Vec::with_capacity(24);
+    write_ts(&mut b, SystemTime::now());
+    String::from_utf8(b).unwrap_or_default()
+}
+
+/// Append `t` as RFC 3339 UTC with milliseconds. The date-and-seconds part is formatted once per
+/// second per thread.
+fn write_ts(buf: &mut Vec<u8>, t: SystemTime) {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHE: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    }
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, dd) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let (cached, mut head) = CACHE.get();
+    if cached != secs {
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, dd) = civil_from_days(days as i64);
+        let s = format!(
+            "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        );
+        if s.len() == head.len() {
+            head.copy_from_slice(s.as_bytes());
+            CACHE.set((secs, head));
+        } else {
+            // Years beyond 9999: not cached.
+            buf.extend_from_slice(s.as_bytes());
+            buf.extend_from_slice(format!(".{:03}Z", d.subsec_millis()).as_bytes());
+            return;
+        }
+    }
+    let ms = d.subsec_millis();
+    buf.extend_from_slice(&head);
+    buf.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
@@ -134,6 +163,24 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+    }
+
+    #[test]
+    fn timestamps() {
+        let at = |secs: u64, ms: u64| {
+            let mut b = Vec::new();
+            write_ts(
+                &mut b,
+                UNIX_EPOCH + std::time::Duration::from_millis(secs * 1000 + ms),
+            );
+            String::from_utf8(b).unwrap()
+        };
+        assert_eq!(at(0, 7), "1970-01-01T00:00:00.007Z");
+        // Same second (cached head), then the next one.
+        assert_eq!(at(1_795_910_399, 999), "2026-11-28T23:59:59.999Z");
+        assert_eq!(at(1_795_910_399, 40), "2026-11-28T23:59:59.040Z");
+        assert_eq!(at(1_795_910_400, 0), "2026-11-29T00:00:00.000Z");
+        assert_eq!(now_rfc3339().len(), 24);
     }
 
     #[test]

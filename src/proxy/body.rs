@@ -150,11 +150,11 @@ enum Sniffer {
 const JSON_SNIFF_MAX: usize = 1 << 20;
 
 #[derive(serde::Deserialize)]
-struct UsageProbe {
+struct UsageProbe<'a> {
     #[serde(default)]
     usage: Option<Usage>,
-    #[serde(default)]
-    model: Option<String>,
+    #[serde(default, borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl<'de> serde::Deserialize<'de> for Usage {
@@ -242,13 +242,19 @@ impl Sniffer {
                 overflow: false,
                 ..
             } if !chunks.is_empty() => {
+                let probe = |b: &[u8]| {
+                    serde_json::from_slice::<UsageProbe>(b)
+                        .map(|p| (p.usage, p.model.map(String::from)))
+                        .unwrap_or((None, None))
+                };
+                if let [one] = chunks.as_slice() {
+                    return probe(one);
+                }
                 let mut all = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
                 for c in chunks.drain(..) {
                     all.extend_from_slice(&c);
                 }
-                serde_json::from_slice::<UsageProbe>(&all)
-                    .map(|p| (p.usage, p.model))
-                    .unwrap_or((None, None))
+                probe(&all)
             }
             Self::Json { .. } => (None, None),
             Self::Sse { usage, model, .. } => (usage.take(), model.take()),
@@ -272,7 +278,7 @@ fn scan_sse_line(line: &[u8], usage: &mut Option<Usage>, model: &mut Option<Stri
     }
     if let Ok(p) = serde_json::from_slice::<UsageProbe>(payload) {
         if want_model {
-            *model = p.model;
+            *model = p.model.map(String::from);
         }
         if let Some(u) = p.usage {
             *usage = Some(u);

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,7 +45,7 @@ pub struct RequestId(pub HeaderValue);
 /// Why a request got no upstream response.
 enum Failure {
     /// Refused before the key was used: a `denied` record follows (with the model, if known).
-    Denied(GatewayError, Option<String>),
+    Denied(GatewayError, Option<Arc<str>>),
     /// Failed after its `use` record: the `done` record is written already.
     Failed(GatewayError),
 }
@@ -55,9 +56,46 @@ impl From<GatewayError> for Failure {
     }
 }
 
-/// The client's socket address, set by the server per connection.
-#[derive(Clone, Copy)]
-pub struct RemoteAddr(pub std::net::SocketAddr);
+/// The client's socket address, set by the server per connection (formatted once, for records).
+#[derive(Clone)]
+pub struct RemoteAddr {
+    pub addr: std::net::SocketAddr,
+    pub text: Arc<str>,
+}
+
+impl RemoteAddr {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        Self {
+            addr,
+            text: addr.to_string().into(),
+        }
+    }
+}
+
+/// A method's name for audit records (no allocation for the standard ones).
+pub fn method_name(m: &Method) -> Cow<'static, str> {
+    const STANDARD: [(Method, &str); 7] = [
+        (Method::POST, "POST"),
+        (Method::GET, "GET"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+    ];
+    match STANDARD.iter().find(|(s, _)| s == m) {
+        Some((_, name)) => Cow::Borrowed(name),
+        None => Cow::Owned(m.as_str().to_owned()),
+    }
+}
+
+/// A request path as recorded when it could not be normalised: at most 512 characters.
+pub fn truncated_path(p: &str) -> Arc<str> {
+    match p.char_indices().nth(512) {
+        Some((i, _)) => Arc::from(&p[..i]),
+        None => Arc::from(p),
+    }
+}
 
 pub struct ProxySettings {
     pub auth_header: HeaderName,
@@ -116,24 +154,26 @@ impl tower::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-/// What every audit record of one request shares.
+/// What every audit record of one request shares (cheap to clone: `Arc`s).
 #[derive(Clone)]
 struct ReqInfo {
     start: Instant,
     request_id: HeaderValue,
+    id_text: Option<Arc<str>>,
     client_id: Arc<str>,
-    remote: Option<String>,
-    method: Method,
-    path: String,
+    remote: Option<Arc<str>>,
+    method: Cow<'static, str>,
+    /// Normalised, or (when it cannot be) the raw path cut to 512 characters.
+    path: Arc<str>,
 }
 
 impl ReqInfo {
     fn record(&self, event: &'static str) -> Record {
         let mut r = Record::event(event);
-        r.request_id = self.request_id.to_str().ok().map(String::from);
+        r.request_id = self.id_text.clone();
         r.client_id = Some(self.client_id.clone());
         r.remote_addr = self.remote.clone();
-        r.method = Some(self.method.as_str().to_string());
+        r.method = Some(self.method.clone());
         r.path = Some(self.path.clone());
         r
     }
@@ -151,18 +191,20 @@ impl Proxy {
             // The auth layer always runs first; reaching here without a principal is a bug.
             return GatewayError::Unauthenticated.into_response(Some(&request_id));
         };
+        let normalized = path::normalize(req.uri().path());
         let info = ReqInfo {
             start,
+            id_text: request_id.to_str().ok().map(Arc::from),
             request_id,
             client_id: principal.0.id.clone(),
-            remote: req
-                .extensions()
-                .get::<RemoteAddr>()
-                .map(|r| r.0.to_string()),
-            method: req.method().clone(),
-            path: req.uri().path().to_string(),
+            remote: req.extensions().get::<RemoteAddr>().map(|r| r.text.clone()),
+            method: method_name(req.method()),
+            path: match &normalized {
+                Some(p) => Arc::from(p.as_str()),
+                None => truncated_path(req.uri().path()),
+            },
         };
-        match self.forward(req, &principal, &info).await {
+        match self.forward(req, normalized, &principal, &info).await {
             Ok(resp) => resp,
             Err(Failure::Failed(e)) => e.into_response(Some(&info.request_id)),
             Err(Failure::Denied(e, model)) => {
@@ -186,6 +228,7 @@ impl Proxy {
     async fn forward(
         self: &Arc<Self>,
         req: Request<Incoming>,
+        normalized: Option<String>,
         principal: &Principal,
         info: &ReqInfo,
     ) -> Result<Response<GatewayBody>, Failure> {
@@ -193,7 +236,7 @@ impl Proxy {
         if req.method() == Method::CONNECT || req.method() == Method::TRACE {
             return Err(GatewayError::MethodNotAllowed.into());
         }
-        let path = path::normalize(req.uri().path()).ok_or(GatewayError::BadRequest)?;
+        let path = normalized.ok_or(GatewayError::BadRequest)?;
         let allowed = s
             .route_prefixes
             .iter()
@@ -318,7 +361,7 @@ impl Proxy {
 struct Attempt {
     proxy: Arc<Proxy>,
     info: ReqInfo,
-    model: Option<String>,
+    model: Option<Arc<str>>,
     bytes_in: Arc<AtomicU64>,
 }
 
@@ -406,7 +449,7 @@ impl OnDone for Done {
         r.bytes_out = Some(o.bytes_out);
         r.usage = o.usage;
         if r.model.is_none() {
-            r.model = o.model;
+            r.model = o.model.map(Arc::from);
         }
         r.reason = o.error.map(String::from);
         let m = &self.ctx.proxy.metrics;
@@ -425,7 +468,7 @@ async fn peek(
     limit: u64,
     counter: &Arc<AtomicU64>,
     deadline: tokio::time::Instant,
-) -> Result<(RequestBody, Option<Option<Bytes>>, Option<String>), GatewayError> {
+) -> Result<(RequestBody, Option<Option<Bytes>>, Option<Arc<str>>), GatewayError> {
     use http_body::Body as _;
     let mut prefix = VecDeque::new();
     let mut total = 0usize;
@@ -480,10 +523,11 @@ async fn peek(
     ))
 }
 
-fn model_of(body: &[u8]) -> Option<String> {
+fn model_of(body: &[u8]) -> Option<Arc<str>> {
     #[derive(serde::Deserialize)]
-    struct Probe {
-        model: Option<String>,
+    struct Probe<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
     }
     if body.first() != Some(&b'{') {
         return None;
@@ -492,6 +536,7 @@ fn model_of(body: &[u8]) -> Option<String> {
         .ok()?
         .model
         .filter(|m| m.len() <= 256)
+        .map(|m| Arc::from(m.as_ref()))
 }
 
 fn ms(start: Instant) -> f64 {
