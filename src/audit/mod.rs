@@ -129,14 +129,14 @@ impl Audit {
             i.shared.permits.add_permits(1);
             return Err(AuditError::WriteFailed);
         }
-        // Normally the runtime's park hook wakes the writer; if this thread stays busy (or the
-        // runtime has no hook), wake it ourselves after a short wait.
+        // Normally the runtime's park hook commits it; if this thread stays busy (or the runtime
+        // has no hook), commit it ourselves (or wake the writer thread) after a short wait.
         let mut ack_rx = ack_rx;
         let first = tokio::time::timeout(queue::KICK_AFTER, &mut ack_rx).await;
         let acked = match first {
             Ok(r) => Ok(r),
             Err(_) => {
-                i.committer.queue.kick();
+                i.committer.commit_or_kick();
                 tokio::time::timeout_at(deadline.into(), ack_rx).await
             }
         };

@@ -14,8 +14,9 @@ use super::writer::Msg;
 
 /// How long a record nobody waits for may wait for a `use` to go out with.
 pub const LAZY_FLUSH: Duration = Duration::from_millis(5);
-/// A request waiting this long for its `use` acknowledgement wakes the writer thread itself
-/// (the backstop for a runtime thread that stays busy, or a runtime without the park hook).
+/// A request waiting this long for its `use` acknowledgement commits it itself (or wakes the
+/// writer thread): the backstop for a runtime thread that stays busy, or a runtime without the
+/// park hook. (Tokio's timer has millisecond resolution, so this is 0.5–1.5 ms in practice.)
 pub const KICK_AFTER: Duration = Duration::from_micros(500);
 /// The writer thread never sleeps longer than this: records nobody waits for are written at most
 /// `MAX_SLEEP + LAZY_FLUSH` after they are queued.
