@@ -46,6 +46,9 @@ async fn authorized_chat_reaches_nim_with_only_our_key() {
     assert_eq!(seen.len(), 1);
     only_our_credential(&seen[0], NIM_KEY);
     assert_eq!(seen[0].uri, "/v1/chat/completions");
+    // Host names the upstream (built once at start-up), exactly once.
+    let hosts: Vec<_> = seen[0].headers.get_all("host").iter().collect();
+    assert_eq!(hosts, vec![gw.nim_addr.to_string().as_str()]);
     let uses = gw.audit_events("use").await;
     assert_eq!(uses.len(), 1);
     assert_eq!(uses[0]["client_id"], "team-a");

@@ -304,6 +304,9 @@ impl Proxy {
         parts
             .headers
             .insert(headers::X_REQUEST_ID, info.request_id.clone());
+        if let Some(host) = &self.upstream.host {
+            parts.headers.insert(http::header::HOST, host.clone());
+        }
         parts.extensions = http::Extensions::new();
 
         let ctx = Attempt {

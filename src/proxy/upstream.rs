@@ -19,6 +19,9 @@ pub struct Upstream {
     pub authority: Authority,
     /// `scheme://authority`, for audit records.
     pub label: Arc<str>,
+    /// The `Host` header for HTTP/1 upstreams, built once (the client would format it per
+    /// request); `None` over HTTP/2, where `:authority` carries it.
+    pub host: Option<http::HeaderValue>,
 }
 
 impl Upstream {
@@ -51,8 +54,18 @@ impl Upstream {
         if cfg.http2 {
             b.http2_only(true).http2_adaptive_window(true);
         }
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(p) if p != default_port => format!("{}:{p}", authority.host()),
+            _ => authority.host().to_string(),
+        };
+        let host = (!cfg.http2)
+            .then(|| http::HeaderValue::from_str(&host))
+            .transpose()
+            .map_err(|_| "upstream.url: host is not a valid header value".to_string())?;
         Ok(Self {
             client: b.build(connector),
+            host,
             label: format!("{scheme}://{authority}").into(),
             scheme,
             authority,
