@@ -4,8 +4,9 @@
 Layout on a 2-core machine: every proxy under test is pinned to core 0 (`taskset -c 0`); the load
 generator (oha) and the upstream (nginx returning a fixed chat completion, or the project's
 fake-nim when nginx is absent) share core 1. Targets: direct (upstream itself), nimgate (audit
-fsync=interval), nimgate with fsync=batch, nimgate with audit off, nginx and HAProxy (when on
-PATH; same job: client-key check, key injection, one JSON log line per request, keep-alive pool).
+fsync=interval), nimgate with fsync=batch, nimgate with audit off, hyper-floor (the smallest hyper +
+hyper-util proxy: what the stack alone costs), nginx and HAProxy (when on PATH; same job:
+client-key check, key injection, one JSON log line per request, keep-alive pool).
 
 Measures, interleaved over several rounds:
   - closed-loop requests/s and p50/p99/p99.9 latency (oha -c 64 -z DUR);
@@ -36,10 +37,27 @@ CLIENT_KEY = "ngk_bench_client_key_0123456789abcdef0123456789ab"
 NIM_KEY = "nvapi-bench-key-0123456789abcdef"
 BODY = json.dumps({"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16})
 PORTS = {"upstream": 18000, "ssenim": 18001, "nimgate": 18080, "nimgate-batch": 18083, "nimgate-noaudit": 18084,
-         "nimgate-2core": 18085, "nimgate-sse": 18086, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
+         "nimgate-2core": 18085, "nimgate-sse": 18086, "hyper-floor": 18088, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
          "haproxy-sse": 18092}
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
+
+
+def ports_free():
+    """Refuse to run next to a leftover server: nginx binds with reuseport, so a stale one on a
+    port would silently take half the load and its CPU would not be counted."""
+    import socket
+    busy = []
+    for name, port in PORTS.items():
+        with socket.socket() as sock:
+            # SO_REUSEADDR: TIME_WAIT leftovers are fine, a live listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"{name} ({port})")
+    if busy:
+        sys.exit("ports in use (a previous run still alive?): " + ", ".join(busy))
 
 
 def sh(cmd, **kw):
@@ -223,6 +241,7 @@ def main():
     a = ap.parse_args()
     if a.quick:
         a.duration, a.rounds = "3s", 1
+    ports_free()
     d = tempfile.mkdtemp(prefix="nimgate-bench-")
     # The driver (and so the SSE probe) shares core 1 with oha and the upstream.
     try:
@@ -250,6 +269,9 @@ def main():
         for name, audit in (("nimgate", "interval"), ("nimgate-batch", "batch"), ("nimgate-noaudit", "off")):
             cfg = nimgate_config(d, name, PORTS[name], PORTS["upstream"], audit, 1)
             pids[name] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/{name}.log").pid]
+        # The stack's floor: hyper + hyper-util alone (no auth, audit or limits), same pinning.
+        pids["hyper-floor"] = [start([f"{REL}/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
+                                      f"http://127.0.0.1:{PORTS['upstream']}"], "0", f"{d}/hyper-floor.log").pid]
         if have_nginx:
             write_templ("nginx-proxy.conf", f"{d}/proxy.conf", DIR=d, PORT=PORTS["nginx"], UPSTREAM_PORT=PORTS["upstream"],
                         CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY, SSE_PORT=PORTS["nginx-sse"],
