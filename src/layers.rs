@@ -119,7 +119,7 @@ where
                 let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
                 let mut r = Record::event("denied");
                 r.request_id = id.as_ref().and_then(|v| v.to_str().ok()).map(Arc::from);
-                r.remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.text.clone());
+                r.remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.0.clone());
                 r.method = Some(method_name(req.method()));
                 r.path = Some(truncated_path(req.uri().path()));
                 r.status = Some(401);

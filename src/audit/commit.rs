@@ -107,7 +107,7 @@ impl Committer {
                 w.commit(chunk, false);
             }
             if closed {
-                // Records a runtime thread deferred to us after the close are in `pending`.
+                // One last attempt for records a failed write above left pending.
                 let rest = w.take_pending();
                 w.commit(rest, false);
                 w.sync();

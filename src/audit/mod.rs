@@ -117,7 +117,7 @@ impl Audit {
             .map_err(|_| AuditError::Timeout)?
             .map_err(|_| AuditError::WriteFailed)?;
         permit.forget();
-        let (ack_tx, ack_rx) = oneshot::channel();
+        let (ack_tx, mut ack_rx) = oneshot::channel();
         if !i.committer.queue.push(
             Msg::Rec {
                 rec,
@@ -131,7 +131,6 @@ impl Audit {
         }
         // Normally the runtime's park hook commits it; if this thread stays busy (or the runtime
         // has no hook), commit it ourselves (or wake the writer thread) after a short wait.
-        let mut ack_rx = ack_rx;
         let first = tokio::time::timeout(queue::KICK_AFTER, &mut ack_rx).await;
         let acked = match first {
             Ok(r) => Ok(r),

@@ -109,8 +109,10 @@ fn write_ts(buf: &mut Vec<u8>, t: SystemTime) {
     }
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (cached, mut head) = CACHE.get();
-    if cached != secs {
+    let (cached, head) = CACHE.get();
+    if cached == secs {
+        buf.extend_from_slice(&head);
+    } else {
         let (days, rem) = (secs / 86_400, secs % 86_400);
         let (y, m, dd) = civil_from_days(days as i64);
         let s = format!(
@@ -119,18 +121,13 @@ fn write_ts(buf: &mut Vec<u8>, t: SystemTime) {
             rem % 3600 / 60,
             rem % 60
         );
-        if s.len() == head.len() {
-            head.copy_from_slice(s.as_bytes());
+        // Years beyond 9999 do not fit the cache and are formatted every time.
+        if let Ok(head) = <[u8; 19]>::try_from(s.as_bytes()) {
             CACHE.set((secs, head));
-        } else {
-            // Years beyond 9999: not cached.
-            buf.extend_from_slice(s.as_bytes());
-            buf.extend_from_slice(format!(".{:03}Z", d.subsec_millis()).as_bytes());
-            return;
         }
+        buf.extend_from_slice(s.as_bytes());
     }
     let ms = d.subsec_millis();
-    buf.extend_from_slice(&head);
     buf.extend_from_slice(&[
         b'.',
         b'0' + (ms / 100) as u8,

@@ -20,7 +20,7 @@ use crate::config::{AuditConfig, FsyncPolicy};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const MAX_BATCH: usize = 4096;
-pub(crate) const RETRY_TICK: Duration = Duration::from_millis(250);
+const RETRY_TICK: Duration = Duration::from_millis(250);
 
 // Records are moved once into the queue; `Flush` is rare, so boxing would only add an allocation.
 #[allow(clippy::large_enum_variant)]

@@ -56,19 +56,14 @@ impl From<GatewayError> for Failure {
     }
 }
 
-/// The client's socket address, set by the server per connection (formatted once, for records).
+/// The client's socket address as records show it, set by the server per connection (formatted
+/// once per connection, not per request).
 #[derive(Clone)]
-pub struct RemoteAddr {
-    pub addr: std::net::SocketAddr,
-    pub text: Arc<str>,
-}
+pub struct RemoteAddr(pub Arc<str>);
 
 impl RemoteAddr {
     pub fn new(addr: std::net::SocketAddr) -> Self {
-        Self {
-            addr,
-            text: addr.to_string().into(),
-        }
+        Self(addr.to_string().into())
     }
 }
 
@@ -197,7 +192,7 @@ impl Proxy {
             id_text: request_id.to_str().ok().map(Arc::from),
             request_id,
             client_id: principal.0.id.clone(),
-            remote: req.extensions().get::<RemoteAddr>().map(|r| r.text.clone()),
+            remote: req.extensions().get::<RemoteAddr>().map(|r| r.0.clone()),
             method: method_name(req.method()),
             path: match &normalized {
                 Some(p) => Arc::from(p.as_str()),
