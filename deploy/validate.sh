@@ -17,9 +17,11 @@
 #   checkov     kubernetes + dockerfile frameworks on the rendered overlays and the
 #               Dockerfile, zero failed checks; skips are annotated in the manifests.
 #   hadolint    the Dockerfile, failing on any finding (deploy/hadolint.yaml).
-#   shell       ShellCheck on this script and deploy/vault/*.sh.
+#   shell       ShellCheck on this script, deploy/vault/*.sh and deploy/tests/*.sh.
 #   policy      deploy/tests/test_manifests.py: no secret in env, secret volumes in memory,
 #               topology invariants, negative fixtures rejected.
+#   vault       deploy/tests/test_vault_scripts.py: deploy/vault/setup-*.sh twice for two NIMs
+#               against a real OpenBao dev server (`bao` from the venv), on loopback.
 
 # The step functions below are called indirectly, through step(): not dead code.
 # shellcheck disable=SC2329
@@ -202,13 +204,20 @@ hadolint_scan() {
 }
 
 shellcheck_scan() {
-  local scripts=(deploy/validate.sh deploy/vault/*.sh)
-  "$VENV/bin/shellcheck" "${scripts[@]}"
+  local scripts
+  shopt -s nullglob
+  scripts=(deploy/validate.sh deploy/vault/*.sh deploy/tests/*.sh)
+  # -x: follow the `. lib.sh` of the setup scripts.
+  "$VENV/bin/shellcheck" -x "${scripts[@]}"
   echo "shellcheck: ${#scripts[@]} scripts clean"
 }
 
 policy() {
   "$VENV/bin/python" deploy/tests/test_manifests.py
+}
+
+vault_scripts() {
+  PATH="$VENV/bin:$PATH" "$VENV/bin/python" deploy/tests/test_vault_scripts.py
 }
 
 echo "nimgate deploy validation in $ROOT"
@@ -223,6 +232,7 @@ step "checkov (kubernetes, dockerfile)" checkov_scan
 step "hadolint Dockerfile" hadolint_scan
 step "shellcheck" shellcheck_scan
 step "policy test (deploy/tests/test_manifests.py)" policy
+step "vault setup scripts against OpenBao (deploy/tests/test_vault_scripts.py)" vault_scripts
 
 echo
 echo "==> summary"
