@@ -20,6 +20,9 @@
 #   shell       ShellCheck on this script, deploy/vault/*.sh and deploy/tests/*.sh.
 #   policy      deploy/tests/test_manifests.py: no secret in env, secret volumes in memory,
 #               topology invariants, negative fixtures rejected.
+#   systemd     `systemd-analyze verify` (any message fails) and `systemd-analyze security
+#               --offline` (exposure <= 2.0) on deploy/systemd/nimgate.service; installs
+#               Debian's systemd if systemd-analyze is missing.
 #   vault       deploy/tests/test_vault_scripts.py: deploy/vault/setup-*.sh twice for two NIMs
 #               against a real OpenBao dev server (`bao` from the venv), on loopback.
 
@@ -216,6 +219,32 @@ policy() {
   "$VENV/bin/python" deploy/tests/test_manifests.py
 }
 
+# verify needs every ExecStart binary to exist: check a copy whose ExecStart points at a stub
+# executable in $WORK (the real path, /usr/local/bin/nimgate, is not installed here). The unit
+# is otherwise checked as shipped.
+systemd_unit() {
+  local unit=deploy/systemd/nimgate.service dir="$WORK/systemd" out
+  if ! command -v systemd-analyze >/dev/null 2>&1; then
+    echo "installing Debian's systemd for systemd-analyze ..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+  fi
+  mkdir -p "$dir"
+  printf '#!/bin/sh\nexit 0\n' >"$dir/nimgate"
+  chmod 0755 "$dir/nimgate"
+  grep -q '^ExecStart=/usr/local/bin/nimgate ' "$unit"
+  sed "s|^ExecStart=/usr/local/bin/nimgate |ExecStart=${dir}/nimgate |" "$unit" >"$dir/nimgate.service"
+  # verify exits 0 on warnings such as unknown keys: any output counts as a failure.
+  out=$(systemd-analyze verify "$dir/nimgate.service" 2>&1) || true
+  if [[ -n $out ]]; then
+    echo "$out"
+    return 1
+  fi
+  echo "systemd-analyze verify: ${unit} clean"
+  # --threshold is on systemd's 0-100 scale: 20 = the printed exposure 2.0 (now 1.4).
+  systemd-analyze security --offline=yes --threshold=20 --no-pager "$dir/nimgate.service" |
+    tail -n 1
+}
+
 vault_scripts() {
   PATH="$VENV/bin:$PATH" "$VENV/bin/python" deploy/tests/test_vault_scripts.py
 }
@@ -232,6 +261,7 @@ step "checkov (kubernetes, dockerfile)" checkov_scan
 step "hadolint Dockerfile" hadolint_scan
 step "shellcheck" shellcheck_scan
 step "policy test (deploy/tests/test_manifests.py)" policy
+step "systemd unit (deploy/systemd/nimgate.service)" systemd_unit
 step "vault setup scripts against OpenBao (deploy/tests/test_vault_scripts.py)" vault_scripts
 
 echo
