@@ -2,7 +2,10 @@
 //! in a temp dir; a small HTTP client; helpers to read the audit trail.
 #![allow(dead_code)]
 
+pub mod checks;
 pub mod fake_vault;
+pub mod h2frames;
+pub mod raw;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -318,14 +321,4 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
-}
-
-/// Raw HTTP/1.1 exchange: write `raw`, read until the server closes or `timeout` passes.
-pub async fn raw(addr: SocketAddr, raw: &[u8], timeout: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
