@@ -3,13 +3,12 @@
 
 mod common;
 
+use common::bin::*;
 use common::*;
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_nimgate");
 
 fn verify(files: &[&std::path::Path]) -> (bool, String) {
     let out = Command::new(BIN)
@@ -26,36 +25,23 @@ fn verify(files: &[&std::path::Path]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_use_record() {
     let dir = tempfile::tempdir().unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nim_addr = l.local_addr().unwrap();
-    let nim = nimgate::fakenim::FakeNim::new(vec![NIM_KEY.into()], Duration::ZERO, true);
-    tokio::spawn(nim.clone().serve(l));
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::ZERO).await;
     std::fs::write(dir.path().join("key"), NIM_KEY).unwrap();
     let audit = dir.path().join("audit.jsonl");
     let cfg = dir.path().join("c.toml");
-    // Port chosen by binding and releasing (the binary gets its own config).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0; the bound address is read back from the binary's "serving" line.
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{nim_addr}\"\n[secret]\nsource = \"file\"\npath = \"{}\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\n[audit]\npath = \"{}\"\nfsync = \"never\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{nim_addr}\"\n[secret]\nsource = \"file\"\npath = \"{}\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\n[audit]\npath = \"{}\"\nfsync = \"never\"\n",
             dir.path().join("key").display(),
             nimgate::auth::key_digest_hex(CLIENT_KEY),
             audit.display()
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let mut p = spawn_serve(&cfg, None);
+    let url = format!("http://{}/v1/chat/completions", p.gw);
     let mut up = false;
     for _ in 0..250 {
         if client()
@@ -86,11 +72,8 @@ async fn kill_9_under_load_loses_no_use_record() {
     }
     let nim2 = nim.clone();
     assert!(eventually(|| nim2.requests.load(Ordering::Relaxed) > 300).await);
-    Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = child.wait();
+    kill_pid(p.child.id(), "-KILL");
+    let _ = p.child.wait();
     for t in tasks {
         let _ = t.await;
     }

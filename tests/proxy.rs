@@ -379,16 +379,10 @@ async fn request_id_is_kept_or_generated_and_passed_both_ways() {
 
 #[tokio::test]
 async fn upstream_down_is_502_and_slow_upstream_is_504() {
-    // Nothing listens on this port: bind, learn it, close.
-    let port = {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    // Nothing listens on this port, and it stays reserved until `_reserved` drops.
+    let (_reserved, down) = refused_addr();
     let gw = start_with(Opts {
-        upstream_url: Some(format!("http://127.0.0.1:{port}")),
+        upstream_url: Some(format!("http://{down}")),
         ..Opts::default()
     })
     .await;

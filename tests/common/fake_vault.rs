@@ -10,7 +10,9 @@
 //!
 //! Faults: 503 "sealed", fixed delay, and "down" (the listener is really closed, so TCP
 //! connects are refused and open keep-alive connections are cut; the same port is re-bound when
-//! the fault is cleared).
+//! the fault is cleared). The port stays reserved while down: a second socket, bound to it with
+//! SO_REUSEADDR but never listening, lives as long as the fake, so no port-0 bind or outgoing
+//! connection elsewhere can take the port in between.
 //!
 //! Conventions beyond the Vault API: a token `ttl` of zero means "never expires" (like a root
 //! token, `lease_duration` 0); a `max_ttl` of zero means "no cap". A `ttl` larger than a
@@ -31,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 
 /// Fault injected on every endpoint.
@@ -61,7 +63,17 @@ pub struct Seen {
 /// The fake server. Create with [`FakeVault::start`].
 pub struct FakeVault {
     addr: SocketAddr,
+    /// Bound to `addr`, never listening: holds the port while the listener is down.
+    _reserve: TcpSocket,
     state: Mutex<State>,
+}
+
+/// A new listener on `addr` (SO_REUSEADDR, so it can share the port with the reservation).
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
 }
 
 const POLICIES: [&str; 2] = ["default", "nimgate"];
@@ -660,12 +672,18 @@ impl FakeVault {
     /// Bind 127.0.0.1:0 and serve (HTTP/1.1) in a spawned task. Must be called inside a
     /// tokio runtime.
     pub async fn start() -> Arc<FakeVault> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        let reserve = TcpSocket::new_v4().expect("fake vault: socket");
+        reserve
+            .set_reuseaddr(true)
+            .expect("fake vault: SO_REUSEADDR");
+        reserve
+            .bind("127.0.0.1:0".parse().expect("loopback address"))
             .expect("fake vault: bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("fake vault: local_addr");
+        let addr = reserve.local_addr().expect("fake vault: local_addr");
+        let listener = listen_on(addr).expect("fake vault: listen");
         let fv = Arc::new(FakeVault {
             addr,
+            _reserve: reserve,
             state: Mutex::new(State::new(listener)),
         });
         tokio::spawn(accept_loop(Arc::downgrade(&fv)));
@@ -836,7 +854,8 @@ impl FakeVault {
     // --- faults ---
 
     /// Applies to every endpoint. `Down` closes the listening socket (connects are refused)
-    /// and cuts open connections; any other value re-binds the same port if it was down.
+    /// and cuts open connections; any other value re-binds the same port if it was down (the
+    /// port stays reserved meanwhile, see the module header).
     /// Must be called inside a tokio runtime (re-binding registers with its reactor).
     pub fn set_fault(&self, f: Fault) {
         let mut st = self.lock();
@@ -852,10 +871,7 @@ impl FakeVault {
         } else if st.listener.is_none() {
             let mut last_err = None;
             for _ in 0..200 {
-                match std::net::TcpListener::bind(self.addr).and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    TcpListener::from_std(l)
-                }) {
+                match listen_on(self.addr) {
                     Ok(l) => {
                         st.listener = Some(l);
                         st.listener_gen += 1;

@@ -2,6 +2,7 @@
 //! in a temp dir; a small HTTP client; helpers to read the audit trail.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod checks;
 pub mod fake_vault;
 pub mod h2frames;
@@ -87,6 +88,24 @@ impl Default for Opts {
     }
 }
 
+/// A fake NIM accepting `keys`, serving on 127.0.0.1:0: (the NIM, its bound address).
+pub async fn fake_nim(keys: Vec<String>, sse_delay: Duration) -> (Arc<FakeNim>, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let nim = FakeNim::new(keys, sse_delay, true);
+    tokio::spawn(nim.clone().serve(l));
+    (nim, addr)
+}
+
+/// A loopback address where connects are refused, reserved for as long as the returned socket
+/// lives: bound to 127.0.0.1:0 but never listening, so no other socket can take the port.
+pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    (s, addr)
+}
+
 pub async fn start() -> Gateway {
     start_with(Opts::default()).await
 }
@@ -102,10 +121,7 @@ pub async fn start_with(o: Opts) -> Gateway {
     if o.write_key {
         std::fs::write(&key_file, format!("{NIM_KEY}\n")).unwrap();
     }
-    let nim_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nim_addr = nim_l.local_addr().unwrap();
-    let nim = FakeNim::new(vec![NIM_KEY.into()], o.sse_delay, true);
-    tokio::spawn(nim.clone().serve(nim_l));
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], o.sse_delay).await;
     let secret = o.secret_table.clone().unwrap_or_else(|| {
         format!(
             "[secret]\nsource = \"file\"\npath = \"{}\"\npoll_interval = \"50ms\"\n{}",
@@ -120,7 +136,7 @@ listen = "127.0.0.1:0"
 shutdown_grace = "5s"
 {server_extra}
 [admin]
-listen = "127.0.0.1:1"
+listen = "127.0.0.1:0"
 [upstream]
 url = "{upstream}"
 response_timeout = "2s"
