@@ -6,16 +6,11 @@ mod common;
 use common::bin::*;
 use common::*;
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn verify(files: &[&std::path::Path]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["audit", "verify"])
-        .args(files)
-        .output()
-        .unwrap();
+    let out = run_bin(&["audit", "verify"], files);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -104,12 +99,12 @@ async fn unwritable_audit_fails_closed_then_recovers() {
     let link = dir.path().join("audit.jsonl");
     // Writes to /dev/full fail with ENOSPC: a real "disk full", no root-only tricks needed.
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
-    let gw = start_with(Opts {
-        audit_path: Some(link.clone()),
-        audit_extra: "max_wait = \"500ms\"".into(),
-        no_wait: true,
-        ..Opts::default()
-    })
+    let gw = start_with(
+        Opts::default()
+            .audit_path(link.clone())
+            .audit("max_wait = \"500ms\"")
+            .no_wait(),
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (s, body) = get_admin(gw.admin, "/readyz").await.unwrap();
@@ -205,11 +200,11 @@ async fn chain_continues_across_restarts_and_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
     for round in 0..2 {
-        let gw = start_with(Opts {
-            audit_path: Some(path.clone()),
-            audit_extra: "max_bytes = 4000\nkeep = 50\nfsync = \"batch\"".into(),
-            ..Opts::default()
-        })
+        let gw = start_with(
+            Opts::default()
+                .audit_path(path.clone())
+                .audit("max_bytes = 4000\nkeep = 50\nfsync = \"batch\""),
+        )
         .await;
         for _ in 0..10 {
             let (s, _) = send_json(post(
@@ -266,11 +261,7 @@ async fn chain_continues_across_restarts_and_rotation() {
 
 #[tokio::test]
 async fn denied_requests_have_no_key_fields() {
-    let gw = start_with(Opts {
-        client_extra: "rpm = 60\nburst = 1".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().client("rpm = 60\nburst = 1")).await;
     gw.chat().await;
     let (s, v) = gw.chat().await;
     assert_eq!(s, 429, "{v}");

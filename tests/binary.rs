@@ -95,11 +95,7 @@ async fn serve_from_config_file_and_drain_streams_on_sigterm() {
 
     // The trail the binary wrote verifies.
     let audit = dir.path().join("audit.jsonl");
-    let out = Command::new(BIN)
-        .args(["audit", "verify"])
-        .arg(&audit)
-        .output()
-        .unwrap();
+    let out = run_bin(&["audit", "verify"], &[&audit]);
     assert!(
         out.status.success(),
         "{}",
@@ -131,11 +127,7 @@ key_sha256 = "xyz"
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_bin(&["check", "--config"], &[&cfg]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for f in [
@@ -146,33 +138,19 @@ key_sha256 = "xyz"
         assert!(err.contains(f), "{f} not named in:\n{err}");
     }
     std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_bin(&["check", "--config"], &[&cfg]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.bogus"));
     // serve refuses the same way.
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_bin(&["serve", "--config"], &[&cfg]);
     assert_eq!(out.status.code(), Some(64));
-    let out = Command::new(BIN)
-        .args(["check", "--config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
+    let out = run_bin(&["check", "--config", "/nonexistent.toml"], &[]);
     assert_eq!(out.status.code(), Some(64));
 }
 
 #[test]
 fn keys_new_prints_a_key_and_its_digest_entry() {
-    let out = Command::new(BIN)
-        .args(["keys", "new", "--id", "team-z"])
-        .output()
-        .unwrap();
+    let out = run_bin(&["keys", "new", "--id", "team-z"], &[]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let key = text
@@ -185,10 +163,7 @@ fn keys_new_prints_a_key_and_its_digest_entry() {
     assert!(text.contains("id = \"team-z\""));
     let cfg: toml::Value = toml::from_str(&text).unwrap();
     assert_eq!(cfg["clients"][0]["id"].as_str(), Some("team-z"));
-    let out2 = Command::new(BIN)
-        .args(["keys", "new", "--id", "team-z"])
-        .output()
-        .unwrap();
+    let out2 = run_bin(&["keys", "new", "--id", "team-z"], &[]);
     assert_ne!(out2.stdout, text.as_bytes(), "keys must be random");
 }
 

@@ -118,7 +118,7 @@ async fn raw_credential_tricks_get_401_and_reach_nothing() {
         assert_eq!(rec["reason"], *reason, "{name}: {rec}");
         assert!(rec.get("key_fingerprint").is_none(), "{name}: {rec}");
     }
-    let trail = std::fs::read_to_string(&gw.audit_file).unwrap();
+    let trail = gw.audit_text();
     assert!(!trail.contains(NIM_KEY) && !trail.contains(CLIENT_KEY));
     gw.stop().await;
 }

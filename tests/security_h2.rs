@@ -90,11 +90,7 @@ async fn h2_rapid_reset_gets_goaway_and_others_are_served() {
 
 #[tokio::test]
 async fn h2_streams_beyond_max_h2_streams_never_reach_the_nim_concurrently() {
-    let gw = start_with(Opts {
-        limits_extra: "max_h2_streams = 4".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().limits("max_h2_streams = 4")).await;
     let mut c = h2::Conn::open(gw.addr).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     let mut advertised = None;

@@ -77,11 +77,7 @@ async fn hop_by_hop_abuse_cannot_touch_the_key_http1_upstream() {
 
 #[tokio::test]
 async fn hop_by_hop_abuse_cannot_touch_the_key_http2_upstream() {
-    let gw = start_with(Opts {
-        upstream_extra: "http2 = true".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().upstream("http2 = true")).await;
     hop_by_hop_abuse(&gw, http::Version::HTTP_2).await;
     gw.stop().await;
 }

@@ -24,11 +24,7 @@ fn get_with(url: &str, key: &str, extra: &[(&str, &str)]) -> Request<Full<Bytes>
 
 #[tokio::test]
 async fn global_concurrency_limit_answers_503_overloaded() {
-    let gw = start_with(Opts {
-        limits_extra: "max_concurrent_requests = 2".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().limits("max_concurrent_requests = 2")).await;
     let url = gw.url("/v1/models");
     let slow: Vec<_> = [CLIENT_KEY, CLIENT_KEY_B]
         .into_iter()
@@ -65,11 +61,7 @@ async fn global_concurrency_limit_answers_503_overloaded() {
 
 #[tokio::test]
 async fn per_client_concurrency_limit_answers_429() {
-    let gw = start_with(Opts {
-        client_extra: "max_concurrent = 1".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().client("max_concurrent = 1")).await;
     let url = gw.url("/v1/models");
     let slow = tokio::spawn(send(get_with(
         &url,
@@ -95,11 +87,7 @@ async fn per_client_concurrency_limit_answers_429() {
 
 #[tokio::test]
 async fn per_client_rate_limit_answers_429_with_retry_after_and_audit() {
-    let gw = start_with(Opts {
-        client_extra: "rpm = 60\nburst = 2".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().client("rpm = 60\nburst = 2")).await;
     let url = gw.url("/v1/models");
     assert_eq!(send(get(&url, Some(CLIENT_KEY))).await.0, 200);
     assert_eq!(send(get(&url, Some(CLIENT_KEY))).await.0, 200);

@@ -16,13 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn timeouts(extra: &str) -> Opts {
-    Opts {
-        limits_extra: format!(
-            "header_read_timeout = \"1s\"\nbody_timeout = \"1s\"\nsend_timeout = \"1s\"\n{extra}"
-        ),
-        ..Opts::default()
-    }
+/// Every timeout at 1 s.
+fn timeouts() -> Opts {
+    Opts::default()
+        .limits("header_read_timeout = \"1s\"\nbody_timeout = \"1s\"\nsend_timeout = \"1s\"\n")
 }
 
 /// Time until the server closes `s` (reading and discarding), capped at `cap`.
@@ -41,9 +38,23 @@ async fn time_to_close(s: &mut tokio::net::tcp::OwnedReadHalf, cap: Duration) ->
     r.ok().map(|_| t.elapsed())
 }
 
+/// On a fresh gateway with [`timeouts`]: connect, send `first` (perhaps nothing), then stay
+/// silent with the connection open. The time until the server closes it, capped at 4 s.
+async fn closed_after_sending(first: &[u8]) -> Option<Duration> {
+    let gw = start_with(timeouts()).await;
+    let s = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    if !first.is_empty() {
+        wr.write_all(first).await.unwrap();
+    }
+    let closed = time_to_close(&mut rd, Duration::from_secs(4)).await;
+    gw.stop().await;
+    closed
+}
+
 #[tokio::test]
 async fn slowloris_trickled_request_head_is_cut_off() {
-    let gw = start_with(timeouts("")).await;
+    let gw = start_with(timeouts()).await;
     let s = TcpStream::connect(gw.addr).await.unwrap();
     let _ = s.set_nodelay(true);
     let (mut rd, mut wr) = s.into_split();
@@ -74,36 +85,27 @@ async fn slowloris_trickled_request_head_is_cut_off() {
 
 #[tokio::test]
 async fn silent_connection_is_closed_after_header_read_timeout() {
-    let gw = start_with(timeouts("")).await;
     // Connect and send nothing at all.
-    let s = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut rd, _wr) = s.into_split();
-    let closed = time_to_close(&mut rd, Duration::from_secs(4)).await;
+    let closed = closed_after_sending(b"").await;
     assert!(
         closed.is_some_and(|d| d <= Duration::from_millis(3000)),
         "a connection that never sends a byte is still open after 4 s (header_read_timeout = 1s): {closed:?}"
     );
-    gw.stop().await;
 }
 
 #[tokio::test]
 async fn partial_h2_preface_is_closed_after_header_read_timeout() {
-    let gw = start_with(timeouts("")).await;
-    let s = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
     // A prefix of the HTTP/2 preface, then silence.
-    wr.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    let closed = time_to_close(&mut rd, Duration::from_secs(4)).await;
+    let closed = closed_after_sending(b"PRI * HTTP/2.0\r\n").await;
     assert!(
         closed.is_some_and(|d| d <= Duration::from_millis(3000)),
         "a connection stuck inside the HTTP/2 preface is still open after 4 s (header_read_timeout = 1s): {closed:?}"
     );
-    gw.stop().await;
 }
 
 #[tokio::test]
 async fn slow_request_bodies_get_408() {
-    let gw = start_with(timeouts("")).await;
+    let gw = start_with(timeouts()).await;
     let addr = gw.addr;
     // Content-Length 1000, only 10 bytes sent.
     let short = tokio::spawn(async move {
@@ -177,7 +179,7 @@ async fn slow_request_bodies_get_408() {
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_header_read_timeout() {
-    let gw = start_with(timeouts("")).await;
+    let gw = start_with(timeouts()).await;
     let mut c = H1::connect(gw.addr).await;
     c.send(&h1_get("/v1/models?idle=1", "")).await;
     let r = c.response(Duration::from_secs(3)).await;
@@ -195,11 +197,7 @@ async fn idle_keep_alive_connection_is_closed_after_header_read_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_never_reads_a_stream_is_disconnected() {
-    let gw = start_with(Opts {
-        sse_delay: Duration::ZERO,
-        ..timeouts("")
-    })
-    .await;
+    let gw = start_with(timeouts().sse_delay(Duration::ZERO)).await;
     gw.nim.sse_events.store(100_000, Ordering::Relaxed);
     let rss_before = rss_kb();
     // A small receive window so the gateway's writes stall quickly.

@@ -28,11 +28,12 @@ fn smuggling_cases() -> Vec<(&'static str, Vec<u8>)> {
             auth_line()
         )
     };
-    // TE.CL shape: chunked ends after "0\r\n\r\n"; Content-Length covers the smuggled request.
-    let te_cl = |i: usize, te_lines: &str| {
+    // The body is a complete chunked body ("0\r\n\r\n") followed by the smuggled request;
+    // `{len}` in the framing lines is the length of all of it (TE.CL shape and its variants).
+    let framed = |i: usize, version: &str, framing: &str| {
         let body = format!("0\r\n\r\n{}", smuggled(i));
-        let framing = format!("Content-Length: {}\r\n{te_lines}", body.len());
-        format!("{}{body}", head(i, "HTTP/1.1", &framing)).into_bytes()
+        let framing = framing.replace("{len}", &body.len().to_string());
+        format!("{}{body}", head(i, version, &framing)).into_bytes()
     };
     let chunked = |i: usize, chunks: &str| {
         format!(
@@ -50,131 +51,55 @@ fn smuggling_cases() -> Vec<(&'static str, Vec<u8>)> {
         )
         .into_bytes()
     };
-    let mut v: Vec<(&'static str, Vec<u8>)> = Vec::new();
-    let mut i = 0;
-    let mut next = || {
-        i += 1;
-        i - 1
-    };
-    let n = next();
-    v.push((
-        "CL + TE: chunked",
-        te_cl(n, "Transfer-Encoding: chunked\r\n"),
-    ));
-    let n = next();
-    v.push(("TE: chunked before CL", {
-        let body = format!("0\r\n\r\n{}", smuggled(n));
-        let framing = format!(
-            "Transfer-Encoding: chunked\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        format!("{}{body}", head(n, "HTTP/1.1", &framing)).into_bytes()
-    }));
-    let n = next();
-    v.push(("two different Content-Length headers", {
-        let body = format!("0\r\n\r\n{}", smuggled(n));
-        let framing = format!("Content-Length: 5\r\nContent-Length: {}\r\n", body.len());
-        format!("{}{body}", head(n, "HTTP/1.1", &framing)).into_bytes()
-    }));
-    let n = next();
-    v.push(("Content-Length list with different values", {
-        let body = format!("0\r\n\r\n{}", smuggled(n));
-        let framing = format!("Content-Length: 5, {}\r\n", body.len());
-        format!("{}{body}", head(n, "HTTP/1.1", &framing)).into_bytes()
-    }));
-    let n = next();
-    v.push((
-        "TE: chunked, identity (+CL)",
-        te_cl(n, "Transfer-Encoding: chunked, identity\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "TE: identity, chunked (+CL)",
-        te_cl(n, "Transfer-Encoding: identity, chunked\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "TE: '  chunked' leading spaces (+CL)",
-        te_cl(n, "Transfer-Encoding:   chunked\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "TE: tab chunked (+CL)",
-        te_cl(n, "Transfer-Encoding:\tchunked\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "TE obs-fold (+CL)",
-        te_cl(n, "Transfer-Encoding:\r\n chunked\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "TE: xchunked (+CL)",
-        te_cl(n, "Transfer-Encoding: xchunked\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "TE: \"chunked\" quoted (+CL)",
-        te_cl(n, "Transfer-Encoding: \"chunked\"\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "'Transfer-Encoding : chunked' space before colon (+CL)",
-        te_cl(n, "Transfer-Encoding : chunked\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "two TE headers chunked then identity (+CL)",
-        te_cl(
-            n,
-            "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+    // (name, HTTP version, framing header lines)
+    let framings: [(&'static str, &str, &str); 15] = [
+        ("CL + TE: chunked", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding: chunked\r\n"),
+        ("TE: chunked before CL", "HTTP/1.1", "Transfer-Encoding: chunked\r\nContent-Length: {len}\r\n"),
+        ("two different Content-Length headers", "HTTP/1.1", "Content-Length: 5\r\nContent-Length: {len}\r\n"),
+        ("Content-Length list with different values", "HTTP/1.1", "Content-Length: 5, {len}\r\n"),
+        ("TE: chunked, identity (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding: chunked, identity\r\n"),
+        ("TE: identity, chunked (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding: identity, chunked\r\n"),
+        ("TE: '  chunked' leading spaces (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding:   chunked\r\n"),
+        ("TE: tab chunked (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding:\tchunked\r\n"),
+        ("TE obs-fold (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding:\r\n chunked\r\n"),
+        ("TE: xchunked (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding: xchunked\r\n"),
+        ("TE: \"chunked\" quoted (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding: \"chunked\"\r\n"),
+        ("'Transfer-Encoding : chunked' space before colon (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding : chunked\r\n"),
+        ("two TE headers chunked then identity (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n"),
+        ("TE: CHUNKED upper case (+CL)", "HTTP/1.1", "Content-Length: {len}\r\nTransfer-Encoding: CHUNKED\r\n"),
+        ("TE on HTTP/1.0 (+CL)", "HTTP/1.0", "Content-Length: {len}\r\nTransfer-Encoding: chunked\r\n"),
+    ];
+    // (name, chunked body before the smuggled request)
+    let bad_chunks: [(&'static str, &str); 6] = [
+        ("chunk size 'zz'", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("chunk size '-1'", "-1\r\nhello\r\n0\r\n\r\n"),
+        ("chunk size '+5'", "+5\r\nhello\r\n0\r\n\r\n"),
+        ("chunk size '0x5'", "0x5\r\nhello\r\n0\r\n\r\n"),
+        (
+            "chunk size hex overflow",
+            "fffffffffffffffffffffff5\r\nhello\r\n0\r\n\r\n",
         ),
-    ));
-    let n = next();
-    v.push((
-        "TE: CHUNKED upper case (+CL)",
-        te_cl(n, "Transfer-Encoding: CHUNKED\r\n"),
-    ));
-    let n = next();
-    v.push(("TE on HTTP/1.0 (+CL)", {
-        let body = format!("0\r\n\r\n{}", smuggled(n));
-        let framing = format!(
-            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
-            body.len()
-        );
-        format!("{}{body}", head(n, "HTTP/1.0", &framing)).into_bytes()
-    }));
-    let n = next();
-    v.push(("chunk size 'zz'", chunked(n, "zz\r\nhello\r\n0\r\n\r\n")));
-    let n = next();
-    v.push(("chunk size '-1'", chunked(n, "-1\r\nhello\r\n0\r\n\r\n")));
-    let n = next();
-    v.push(("chunk size '+5'", chunked(n, "+5\r\nhello\r\n0\r\n\r\n")));
-    let n = next();
-    v.push(("chunk size '0x5'", chunked(n, "0x5\r\nhello\r\n0\r\n\r\n")));
-    let n = next();
-    v.push((
-        "chunk size hex overflow",
-        chunked(n, "fffffffffffffffffffffff5\r\nhello\r\n0\r\n\r\n"),
-    ));
-    let n = next();
-    v.push((
-        "chunk data longer than its size",
-        chunked(n, "3\r\nhello\r\n0\r\n\r\n"),
-    ));
-    let n = next();
-    v.push(("Content-Length over max_body_bytes", with_cl(n, "17000000")));
-    let n = next();
-    v.push(("Content-Length -1", with_cl(n, "-1")));
-    let n = next();
-    v.push(("Content-Length +5", with_cl(n, "+5")));
-    let n = next();
-    v.push((
-        "Content-Length overflow",
-        with_cl(n, "99999999999999999999999"),
-    ));
-    let n = next();
-    v.push(("Content-Length 0x10", with_cl(n, "0x10")));
+        ("chunk data longer than its size", "3\r\nhello\r\n0\r\n\r\n"),
+    ];
+    // (name, Content-Length value)
+    let bad_lengths: [(&'static str, &str); 5] = [
+        ("Content-Length over max_body_bytes", "17000000"),
+        ("Content-Length -1", "-1"),
+        ("Content-Length +5", "+5"),
+        ("Content-Length overflow", "99999999999999999999999"),
+        ("Content-Length 0x10", "0x10"),
+    ];
+    // A case's number is its index in `v`.
+    let mut v: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    for (name, version, framing) in framings {
+        v.push((name, framed(v.len(), version, framing)));
+    }
+    for (name, chunks) in bad_chunks {
+        v.push((name, chunked(v.len(), chunks)));
+    }
+    for (name, cl) in bad_lengths {
+        v.push((name, with_cl(v.len(), cl)));
+    }
     v
 }
 

@@ -7,7 +7,7 @@ use super::get_admin;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -46,6 +46,11 @@ impl Proc {
         let err = self.stderr.lock().unwrap().clone();
         (status, out, err)
     }
+}
+
+/// Run the binary to its end with `args`, then `paths`: its output.
+pub fn run_bin(args: &[&str], paths: &[&Path]) -> Output {
+    Command::new(BIN).args(args).args(paths).output().unwrap()
 }
 
 /// Send `sig` ("-TERM", "-KILL", …) to one process, by pid.

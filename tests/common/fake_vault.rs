@@ -99,6 +99,19 @@ struct Role {
     renewable: bool,
 }
 
+impl Role {
+    /// No secret_id and no JWTs; the auth method's own field is set by the caller.
+    fn new(ttl: Duration, max_ttl: Duration, renewable: bool) -> Self {
+        Role {
+            secret_id: String::new(),
+            jwts: Vec::new(),
+            ttl,
+            max_ttl,
+            renewable,
+        }
+    }
+}
+
 enum AuthMount {
     /// role_id -> role
     AppRole(HashMap<String, Role>),
@@ -207,6 +220,17 @@ impl State {
             log: Vec::new(),
             seq: 0,
         }
+    }
+
+    /// The secrets mount `mount`, created empty (KV v2 if `kv2`, else KV v1) if it is new.
+    fn kv_mount(&mut self, mount: &str, kv2: bool) -> &mut Mount {
+        self.mounts.entry(mount.to_string()).or_insert_with(|| {
+            if kv2 {
+                Mount::Kv2(HashMap::new())
+            } else {
+                Mount::Kv1(HashMap::new())
+            }
+        })
     }
 
     fn wake_acceptor(&mut self) {
@@ -709,11 +733,7 @@ impl FakeVault {
     pub fn put_kv2(&self, mount: &str, path: &str, data: Value) -> u64 {
         let (mount, path) = (norm(mount), norm(path));
         let mut st = self.lock();
-        let m = st
-            .mounts
-            .entry(mount.clone())
-            .or_insert_with(|| Mount::Kv2(HashMap::new()));
-        match m {
+        match st.kv_mount(&mount, true) {
             Mount::Kv2(secrets) => {
                 let versions = secrets.entry(path).or_default();
                 versions.push(Version {
@@ -730,11 +750,7 @@ impl FakeVault {
     pub fn put_kv1(&self, mount: &str, path: &str, data: Value) {
         let (mount, path) = (norm(mount), norm(path));
         let mut st = self.lock();
-        let m = st
-            .mounts
-            .entry(mount.clone())
-            .or_insert_with(|| Mount::Kv1(HashMap::new()));
-        match m {
+        match st.kv_mount(&mount, false) {
             Mount::Kv1(secrets) => {
                 secrets.insert(path, data);
             }
@@ -771,25 +787,11 @@ impl FakeVault {
         max_ttl: Duration,
         renewable: bool,
     ) {
-        let mount = norm(mount);
-        let mut st = self.lock();
-        let m = st
-            .auth_mounts
-            .entry(mount.clone())
-            .or_insert_with(|| AuthMount::AppRole(HashMap::new()));
-        let AuthMount::AppRole(roles) = m else {
-            panic!("fake vault: auth mount {mount:?} is kubernetes, not approle");
+        let role = Role {
+            secret_id: secret_id.to_string(),
+            ..Role::new(ttl, max_ttl, renewable)
         };
-        roles.insert(
-            role_id.to_string(),
-            Role {
-                secret_id: secret_id.to_string(),
-                jwts: Vec::new(),
-                ttl,
-                max_ttl,
-                renewable,
-            },
-        );
+        self.insert_role(mount, true, role_id, role);
     }
 
     /// Kubernetes auth at `mount`: login with `role` + one of `accepted_jwts`. Calling again
@@ -803,25 +805,35 @@ impl FakeVault {
         max_ttl: Duration,
         renewable: bool,
     ) {
+        let r = Role {
+            jwts: accepted_jwts.iter().map(|s| s.to_string()).collect(),
+            ..Role::new(ttl, max_ttl, renewable)
+        };
+        self.insert_role(mount, false, role, r);
+    }
+
+    /// Put `role` under `key` at auth mount `mount`, creating the mount (AppRole if `approle`,
+    /// else Kubernetes); panics if the mount exists as the other kind.
+    fn insert_role(&self, mount: &str, approle: bool, key: &str, role: Role) {
         let mount = norm(mount);
         let mut st = self.lock();
-        let m = st
-            .auth_mounts
-            .entry(mount.clone())
-            .or_insert_with(|| AuthMount::Kubernetes(HashMap::new()));
-        let AuthMount::Kubernetes(roles) = m else {
-            panic!("fake vault: auth mount {mount:?} is approle, not kubernetes");
+        let m = st.auth_mounts.entry(mount.clone()).or_insert_with(|| {
+            if approle {
+                AuthMount::AppRole(HashMap::new())
+            } else {
+                AuthMount::Kubernetes(HashMap::new())
+            }
+        });
+        let roles = match (m, approle) {
+            (AuthMount::AppRole(roles), true) | (AuthMount::Kubernetes(roles), false) => roles,
+            (AuthMount::Kubernetes(_), true) => {
+                panic!("fake vault: auth mount {mount:?} is kubernetes, not approle")
+            }
+            (AuthMount::AppRole(_), false) => {
+                panic!("fake vault: auth mount {mount:?} is approle, not kubernetes")
+            }
         };
-        roles.insert(
-            role.to_string(),
-            Role {
-                secret_id: String::new(),
-                jwts: accepted_jwts.iter().map(|s| s.to_string()).collect(),
-                ttl,
-                max_ttl,
-                renewable,
-            },
-        );
+        roles.insert(key.to_string(), role);
     }
 
     /// A pre-made token (as a Vault Agent sink would hold). Its lookup `path` is
@@ -889,6 +901,11 @@ impl FakeVault {
     }
 
     // --- observation ---
+
+    /// The last request whose path contains `path_part`.
+    pub fn last_seen(&self, path_part: &str) -> Option<Seen> {
+        self.log().into_iter().rfind(|s| s.path.contains(path_part))
+    }
 
     /// Requests seen per kind: "login", "renew", "lookup", "read" (any request under a secret
     /// mount), "requests" (everything). Counted on arrival, so failed and faulted requests
