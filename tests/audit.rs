@@ -3,20 +3,14 @@
 
 mod common;
 
+use common::bin::*;
 use common::*;
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nimgate");
-
 fn verify(files: &[&std::path::Path]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["audit", "verify"])
-        .args(files)
-        .output()
-        .unwrap();
+    let out = run_bin(&["audit", "verify"], files);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -26,36 +20,23 @@ fn verify(files: &[&std::path::Path]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_use_record() {
     let dir = tempfile::tempdir().unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nim_addr = l.local_addr().unwrap();
-    let nim = nimgate::fakenim::FakeNim::new(vec![NIM_KEY.into()], Duration::ZERO, true);
-    tokio::spawn(nim.clone().serve(l));
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::ZERO).await;
     std::fs::write(dir.path().join("key"), NIM_KEY).unwrap();
     let audit = dir.path().join("audit.jsonl");
     let cfg = dir.path().join("c.toml");
-    // Port chosen by binding and releasing (the binary gets its own config).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0; the bound address is read back from the binary's "serving" line.
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{nim_addr}\"\n[secret]\nsource = \"file\"\npath = \"{}\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\n[audit]\npath = \"{}\"\nfsync = \"never\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{nim_addr}\"\n[secret]\nsource = \"file\"\npath = \"{}\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\n[audit]\npath = \"{}\"\nfsync = \"never\"\n",
             dir.path().join("key").display(),
             nimgate::auth::key_digest_hex(CLIENT_KEY),
             audit.display()
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let mut p = spawn_serve(&cfg, None);
+    let url = format!("http://{}/v1/chat/completions", p.gw);
     let mut up = false;
     for _ in 0..250 {
         if client()
@@ -86,11 +67,8 @@ async fn kill_9_under_load_loses_no_use_record() {
     }
     let nim2 = nim.clone();
     assert!(eventually(|| nim2.requests.load(Ordering::Relaxed) > 300).await);
-    Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let _ = child.wait();
+    kill_pid(p.child.id(), "-KILL");
+    let _ = p.child.wait();
     for t in tasks {
         let _ = t.await;
     }
@@ -121,12 +99,12 @@ async fn unwritable_audit_fails_closed_then_recovers() {
     let link = dir.path().join("audit.jsonl");
     // Writes to /dev/full fail with ENOSPC: a real "disk full", no root-only tricks needed.
     std::os::unix::fs::symlink("/dev/full", &link).unwrap();
-    let gw = start_with(Opts {
-        audit_path: Some(link.clone()),
-        audit_extra: "max_wait = \"500ms\"".into(),
-        no_wait: true,
-        ..Opts::default()
-    })
+    let gw = start_with(
+        Opts::default()
+            .audit_path(link.clone())
+            .audit("max_wait = \"500ms\"")
+            .no_wait(),
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (s, body) = get_admin(gw.admin, "/readyz").await.unwrap();
@@ -222,11 +200,11 @@ async fn chain_continues_across_restarts_and_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.jsonl");
     for round in 0..2 {
-        let gw = start_with(Opts {
-            audit_path: Some(path.clone()),
-            audit_extra: "max_bytes = 4000\nkeep = 50\nfsync = \"batch\"".into(),
-            ..Opts::default()
-        })
+        let gw = start_with(
+            Opts::default()
+                .audit_path(path.clone())
+                .audit("max_bytes = 4000\nkeep = 50\nfsync = \"batch\""),
+        )
         .await;
         for _ in 0..10 {
             let (s, _) = send_json(post(
@@ -283,11 +261,7 @@ async fn chain_continues_across_restarts_and_rotation() {
 
 #[tokio::test]
 async fn denied_requests_have_no_key_fields() {
-    let gw = start_with(Opts {
-        client_extra: "rpm = 60\nburst = 1".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().client("rpm = 60\nburst = 1")).await;
     gw.chat().await;
     let (s, v) = gw.chat().await;
     assert_eq!(s, 429, "{v}");

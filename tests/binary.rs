@@ -3,79 +3,13 @@
 
 mod common;
 
+use common::bin::*;
 use common::*;
 use nimgate::auth::key_digest_hex;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_nimgate");
-
-struct Proc {
-    child: Child,
-    gw: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn field(line: &str, name: &str) -> Option<std::net::SocketAddr> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}="))?.parse().ok())
-}
-
-/// Start `nimgate serve --config` and wait for its "serving" log line.
-fn spawn_serve(config: &std::path::Path, rust_log: &str) -> Proc {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", rust_log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("nimgate serving") {
-                let _ = tx.send((field(&line, "listen"), field(&line, "admin")));
-            }
-            log2.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let (gw, admin) = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("no 'nimgate serving' line");
-    Proc {
-        child,
-        gw: gw.unwrap(),
-        admin: admin.unwrap(),
-        stderr: log,
-    }
-}
-
-async fn fake_nim(
-    delay: Duration,
-) -> (
-    std::sync::Arc<nimgate::fakenim::FakeNim>,
-    std::net::SocketAddr,
-) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let nim = nimgate::fakenim::FakeNim::new(vec![NIM_KEY.into()], delay, true);
-    tokio::spawn(nim.clone().serve(l));
-    (nim, addr)
-}
 
 fn write_config(dir: &std::path::Path, nim: std::net::SocketAddr) -> std::path::PathBuf {
     std::fs::write(dir.join("key"), format!("{NIM_KEY}\n")).unwrap();
@@ -109,22 +43,12 @@ fsync = "batch"
     cfg
 }
 
-async fn wait_ready(admin: std::net::SocketAddr) {
-    for _ in 0..250 {
-        if get_admin(admin, "/readyz").await.map(|r| r.0) == Ok(200) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("binary never became ready");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_from_config_file_and_drain_streams_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (nim, nim_addr) = fake_nim(Duration::from_millis(200)).await;
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(200)).await;
     let cfg = write_config(dir.path(), nim_addr);
-    let p = spawn_serve(&cfg, "info");
+    let mut p = spawn_serve(&cfg, Some("info"));
     wait_ready(p.admin).await;
     let url = format!("http://{}/v1/chat/completions", p.gw);
     let (s, v) = send_json(post(&url, Some(CLIENT_KEY), &chat_body(false))).await;
@@ -151,10 +75,7 @@ async fn serve_from_config_file_and_drain_streams_on_sigterm() {
         .unwrap()
     });
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let st = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
+    let st = kill_pid(p.child.id(), "-TERM");
     assert!(st.success());
     tokio::time::sleep(Duration::from_millis(200)).await;
     // No new connections once draining.
@@ -168,19 +89,13 @@ async fn serve_from_config_file_and_drain_streams_on_sigterm() {
         "stream cut short: {text}"
     );
     assert_eq!(nim.streams_completed.load(Ordering::Relaxed), 1);
-    let mut p = p;
-    let status = p.child.wait().unwrap();
+    let (status, _, log) = p.finish();
     assert!(status.success(), "exit status {status:?}");
-    let log = p.stderr.lock().unwrap().clone();
     assert!(log.contains("draining"), "{log}");
 
     // The trail the binary wrote verifies.
     let audit = dir.path().join("audit.jsonl");
-    let out = Command::new(BIN)
-        .args(["audit", "verify"])
-        .arg(&audit)
-        .output()
-        .unwrap();
+    let out = run_bin(&["audit", "verify"], &[&audit]);
     assert!(
         out.status.success(),
         "{}",
@@ -199,7 +114,7 @@ fn check_reports_every_problem_with_its_field_and_exits_64() {
     std::fs::write(
         &cfg,
         r#"[server]
-listen = "127.0.0.1:8080"
+listen = "127.0.0.1:0"
 [upstream]
 url = "ftp://nim"
 auth_value = "Bearer"
@@ -212,11 +127,7 @@ key_sha256 = "xyz"
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_bin(&["check", "--config"], &[&cfg]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for f in [
@@ -226,34 +137,20 @@ key_sha256 = "xyz"
     ] {
         assert!(err.contains(f), "{f} not named in:\n{err}");
     }
-    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:8080\"\nbogus = 1\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n").unwrap();
+    let out = run_bin(&["check", "--config"], &[&cfg]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.bogus"));
     // serve refuses the same way.
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_bin(&["serve", "--config"], &[&cfg]);
     assert_eq!(out.status.code(), Some(64));
-    let out = Command::new(BIN)
-        .args(["check", "--config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
+    let out = run_bin(&["check", "--config", "/nonexistent.toml"], &[]);
     assert_eq!(out.status.code(), Some(64));
 }
 
 #[test]
 fn keys_new_prints_a_key_and_its_digest_entry() {
-    let out = Command::new(BIN)
-        .args(["keys", "new", "--id", "team-z"])
-        .output()
-        .unwrap();
+    let out = run_bin(&["keys", "new", "--id", "team-z"], &[]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let key = text
@@ -266,10 +163,7 @@ fn keys_new_prints_a_key_and_its_digest_entry() {
     assert!(text.contains("id = \"team-z\""));
     let cfg: toml::Value = toml::from_str(&text).unwrap();
     assert_eq!(cfg["clients"][0]["id"].as_str(), Some("team-z"));
-    let out2 = Command::new(BIN)
-        .args(["keys", "new", "--id", "team-z"])
-        .output()
-        .unwrap();
+    let out2 = run_bin(&["keys", "new", "--id", "team-z"], &[]);
     assert_ne!(out2.stdout, text.as_bytes(), "keys must be random");
 }
 

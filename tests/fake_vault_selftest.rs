@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -58,7 +59,17 @@ async fn get(
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, Value) {
-    call(c, fv, Method::GET, path, token, None).await.unwrap()
+    try_get(c, fv, path, token).await.unwrap()
+}
+
+/// A GET whose transport may fail (`Err` when connecting or the connection failed).
+async fn try_get(
+    c: &HttpClient,
+    fv: &FakeVault,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(StatusCode, Value), hyper_util::client::legacy::Error> {
+    call(c, fv, Method::GET, path, token, None).await
 }
 
 async fn post(
@@ -116,6 +127,27 @@ fn assert_envelope(v: &Value) {
 fn assert_denied(s: StatusCode, v: &Value) {
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(v, &json!({"errors": ["permission denied"]}));
+}
+
+/// `token` is refused ([`assert_denied`]) by a read of `secret/nim`, renew-self and lookup-self.
+async fn token_is_refused(c: &HttpClient, fv: &FakeVault, token: &str) {
+    let (s, v) = get(c, fv, "/v1/secret/data/nim", Some(token)).await;
+    assert_denied(s, &v);
+    let (s, v) = post(c, fv, "/v1/auth/token/renew-self", Some(token), json!({})).await;
+    assert_denied(s, &v);
+    let (s, v) = get(c, fv, "/v1/auth/token/lookup-self", Some(token)).await;
+    assert_denied(s, &v);
+}
+
+/// Log in again (AppRole rid/sid) and read `secret/nim` with the new token: the status.
+async fn fresh_login_reads_nim(c: &HttpClient, fv: &FakeVault) -> StatusCode {
+    let token = login_token(c, fv).await;
+    get(c, fv, "/v1/secret/data/nim", Some(&token)).await.0
+}
+
+/// A fresh fake Vault and a client for it.
+async fn start_fake() -> (Arc<FakeVault>, HttpClient) {
+    (FakeVault::start().await, client())
 }
 
 #[test]
@@ -271,8 +303,7 @@ async fn approle_login_and_kv2_reads() {
 
 #[tokio::test]
 async fn kv1_read() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.add_token("agent-token", secs(60), secs(60), false);
     fv.put_kv1("kv", "nim/prod", json!({"api_key": "nvapi-v1"}));
     fv.put_kv2("kv2", "nim/prod", json!({"api_key": "nvapi-v2"}));
@@ -300,37 +331,21 @@ async fn kv1_read() {
 
 #[tokio::test]
 async fn token_expiry() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.add_approle("approle", "rid", "sid", secs(1), secs(10), true);
     fv.put_kv2("secret", "nim", json!({"k": "v"}));
     let token = login_token(&c, &fv).await;
     let (s, _) = get(&c, &fv, "/v1/secret/data/nim", Some(&token)).await;
     assert_eq!(s, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (s, v) = get(&c, &fv, "/v1/secret/data/nim", Some(&token)).await;
-    assert_denied(s, &v);
-    let (s, v) = post(
-        &c,
-        &fv,
-        "/v1/auth/token/renew-self",
-        Some(&token),
-        json!({}),
-    )
-    .await;
-    assert_denied(s, &v);
-    let (s, v) = get(&c, &fv, "/v1/auth/token/lookup-self", Some(&token)).await;
-    assert_denied(s, &v);
+    token_is_refused(&c, &fv, &token).await;
     // A fresh login works again.
-    let token = login_token(&c, &fv).await;
-    let (s, _) = get(&c, &fv, "/v1/secret/data/nim", Some(&token)).await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(fresh_login_reads_nim(&c, &fv).await, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn renew_self_extends_and_caps() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.put_kv2("secret", "nim", json!({"k": "v"}));
     fv.add_token("t-renew", secs(2), secs(3), true);
     let renew = "/v1/auth/token/renew-self";
@@ -377,8 +392,7 @@ async fn renew_self_extends_and_caps() {
 
 #[tokio::test]
 async fn lookup_self() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.add_token("t-look", secs(10), secs(60), true);
     let (s, v) = get(&c, &fv, "/v1/auth/token/lookup-self", Some("t-look")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -427,8 +441,7 @@ async fn lookup_self() {
 
 #[tokio::test]
 async fn kubernetes_login() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.add_k8s_role(
         "kubernetes",
         "nimgate",
@@ -501,8 +514,7 @@ async fn kubernetes_login() {
 
 #[tokio::test]
 async fn revoke_all_tokens() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.add_approle("approle", "rid", "sid", secs(60), secs(120), true);
     fv.add_token("agent", secs(60), secs(120), true);
     fv.put_kv2("secret", "nim", json!({"k": "v"}));
@@ -513,22 +525,14 @@ async fn revoke_all_tokens() {
     }
     fv.revoke_all_tokens();
     for t in [t1.as_str(), "agent"] {
-        let (s, v) = get(&c, &fv, "/v1/secret/data/nim", Some(t)).await;
-        assert_denied(s, &v);
-        let (s, v) = post(&c, &fv, "/v1/auth/token/renew-self", Some(t), json!({})).await;
-        assert_denied(s, &v);
-        let (s, v) = get(&c, &fv, "/v1/auth/token/lookup-self", Some(t)).await;
-        assert_denied(s, &v);
+        token_is_refused(&c, &fv, t).await;
     }
-    let t2 = login_token(&c, &fv).await;
-    let (s, _) = get(&c, &fv, "/v1/secret/data/nim", Some(&t2)).await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(fresh_login_reads_nim(&c, &fv).await, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn deny_secret() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.add_token("t", secs(60), secs(60), true);
     fv.put_kv2("secret", "nim/prod", json!({"k": "v"}));
     fv.put_kv2("secret", "nim/dev", json!({"k": "d"}));
@@ -548,8 +552,7 @@ async fn deny_secret() {
 
 #[tokio::test]
 async fn faults_503_delay_down() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.add_approle("approle", "rid", "sid", secs(60), secs(120), true);
     fv.put_kv2("secret", "nim", json!({"k": "v"}));
     let token = login_token(&c, &fv).await;
@@ -583,25 +586,9 @@ async fn faults_503_delay_down() {
     fv.set_fault(Fault::Down);
     let e = tokio::net::TcpStream::connect(addr).await.unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
-    let r = call(
-        &c,
-        &fv,
-        Method::GET,
-        "/v1/secret/data/nim",
-        Some(&token),
-        None,
-    )
-    .await;
+    let r = try_get(&c, &fv, "/v1/secret/data/nim", Some(&token)).await;
     assert!(r.is_err(), "pooled client: {r:?}");
-    let r = call(
-        &client(),
-        &fv,
-        Method::GET,
-        "/v1/secret/data/nim",
-        Some(&token),
-        None,
-    )
-    .await;
+    let r = try_get(&client(), &fv, "/v1/secret/data/nim", Some(&token)).await;
     let err = r.unwrap_err();
     assert!(err.is_connect(), "{err:?}");
     // Setting Down twice is harmless.
@@ -629,24 +616,16 @@ async fn faults_503_delay_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_and_up_on_multi_thread_runtime() {
-    let fv = FakeVault::start().await;
-    let c = client();
+    let (fv, c) = start_fake().await;
     fv.add_token("t", secs(60), secs(60), true);
     for _ in 0..3 {
         let (s, _) = get(&c, &fv, "/v1/auth/token/lookup-self", Some("t")).await;
         assert_eq!(s, StatusCode::OK);
         fv.set_fault(Fault::Down);
         assert!(tokio::net::TcpStream::connect(fv.addr()).await.is_err());
-        assert!(call(
-            &c,
-            &fv,
-            Method::GET,
-            "/v1/auth/token/lookup-self",
-            Some("t"),
-            None
-        )
-        .await
-        .is_err());
+        assert!(try_get(&c, &fv, "/v1/auth/token/lookup-self", Some("t"))
+            .await
+            .is_err());
         fv.set_fault(Fault::None);
     }
     let (s, _) = get(&c, &fv, "/v1/auth/token/lookup-self", Some("t")).await;

@@ -5,14 +5,12 @@
 
 mod common;
 
+use common::bin::*;
 use common::fake_vault::{FakeVault, Fault};
 use common::*;
 use serde_json::json;
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nimgate");
 const K2: &str = "nvapi-rotated-key-0002";
 const SECRET_ID: &str = "approle-secret-id-7f3a9c";
 const ROLE_ID: &str = "approle-role-id-51be02";
@@ -33,33 +31,16 @@ async fn no_secret_in_logs_audit_metrics_or_proc_at_trace_level() {
     );
     std::fs::write(dir.path().join("role-id"), ROLE_ID).unwrap();
     std::fs::write(dir.path().join("secret-id"), SECRET_ID).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nim_addr = l.local_addr().unwrap();
-    let nim = nimgate::fakenim::FakeNim::new(
-        vec![NIM_KEY.into(), K2.into()],
-        Duration::from_millis(5),
-        true,
-    );
-    tokio::spawn(nim.clone().serve(l));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into(), K2.into()], Duration::from_millis(5)).await;
     let audit = dir.path().join("audit.jsonl");
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
         format!(
             r#"[server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 [admin]
-listen = "127.0.0.1:{admin_port}"
+listen = "127.0.0.1:0"
 [upstream]
 url = "http://{nim_addr}"
 [secret]
@@ -87,28 +68,10 @@ path = "{audit}"
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    // Both listeners on port 0; the bound addresses come back in the "serving" log line.
+    let mut p = spawn_serve(&cfg, Some("trace"));
+    let pid = p.child.id();
+    let admin = p.admin;
     let mut ready = false;
     for _ in 0..250 {
         if get_admin(admin, "/readyz").await.map(|r| r.0) == Ok(200) {
@@ -118,7 +81,7 @@ path = "{audit}"
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ready);
-    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let url = format!("http://{}/v1/chat/completions", p.gw);
     let chat = |key: &'static str, extra: Option<(&'static str, &'static str)>, stream: bool| {
         let url = url.clone();
         async move {
@@ -159,13 +122,8 @@ path = "{audit}"
     let (_, metrics) = get_admin(admin, "/metrics").await.unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let _ = child.wait();
-    let stdout = out_t.join().unwrap();
-    let stderr = err_t.join().unwrap();
+    kill_pid(pid, "-TERM");
+    let (_, stdout, stderr) = p.finish();
     let audit_text = std::fs::read_to_string(&audit).unwrap();
 
     assert!(

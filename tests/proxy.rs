@@ -57,7 +57,7 @@ async fn authorized_chat_reaches_nim_with_only_our_key() {
     assert_eq!(done[0]["status"], 200);
     assert_eq!(done[0]["usage"]["total_tokens"], 17);
     assert!(done[0].get("reason").is_none(), "{}", done[0]);
-    let all = std::fs::read_to_string(&gw.audit_file).unwrap();
+    let all = gw.audit_text();
     assert!(!all.contains(NIM_KEY) && !all.contains(CLIENT_KEY));
     gw.stop().await;
 }
@@ -225,11 +225,7 @@ async fn connection_header_cannot_remove_injected_key_http1_upstream() {
 
 #[tokio::test]
 async fn connection_header_cannot_remove_injected_key_http2_upstream() {
-    let gw = start_with(Opts {
-        upstream_extra: "http2 = true".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().upstream("http2 = true")).await;
     connection_header_tricks(&gw).await;
     assert!(
         gw.nim
@@ -258,19 +254,8 @@ async fn http2_clients_are_served() {
 
 #[tokio::test]
 async fn sse_events_arrive_one_by_one_as_the_nim_emits_them() {
-    let gw = start_with(Opts {
-        sse_delay: Duration::from_millis(250),
-        ..Opts::default()
-    })
-    .await;
-    let resp = client()
-        .request(post(
-            &gw.url("/v1/chat/completions"),
-            Some(CLIENT_KEY),
-            &chat_body(true),
-        ))
-        .await
-        .unwrap();
+    let gw = start_with(Opts::default().sse_delay(Duration::from_millis(250))).await;
+    let resp = gw.chat_stream().await;
     assert_eq!(resp.status(), 200);
     let h = resp.headers().clone();
     assert!(
@@ -317,20 +302,9 @@ async fn sse_events_arrive_one_by_one_as_the_nim_emits_them() {
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_stream() {
-    let gw = start_with(Opts {
-        sse_delay: Duration::from_millis(100),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().sse_delay(Duration::from_millis(100))).await;
     gw.nim.sse_events.store(100, Ordering::Relaxed);
-    let resp = client()
-        .request(post(
-            &gw.url("/v1/chat/completions"),
-            Some(CLIENT_KEY),
-            &chat_body(true),
-        ))
-        .await
-        .unwrap();
+    let resp = gw.chat_stream().await;
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
@@ -349,22 +323,10 @@ async fn client_disconnect_cancels_the_upstream_stream() {
 #[tokio::test]
 async fn request_id_is_kept_or_generated_and_passed_both_ways() {
     let gw = start().await;
-    let mut req = post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    );
-    req.headers_mut()
-        .insert("x-request-id", "client-req-42".parse().unwrap());
+    let req = gw.chat_with_header("x-request-id", "client-req-42");
     let (_, h, _) = send(req).await;
     assert_eq!(h["x-request-id"], "client-req-42");
-    let mut req = post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    );
-    req.headers_mut()
-        .insert("x-request-id", "bad id with spaces".parse().unwrap());
+    let req = gw.chat_with_header("x-request-id", "bad id with spaces");
     let (_, h, _) = send(req).await;
     let generated = h["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(generated.len(), 32);
@@ -379,19 +341,9 @@ async fn request_id_is_kept_or_generated_and_passed_both_ways() {
 
 #[tokio::test]
 async fn upstream_down_is_502_and_slow_upstream_is_504() {
-    // Nothing listens on this port: bind, learn it, close.
-    let port = {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let gw = start_with(Opts {
-        upstream_url: Some(format!("http://127.0.0.1:{port}")),
-        ..Opts::default()
-    })
-    .await;
+    // Nothing listens on this port, and it stays reserved until `_reserved` drops.
+    let (_reserved, down) = refused_addr();
+    let gw = start_with(Opts::default().upstream_url(format!("http://{down}"))).await;
     let (s, v) = gw.chat().await;
     assert_eq!(s, 502);
     assert_eq!(error_code(&v), "upstream_unreachable");
@@ -404,13 +356,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     gw.stop().await;
 
     let gw = start().await;
-    let mut req = post(
-        &gw.url("/v1/chat/completions"),
-        Some(CLIENT_KEY),
-        &chat_body(false),
-    );
-    req.headers_mut()
-        .insert("x-fake-delay-ms", "3000".parse().unwrap());
+    let req = gw.chat_with_header("x-fake-delay-ms", "3000");
     let t = Instant::now();
     let (s, v) = send_json(req).await;
     assert_eq!(s, 504);
@@ -421,11 +367,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
 
 #[tokio::test]
 async fn oversized_bodies_get_413() {
-    let gw = start_with(Opts {
-        limits_extra: "max_body_bytes = 100000".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().limits("max_body_bytes = 100000")).await;
     let big = format!(r#"{{"model":"m","input":"{}"}}"#, "x".repeat(200_000));
     let (s, v) = send_json(post(&gw.url("/v1/embeddings"), Some(CLIENT_KEY), &big)).await;
     assert_eq!(s, 413);
@@ -493,11 +435,7 @@ async fn unknown_routes_are_404_after_normalisation() {
 }
 
 async fn rotation_under_traffic(symlink_swap: bool) {
-    let gw = start_with(Opts {
-        write_key: false,
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().no_key()).await;
     let k1 = NIM_KEY;
     let k2 = "nvapi-test-key-0002";
     gw.nim.set_keys(vec![k1.into(), k2.into()]);
@@ -529,20 +467,7 @@ async fn rotation_under_traffic(symlink_swap: bool) {
     gw.wait_ready().await;
 
     let url = gw.url("/v1/chat/completions");
-    let traffic = tokio::spawn(async move {
-        let mut statuses = Vec::new();
-        let c = client();
-        for _ in 0..150 {
-            let r = c
-                .request(post(&url, Some(CLIENT_KEY), &chat_body(false)))
-                .await
-                .unwrap();
-            statuses.push(r.status().as_u16());
-            let _ = r.into_body().collect().await;
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-        statuses
-    });
+    let traffic = chat_load(url, 150, Duration::from_millis(3), None);
     tokio::time::sleep(Duration::from_millis(150)).await;
     write(2, k2);
     let statuses = traffic.await.unwrap();
@@ -610,18 +535,18 @@ async fn bad_new_key_file_keeps_the_old_key() {
             && details[2].contains("cannot read"),
         "{details:?}"
     );
-    let all = std::fs::read_to_string(&gw.audit_file).unwrap();
+    let all = gw.audit_text();
     assert!(!all.contains("two words") && !all.contains(NIM_KEY));
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn json_key_file_with_pointer() {
-    let gw = start_with(Opts {
-        write_key: false,
-        secret_extra: "json_pointer = \"/data/data/api_key\"".into(),
-        ..Opts::default()
-    })
+    let gw = start_with(
+        Opts::default()
+            .no_key()
+            .secret("json_pointer = \"/data/data/api_key\""),
+    )
     .await;
     std::fs::write(&gw.key_file, format!(r#"{{"request_id":"x","data":{{"data":{{"api_key":"{NIM_KEY}"}},"metadata":{{"version":3}}}}}}"#)).unwrap();
     gw.wait_ready().await;
@@ -633,11 +558,9 @@ async fn json_key_file_with_pointer() {
 
 #[tokio::test]
 async fn custom_upstream_header_template() {
-    let gw = start_with(Opts {
-        upstream_extra: "auth_header = \"X-Nim-Key\"\nauth_value = \"{key}\"".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw =
+        start_with(Opts::default().upstream("auth_header = \"X-Nim-Key\"\nauth_value = \"{key}\""))
+            .await;
     gw.nim.set_keys(vec![]);
     let req = Request::post(gw.url("/v1/chat/completions"))
         .header("authorization", format!("Bearer {CLIENT_KEY}"))
@@ -683,11 +606,7 @@ async fn health_and_metrics() {
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = start_with(Opts {
-        limits_extra: "max_connections = 2".into(),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().limits("max_connections = 2")).await;
     // Two idle HTTP/2 connections (preface + empty SETTINGS) hold both slots.
     let mut held = Vec::new();
     for _ in 0..2 {

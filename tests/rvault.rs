@@ -56,6 +56,15 @@ fn require_rvault() -> Option<std::path::PathBuf> {
     }
 }
 
+/// A started, initialised and unsealed rvault, [`RVault::setup`] with `token_ttl`: (rvault,
+/// its AppRole ids). `None` = skip (see [`require_rvault`]).
+async fn started_rvault(token_ttl: &str) -> Option<(RVault, (String, String))> {
+    let bin = require_rvault()?;
+    let rv = RVault::start(&bin).await;
+    let ids = rv.setup(token_ttl).await;
+    Some((rv, ids))
+}
+
 async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
     let mut b = Request::builder().method(method).uri(url);
     if let Some(t) = token {
@@ -77,31 +86,54 @@ async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>)
     }
 }
 
+/// Drain rvault's log (so its pipe never fills) and return the address from the first
+/// "listening on: <addr>" line (max 20 s); `None` if it never comes.
+fn listening_on(log: std::process::ChildStderr) -> Option<std::net::SocketAddr> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(log);
+        let mut line = Vec::new();
+        while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            if let Some(rest) = text.split("listening on: ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().and_then(|a| a.parse().ok()));
+            }
+            line.clear();
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20)).ok().flatten()
+}
+
 impl RVault {
     async fn start(bin: &std::path::Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Port 0: the bound address is read back from actix's "listening on: <addr>" log line
+        // (info level; rvault itself only logs the configured address).
         let hcl = dir.path().join("rvault.hcl");
         std::fs::write(
             &hcl,
             format!(
-                "storage \"file\" {{\n  path = \"{d}/data\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  tls_disable = true\n}}\nlog_level = \"warn\"\nwork_dir = \"{d}/work\"\n",
+                "storage \"file\" {{\n  path = \"{d}/data\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:0\"\n  tls_disable = true\n}}\nlog_level = \"info\"\nwork_dir = \"{d}/work\"\n",
                 d = dir.path().display()
             ),
         )
         .unwrap();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .arg("server")
             .arg(format!("--config={}", hcl.display()))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let addr = format!("http://127.0.0.1:{port}");
+        let bound = listening_on(child.stderr.take().unwrap());
+        let Some(bound) = bound else {
+            // Child::kill: this child's pid only.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rvault logged no 'listening on' address");
+        };
+        let addr = format!("http://{bound}");
         let mut up = false;
         for _ in 0..500 {
             if call("GET", &format!("{addr}/v1/sys/init"), None, None)
@@ -134,6 +166,16 @@ impl RVault {
         };
         rv.unseal().await;
         rv
+    }
+
+    /// A 1 h token with the `nim-read` policy: (status, response).
+    async fn create_token(&self) -> (u16, Value) {
+        self.req(
+            "POST",
+            "auth/token/create",
+            Some(json!({"policies": ["nim-read"], "ttl": "1h"})),
+        )
+        .await
     }
 
     fn url(&self, p: &str) -> String {
@@ -217,34 +259,22 @@ fn approle_table(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approle_kv1_rotation_and_token_expiry_under_traffic() {
-    let Some(bin) = require_rvault() else { return };
-    let rv = RVault::start(&bin).await;
     // 3 s login tokens: they expire several times during the run; rvault cannot renew-self.
-    let ids = rv.setup("3s").await;
+    let Some((rv, ids)) = started_rvault("3s").await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_with(Opts {
-        secret_table: Some(approle_table(&rv, dir.path(), &ids, "30s")),
-        ..Opts::default()
-    })
-    .await;
+    let gw =
+        start_with(Opts::default().secret_table(approle_table(&rv, dir.path(), &ids, "30s"))).await;
     let k2 = "nvapi-rvault-rotated-2";
     gw.nim.set_keys(vec![NIM_KEY.into(), k2.into()]);
     let url = gw.url("/v1/chat/completions");
-    let load = tokio::spawn(async move {
-        let c = client();
-        let mut st = Vec::new();
-        let until = std::time::Instant::now() + Duration::from_secs(8);
-        while std::time::Instant::now() < until {
-            let r = c
-                .request(post(&url, Some(CLIENT_KEY), &chat_body(false)))
-                .await
-                .unwrap();
-            st.push(r.status().as_u16());
-            let _ = r.into_body().collect().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        st
-    });
+    let load = chat_load(
+        url,
+        usize::MAX,
+        Duration::from_millis(20),
+        Some(Duration::from_secs(8)),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     rv.write("kv/nim/prod", k2).await;
     let st = load.await.unwrap();
@@ -287,16 +317,10 @@ async fn approle_kv1_rotation_and_token_expiry_under_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_file_auth_and_revocation() {
-    let Some(bin) = require_rvault() else { return };
-    let rv = RVault::start(&bin).await;
-    rv.setup("1h").await;
-    let (s, v) = rv
-        .req(
-            "POST",
-            "auth/token/create",
-            Some(json!({"policies": ["nim-read"], "ttl": "1h"})),
-        )
-        .await;
+    let Some((rv, _)) = started_rvault("1h").await else {
+        return;
+    };
+    let (s, v) = rv.create_token().await;
     assert_eq!(s, 200, "{v}");
     let t1 = v["auth"]["client_token"].as_str().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -306,11 +330,7 @@ async fn token_file_auth_and_revocation() {
         rv.addr,
         dir.path().join("token").display()
     );
-    let gw = start_with(Opts {
-        secret_table: Some(table),
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().secret_table(table)).await;
     assert_eq!(gw.chat().await.0, 200);
     // Revoke the token: reads get 403 → the key is evicted (a token file cannot log in again).
     let (s, _) = rv
@@ -327,13 +347,7 @@ async fn token_file_auth_and_revocation() {
     }
     assert!(evicted, "a revoked token must stop key use");
     // The agent writes a fresh token: service resumes without restart.
-    let (_, v) = rv
-        .req(
-            "POST",
-            "auth/token/create",
-            Some(json!({"policies": ["nim-read"], "ttl": "1h"})),
-        )
-        .await;
+    let (_, v) = rv.create_token().await;
     let t2 = v["auth"]["client_token"].as_str().unwrap().to_string();
     std::fs::write(dir.path().join("token"), format!("{t2}\n")).unwrap();
     gw.wait_ready().await;
@@ -343,17 +357,17 @@ async fn token_file_auth_and_revocation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_vault_outage_short_and_long_and_startup() {
-    let Some(bin) = require_rvault() else { return };
-    let rv = RVault::start(&bin).await;
-    let ids = rv.setup("1h").await;
+    let Some((rv, ids)) = started_rvault("1h").await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     // Start while Vault is sealed: not ready until it is unsealed.
     rv.seal().await;
-    let gw = start_with(Opts {
-        secret_table: Some(approle_table(&rv, dir.path(), &ids, "2s")),
-        no_wait: true,
-        ..Opts::default()
-    })
+    let gw = start_with(
+        Opts::default()
+            .secret_table(approle_table(&rv, dir.path(), &ids, "2s"))
+            .no_wait(),
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 503);

@@ -110,6 +110,28 @@ async fn tls_nim(
     (addr, nim, handshakes)
 }
 
+/// A gateway whose upstream is a TLS fake NIM with a leaf certificate from a throwaway CA
+/// named `name`; with `trust_ca` the gateway trusts that CA through `upstream.ca_file`.
+/// (gateway, NIM, completed handshakes, the certificate dir).
+async fn gateway_to_tls_nim(
+    name: &str,
+    trust_ca: bool,
+) -> (
+    Gateway,
+    Arc<nimgate::fakenim::FakeNim>,
+    Arc<AtomicU64>,
+    tempfile::TempDir,
+) {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = self_signed(certs.path(), name);
+    let (addr, nim, hs) = tls_nim(&cert, &key).await;
+    let mut opts = Opts::default().upstream_url(format!("https://localhost:{}", addr.port()));
+    if trust_ca {
+        opts = opts.upstream(format!("ca_file = \"{}\"", ca.display()));
+    }
+    (start_with(opts).await, nim, hs, certs)
+}
+
 fn https_client(
     ca: &Path,
     h2: bool,
@@ -147,15 +169,11 @@ fn https_client(
 async fn tls_listener_serves_http1_and_h2_via_alpn() {
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = self_signed(certs.path(), "gw");
-    let gw = start_with(Opts {
-        extra: String::new(),
-        server_extra: format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
-        ..Opts::default()
-    })
+    let gw = start_with(Opts::default().server(format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    )))
     .await;
     for h2 in [false, true] {
         let url = format!("https://localhost:{}/v1/chat/completions", gw.addr.port());
@@ -185,15 +203,7 @@ async fn tls_listener_serves_http1_and_h2_via_alpn() {
 
 #[tokio::test]
 async fn https_upstream_trusted_by_ca_file() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = self_signed(certs.path(), "nim");
-    let (addr, nim, hs) = tls_nim(&cert, &key).await;
-    let gw = start_with(Opts {
-        upstream_url: Some(format!("https://localhost:{}", addr.port())),
-        upstream_extra: format!("ca_file = \"{}\"", ca.display()),
-        ..Opts::default()
-    })
-    .await;
+    let (gw, nim, hs, _certs) = gateway_to_tls_nim("nim", true).await;
     let (s, v) = gw.chat().await;
     assert_eq!(s, 200, "{v}");
     assert!(hs.load(Ordering::Relaxed) >= 1);
@@ -206,14 +216,7 @@ async fn https_upstream_trusted_by_ca_file() {
 
 #[tokio::test]
 async fn untrusted_upstream_certificate_is_502_and_the_key_never_leaves() {
-    let certs = tempfile::tempdir().unwrap();
-    let (_ca, cert, key) = self_signed(certs.path(), "evil");
-    let (addr, nim, hs) = tls_nim(&cert, &key).await;
-    let gw = start_with(Opts {
-        upstream_url: Some(format!("https://localhost:{}", addr.port())),
-        ..Opts::default()
-    })
-    .await;
+    let (gw, nim, hs, _certs) = gateway_to_tls_nim("evil", false).await;
     let (s, v) = gw.chat().await;
     assert_eq!(s, 502, "{v}");
     assert_eq!(error_code(&v), "upstream_unreachable");

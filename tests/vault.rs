@@ -14,20 +14,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const K2: &str = "nvapi-test-key-0002";
+/// Token TTL and max TTL unless a test needs them short.
+const TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(600);
+
+/// A fake Vault holding `secret` at KV v2 `secret/nim/prod`, and a temp dir for credential files.
+async fn vault_with(secret: serde_json::Value) -> (Arc<FakeVault>, tempfile::TempDir) {
+    let fv = FakeVault::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    fv.put_kv2("secret", "nim/prod", secret);
+    (fv, dir)
+}
+
+/// [`vault_with`] the NIM key as `api_key`.
+async fn vault_with_key() -> (Arc<FakeVault>, tempfile::TempDir) {
+    vault_with(json!({"api_key": NIM_KEY})).await
+}
+
+/// (Re-)define the AppRole `role-1` / `secret-id-1` with these token TTLs (renewable).
+fn add_role(fv: &FakeVault, ttl: Duration, max_ttl: Duration) {
+    fv.add_approle("approle", "role-1", "secret-id-1", ttl, max_ttl, true);
+}
+
+/// An [`approle`] table with other `refresh` and `max_staleness` values.
+fn timing(table: String, refresh: &str, max_staleness: &str) -> String {
+    table
+        .replace("refresh = \"200ms\"", &format!("refresh = \"{refresh}\""))
+        .replace(
+            "max_staleness = \"5s\"",
+            &format!("max_staleness = \"{max_staleness}\""),
+        )
+}
 
 struct VaultSetup {
     table: String,
 }
 
 fn approle(fv: &FakeVault, dir: &std::path::Path, extra: &str) -> VaultSetup {
-    fv.add_approle(
-        "approle",
-        "role-1",
-        "secret-id-1",
-        Duration::from_secs(60),
-        Duration::from_secs(600),
-        true,
-    );
+    add_role(fv, TTL, MAX_TTL);
     std::fs::write(dir.join("role-id"), "role-1\n").unwrap();
     std::fs::write(dir.join("secret-id"), "secret-id-1\n").unwrap();
     VaultSetup {
@@ -54,12 +78,42 @@ secret_id_file = "{d}/secret-id"
     }
 }
 
+/// Write `contents` to `dir/name`, then start a gateway reading `secret/nim/prod` (KV v2 by
+/// default) with `auth` plus `<file_key> = "<that file>"` as its `[secret.auth]` keys.
+/// (the gateway, the file's path)
+async fn file_auth_gateway(
+    fv: &FakeVault,
+    dir: &tempfile::TempDir,
+    auth: &str,
+    (file_key, name, contents): (&str, &str, &str),
+) -> (Gateway, std::path::PathBuf) {
+    let file = dir.path().join(name);
+    std::fs::write(&file, contents).unwrap();
+    let gw = gateway(format!(
+        "[secret]\nsource = \"vault\"\naddress = \"{}\"\npath = \"nim/prod\"\nfield = \"api_key\"\nrefresh = \"200ms\"\nmax_staleness = \"30s\"\n[secret.auth]\n{auth}{file_key} = \"{}\"\n",
+        fv.url(),
+        file.display()
+    ))
+    .await;
+    (gw, file)
+}
+
+/// [`approle_vault`] with the default timing, and a gateway reading it.
+async fn approle_gateway() -> (Arc<FakeVault>, tempfile::TempDir, Gateway) {
+    let (fv, dir, v) = approle_vault("").await;
+    let gw = gateway(v.table).await;
+    (fv, dir, gw)
+}
+
+/// [`vault_with_key`] and [`approle`] auth (`extra` in its `[secret]` table).
+async fn approle_vault(extra: &str) -> (Arc<FakeVault>, tempfile::TempDir, VaultSetup) {
+    let (fv, dir) = vault_with_key().await;
+    let v = approle(&fv, dir.path(), extra);
+    (fv, dir, v)
+}
+
 async fn gateway(table: String) -> Gateway {
-    start_with(Opts {
-        secret_table: Some(table),
-        ..Opts::default()
-    })
-    .await
+    start_with(Opts::default().secret_table(table)).await
 }
 
 fn keys_seen(gw: &Gateway) -> Vec<String> {
@@ -77,32 +131,13 @@ fn keys_seen(gw: &Gateway) -> Vec<String> {
 
 #[tokio::test]
 async fn kv2_approle_fetch_and_rotation_under_load() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2(
-        "secret",
-        "nim/prod",
-        json!({"api_key": NIM_KEY, "other": "x"}),
-    );
+    let (fv, dir) = vault_with(json!({"api_key": NIM_KEY, "other": "x"})).await;
     let v = approle(&fv, dir.path(), "");
     let gw = gateway(v.table).await;
     gw.nim.set_keys(vec![NIM_KEY.into(), K2.into()]);
     assert_eq!(gw.chat().await.0, 200);
     let url = gw.url("/v1/chat/completions");
-    let load = tokio::spawn(async move {
-        let c = client();
-        let mut st = Vec::new();
-        for _ in 0..200 {
-            let r = c
-                .request(post(&url, Some(CLIENT_KEY), &chat_body(false)))
-                .await
-                .unwrap();
-            st.push(r.status().as_u16());
-            let _ = http_body_util::BodyExt::collect(r.into_body()).await;
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-        st
-    });
+    let load = chat_load(url, 200, Duration::from_millis(3), None);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(fv.put_kv2("secret", "nim/prod", json!({"api_key": K2})), 2);
     let st = load.await.unwrap();
@@ -128,7 +163,7 @@ async fn kv2_approle_fetch_and_rotation_under_load() {
     assert!(!gw.audit_events("vault_login").await.is_empty());
     assert!(!gw.audit_events("secret_fetch").await.is_empty());
     // Role id / secret id never reach the audit trail.
-    let all = std::fs::read_to_string(&gw.audit_file).unwrap();
+    let all = gw.audit_text();
     for s in ["secret-id-1", "hvs.", NIM_KEY, K2] {
         assert!(!all.contains(s), "{s} in audit");
     }
@@ -137,9 +172,7 @@ async fn kv2_approle_fetch_and_rotation_under_load() {
 
 #[tokio::test]
 async fn kv2_without_metadata_pinned_version_and_kv1() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
+    let (fv, dir) = vault_with_key().await;
     fv.put_kv2("secret", "nim/prod", json!({"api_key": K2}));
     // Pinned to version 1 although 2 exists.
     let v = approle(&fv, dir.path(), "version = 1");
@@ -180,23 +213,10 @@ async fn kv2_without_metadata_pinned_version_and_kv1() {
 
 #[tokio::test]
 async fn renews_at_two_thirds_of_ttl_and_logs_in_again_near_max_ttl() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "");
+    let (fv, _dir, v) = approle_vault("").await;
     // ttl 3 s, max 5 s: renew at ~2 s, capped renewal → login before 5 s.
-    fv.add_approle(
-        "approle",
-        "role-1",
-        "secret-id-1",
-        Duration::from_secs(3),
-        Duration::from_secs(5),
-        true,
-    );
-    let table = v
-        .table
-        .replace("refresh = \"200ms\"", "refresh = \"60s\"")
-        .replace("max_staleness = \"5s\"", "max_staleness = \"60s\"");
+    add_role(&fv, Duration::from_secs(3), Duration::from_secs(5));
+    let table = timing(v.table, "60s", "60s");
     let gw = gateway(table).await;
     let mut statuses = Vec::new();
     for _ in 0..35 {
@@ -218,18 +238,8 @@ async fn renews_at_two_thirds_of_ttl_and_logs_in_again_near_max_ttl() {
 
 #[tokio::test]
 async fn refused_renewal_and_revoked_tokens_lead_to_a_new_login() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "");
-    fv.add_approle(
-        "approle",
-        "role-1",
-        "secret-id-1",
-        Duration::from_secs(2),
-        Duration::from_secs(600),
-        true,
-    );
+    let (fv, _dir, v) = approle_vault("").await;
+    add_role(&fv, Duration::from_secs(2), Duration::from_secs(600));
     fv.set_renew_refused(true);
     let gw = gateway(v.table).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -255,11 +265,7 @@ async fn refused_renewal_and_revoked_tokens_lead_to_a_new_login() {
 
 #[tokio::test]
 async fn outage_shorter_than_max_staleness_keeps_serving() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "");
-    let gw = gateway(v.table).await;
+    let (fv, _dir, gw) = approle_gateway().await;
     for fault in [
         Fault::Status503,
         Fault::Down,
@@ -282,13 +288,8 @@ async fn outage_shorter_than_max_staleness_keeps_serving() {
 
 #[tokio::test]
 async fn outage_longer_than_max_staleness_fails_closed_then_recovers() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "");
-    let table = v
-        .table
-        .replace("max_staleness = \"5s\"", "max_staleness = \"1s\"");
+    let (fv, _dir, v) = approle_vault("").await;
+    let table = timing(v.table, "200ms", "1s");
     let gw = gateway(table).await;
     fv.set_fault(Fault::Down);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -312,11 +313,7 @@ async fn outage_longer_than_max_staleness_fails_closed_then_recovers() {
 
 #[tokio::test]
 async fn forbidden_secret_evicts_the_key() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "");
-    let gw = gateway(v.table).await;
+    let (fv, _dir, gw) = approle_gateway().await;
     assert_eq!(gw.chat().await.0, 200);
     fv.deny_secret("secret/nim/prod", true);
     let gwr = &gw;
@@ -341,17 +338,9 @@ async fn forbidden_secret_evicts_the_key() {
 
 #[tokio::test]
 async fn startup_with_vault_down_is_not_ready_until_vault_answers() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "");
+    let (fv, _dir, v) = approle_vault("").await;
     fv.set_fault(Fault::Down);
-    let gw = start_with(Opts {
-        secret_table: Some(v.table),
-        no_wait: true,
-        ..Opts::default()
-    })
-    .await;
+    let gw = start_with(Opts::default().secret_table(v.table).no_wait()).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 503);
     assert_eq!(gw.chat().await.0, 503);
@@ -363,13 +352,8 @@ async fn startup_with_vault_down_is_not_ready_until_vault_answers() {
 
 #[tokio::test]
 async fn nim_401_triggers_one_refresh_and_one_retry() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "")
-        .table
-        .replace("refresh = \"200ms\"", "refresh = \"60s\"")
-        .replace("max_staleness = \"5s\"", "max_staleness = \"120s\"");
+    let (fv, _dir, v) = approle_vault("").await;
+    let v = timing(v.table, "60s", "120s");
     let gw = gateway(v).await;
     assert_eq!(gw.chat().await.0, 200);
     // The key is rotated in Vault and the NIM already rejects the old one.
@@ -411,13 +395,8 @@ async fn nim_401_triggers_one_refresh_and_one_retry() {
 
 #[tokio::test]
 async fn no_vault_traffic_per_request() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    let v = approle(&fv, dir.path(), "namespace = \"team-a\"")
-        .table
-        .replace("refresh = \"200ms\"", "refresh = \"60s\"")
-        .replace("max_staleness = \"5s\"", "max_staleness = \"120s\"");
+    let (fv, _dir, v) = approle_vault("namespace = \"team-a\"").await;
+    let v = timing(v.table, "60s", "120s");
     let gw = gateway(v).await;
     let before = fv.count("requests");
     for _ in 0..50 {
@@ -433,45 +412,22 @@ async fn no_vault_traffic_per_request() {
 
 #[tokio::test]
 async fn kubernetes_auth_rereads_the_jwt_at_each_login() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    fv.add_k8s_role(
-        "kubernetes",
-        "nimgate",
-        &["jwt-one"],
-        Duration::from_secs(60),
-        Duration::from_secs(600),
-        true,
-    );
-    std::fs::write(dir.path().join("jwt"), "jwt-one").unwrap();
-    let table = format!(
-        "[secret]\nsource = \"vault\"\naddress = \"{}\"\npath = \"nim/prod\"\nfield = \"api_key\"\nrefresh = \"200ms\"\nmax_staleness = \"30s\"\n[secret.auth]\nmethod = \"kubernetes\"\nrole = \"nimgate\"\njwt_file = \"{}\"\n",
-        fv.url(),
-        dir.path().join("jwt").display()
-    );
-    let gw = gateway(table).await;
+    let (fv, dir) = vault_with_key().await;
+    // The role accepts exactly this one JWT (calling again replaces the list).
+    let accept_only =
+        |jwt: &str| fv.add_k8s_role("kubernetes", "nimgate", &[jwt], TTL, MAX_TTL, true);
+    accept_only("jwt-one");
+    let auth = "method = \"kubernetes\"\nrole = \"nimgate\"\n";
+    let (gw, jwt) = file_auth_gateway(&fv, &dir, auth, ("jwt_file", "jwt", "jwt-one")).await;
     assert_eq!(gw.chat().await.0, 200);
     // The projected token rotates; Vault now only accepts the new one; old Vault tokens die.
-    std::fs::write(dir.path().join("jwt"), "jwt-two").unwrap();
-    fv.add_k8s_role(
-        "kubernetes",
-        "nimgate",
-        &["jwt-two"],
-        Duration::from_secs(60),
-        Duration::from_secs(600),
-        true,
-    );
+    std::fs::write(&jwt, "jwt-two").unwrap();
+    accept_only("jwt-two");
     fv.revoke_all_tokens();
     let logins = fv.count("login");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(fv.count("login") > logins);
-    let last_login = fv
-        .log()
-        .into_iter()
-        .filter(|s| s.path.contains("/login"))
-        .last()
-        .unwrap();
+    let last_login = fv.last_seen("/login").unwrap();
     assert!(String::from_utf8_lossy(&last_login.body).contains("jwt-two"));
     assert_eq!(gw.chat().await.0, 200);
     gw.stop().await;
@@ -479,38 +435,17 @@ async fn kubernetes_auth_rereads_the_jwt_at_each_login() {
 
 #[tokio::test]
 async fn token_file_is_reread_when_it_changes() {
-    let fv = FakeVault::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": NIM_KEY}));
-    fv.add_token(
-        "hvs.agent-token-1",
-        Duration::from_secs(60),
-        Duration::from_secs(600),
-        true,
-    );
-    std::fs::write(dir.path().join("token"), "hvs.agent-token-1\n").unwrap();
-    let table = format!(
-        "[secret]\nsource = \"vault\"\naddress = \"{}\"\npath = \"nim/prod\"\nfield = \"api_key\"\nrefresh = \"200ms\"\nmax_staleness = \"30s\"\n[secret.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n",
-        fv.url(),
-        dir.path().join("token").display()
-    );
-    let gw = gateway(table).await;
+    let (fv, dir) = vault_with_key().await;
+    let issue = |token: &str| fv.add_token(token, TTL, MAX_TTL, true);
+    issue("hvs.agent-token-1");
+    let token_file = ("token_file", "token", "hvs.agent-token-1\n");
+    let (gw, token) = file_auth_gateway(&fv, &dir, "method = \"token\"\n", token_file).await;
     assert_eq!(gw.chat().await.0, 200);
     fv.revoke_all_tokens();
-    fv.add_token(
-        "hvs.agent-token-2",
-        Duration::from_secs(60),
-        Duration::from_secs(600),
-        true,
-    );
-    std::fs::write(dir.path().join("token"), "hvs.agent-token-2\n").unwrap();
+    issue("hvs.agent-token-2");
+    std::fs::write(&token, "hvs.agent-token-2\n").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let last = fv
-        .log()
-        .into_iter()
-        .filter(|s| s.path.contains("/data/"))
-        .last()
-        .unwrap();
+    let last = fv.last_seen("/data/").unwrap();
     assert_eq!(last.headers["x-vault-token"], "hvs.agent-token-2");
     assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 200);
     gw.stop().await;

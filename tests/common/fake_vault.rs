@@ -10,7 +10,9 @@
 //!
 //! Faults: 503 "sealed", fixed delay, and "down" (the listener is really closed, so TCP
 //! connects are refused and open keep-alive connections are cut; the same port is re-bound when
-//! the fault is cleared).
+//! the fault is cleared). The port stays reserved while down: a second socket, bound to it with
+//! SO_REUSEADDR but never listening, lives as long as the fake, so no port-0 bind or outgoing
+//! connection elsewhere can take the port in between.
 //!
 //! Conventions beyond the Vault API: a token `ttl` of zero means "never expires" (like a root
 //! token, `lease_duration` 0); a `max_ttl` of zero means "no cap". A `ttl` larger than a
@@ -31,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::AbortHandle;
 
 /// Fault injected on every endpoint.
@@ -61,7 +63,17 @@ pub struct Seen {
 /// The fake server. Create with [`FakeVault::start`].
 pub struct FakeVault {
     addr: SocketAddr,
+    /// Bound to `addr`, never listening: holds the port while the listener is down.
+    _reserve: TcpSocket,
     state: Mutex<State>,
+}
+
+/// A new listener on `addr` (SO_REUSEADDR, so it can share the port with the reservation).
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
 }
 
 const POLICIES: [&str; 2] = ["default", "nimgate"];
@@ -85,6 +97,19 @@ struct Role {
     ttl: Duration,
     max_ttl: Duration,
     renewable: bool,
+}
+
+impl Role {
+    /// No secret_id and no JWTs; the auth method's own field is set by the caller.
+    fn new(ttl: Duration, max_ttl: Duration, renewable: bool) -> Self {
+        Role {
+            secret_id: String::new(),
+            jwts: Vec::new(),
+            ttl,
+            max_ttl,
+            renewable,
+        }
+    }
 }
 
 enum AuthMount {
@@ -195,6 +220,17 @@ impl State {
             log: Vec::new(),
             seq: 0,
         }
+    }
+
+    /// The secrets mount `mount`, created empty (KV v2 if `kv2`, else KV v1) if it is new.
+    fn kv_mount(&mut self, mount: &str, kv2: bool) -> &mut Mount {
+        self.mounts.entry(mount.to_string()).or_insert_with(|| {
+            if kv2 {
+                Mount::Kv2(HashMap::new())
+            } else {
+                Mount::Kv1(HashMap::new())
+            }
+        })
     }
 
     fn wake_acceptor(&mut self) {
@@ -660,12 +696,18 @@ impl FakeVault {
     /// Bind 127.0.0.1:0 and serve (HTTP/1.1) in a spawned task. Must be called inside a
     /// tokio runtime.
     pub async fn start() -> Arc<FakeVault> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        let reserve = TcpSocket::new_v4().expect("fake vault: socket");
+        reserve
+            .set_reuseaddr(true)
+            .expect("fake vault: SO_REUSEADDR");
+        reserve
+            .bind("127.0.0.1:0".parse().expect("loopback address"))
             .expect("fake vault: bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("fake vault: local_addr");
+        let addr = reserve.local_addr().expect("fake vault: local_addr");
+        let listener = listen_on(addr).expect("fake vault: listen");
         let fv = Arc::new(FakeVault {
             addr,
+            _reserve: reserve,
             state: Mutex::new(State::new(listener)),
         });
         tokio::spawn(accept_loop(Arc::downgrade(&fv)));
@@ -691,11 +733,7 @@ impl FakeVault {
     pub fn put_kv2(&self, mount: &str, path: &str, data: Value) -> u64 {
         let (mount, path) = (norm(mount), norm(path));
         let mut st = self.lock();
-        let m = st
-            .mounts
-            .entry(mount.clone())
-            .or_insert_with(|| Mount::Kv2(HashMap::new()));
-        match m {
+        match st.kv_mount(&mount, true) {
             Mount::Kv2(secrets) => {
                 let versions = secrets.entry(path).or_default();
                 versions.push(Version {
@@ -712,11 +750,7 @@ impl FakeVault {
     pub fn put_kv1(&self, mount: &str, path: &str, data: Value) {
         let (mount, path) = (norm(mount), norm(path));
         let mut st = self.lock();
-        let m = st
-            .mounts
-            .entry(mount.clone())
-            .or_insert_with(|| Mount::Kv1(HashMap::new()));
-        match m {
+        match st.kv_mount(&mount, false) {
             Mount::Kv1(secrets) => {
                 secrets.insert(path, data);
             }
@@ -753,25 +787,11 @@ impl FakeVault {
         max_ttl: Duration,
         renewable: bool,
     ) {
-        let mount = norm(mount);
-        let mut st = self.lock();
-        let m = st
-            .auth_mounts
-            .entry(mount.clone())
-            .or_insert_with(|| AuthMount::AppRole(HashMap::new()));
-        let AuthMount::AppRole(roles) = m else {
-            panic!("fake vault: auth mount {mount:?} is kubernetes, not approle");
+        let role = Role {
+            secret_id: secret_id.to_string(),
+            ..Role::new(ttl, max_ttl, renewable)
         };
-        roles.insert(
-            role_id.to_string(),
-            Role {
-                secret_id: secret_id.to_string(),
-                jwts: Vec::new(),
-                ttl,
-                max_ttl,
-                renewable,
-            },
-        );
+        self.insert_role(mount, true, role_id, role);
     }
 
     /// Kubernetes auth at `mount`: login with `role` + one of `accepted_jwts`. Calling again
@@ -785,25 +805,35 @@ impl FakeVault {
         max_ttl: Duration,
         renewable: bool,
     ) {
+        let r = Role {
+            jwts: accepted_jwts.iter().map(|s| s.to_string()).collect(),
+            ..Role::new(ttl, max_ttl, renewable)
+        };
+        self.insert_role(mount, false, role, r);
+    }
+
+    /// Put `role` under `key` at auth mount `mount`, creating the mount (AppRole if `approle`,
+    /// else Kubernetes); panics if the mount exists as the other kind.
+    fn insert_role(&self, mount: &str, approle: bool, key: &str, role: Role) {
         let mount = norm(mount);
         let mut st = self.lock();
-        let m = st
-            .auth_mounts
-            .entry(mount.clone())
-            .or_insert_with(|| AuthMount::Kubernetes(HashMap::new()));
-        let AuthMount::Kubernetes(roles) = m else {
-            panic!("fake vault: auth mount {mount:?} is approle, not kubernetes");
+        let m = st.auth_mounts.entry(mount.clone()).or_insert_with(|| {
+            if approle {
+                AuthMount::AppRole(HashMap::new())
+            } else {
+                AuthMount::Kubernetes(HashMap::new())
+            }
+        });
+        let roles = match (m, approle) {
+            (AuthMount::AppRole(roles), true) | (AuthMount::Kubernetes(roles), false) => roles,
+            (AuthMount::Kubernetes(_), true) => {
+                panic!("fake vault: auth mount {mount:?} is kubernetes, not approle")
+            }
+            (AuthMount::AppRole(_), false) => {
+                panic!("fake vault: auth mount {mount:?} is approle, not kubernetes")
+            }
         };
-        roles.insert(
-            role.to_string(),
-            Role {
-                secret_id: String::new(),
-                jwts: accepted_jwts.iter().map(|s| s.to_string()).collect(),
-                ttl,
-                max_ttl,
-                renewable,
-            },
-        );
+        roles.insert(key.to_string(), role);
     }
 
     /// A pre-made token (as a Vault Agent sink would hold). Its lookup `path` is
@@ -836,7 +866,8 @@ impl FakeVault {
     // --- faults ---
 
     /// Applies to every endpoint. `Down` closes the listening socket (connects are refused)
-    /// and cuts open connections; any other value re-binds the same port if it was down.
+    /// and cuts open connections; any other value re-binds the same port if it was down (the
+    /// port stays reserved meanwhile, see the module header).
     /// Must be called inside a tokio runtime (re-binding registers with its reactor).
     pub fn set_fault(&self, f: Fault) {
         let mut st = self.lock();
@@ -852,10 +883,7 @@ impl FakeVault {
         } else if st.listener.is_none() {
             let mut last_err = None;
             for _ in 0..200 {
-                match std::net::TcpListener::bind(self.addr).and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    TcpListener::from_std(l)
-                }) {
+                match listen_on(self.addr) {
                     Ok(l) => {
                         st.listener = Some(l);
                         st.listener_gen += 1;
@@ -873,6 +901,11 @@ impl FakeVault {
     }
 
     // --- observation ---
+
+    /// The last request whose path contains `path_part`.
+    pub fn last_seen(&self, path_part: &str) -> Option<Seen> {
+        self.log().into_iter().rfind(|s| s.path.contains(path_part))
+    }
 
     /// Requests seen per kind: "login", "renew", "lookup", "read" (any request under a secret
     /// mount), "requests" (everything). Counted on arrival, so failed and faulted requests

@@ -2,7 +2,11 @@
 //! in a temp dir; a small HTTP client; helpers to read the audit trail.
 #![allow(dead_code)]
 
+pub mod bin;
+pub mod checks;
 pub mod fake_vault;
+pub mod h2frames;
+pub mod raw;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -84,6 +88,78 @@ impl Default for Opts {
     }
 }
 
+/// A fake NIM accepting `keys`, serving on 127.0.0.1:0: (the NIM, its bound address).
+pub async fn fake_nim(keys: Vec<String>, sse_delay: Duration) -> (Arc<FakeNim>, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let nim = FakeNim::new(keys, sse_delay, true);
+    tokio::spawn(nim.clone().serve(l));
+    (nim, addr)
+}
+
+/// A loopback address where connects are refused, reserved for as long as the returned socket
+/// lives: bound to 127.0.0.1:0 but never listening, so no other socket can take the port.
+pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    (s, addr)
+}
+
+/// `pub fn $name(self, keys) -> Self` setting the `$field` string of [`Opts`].
+macro_rules! extra_keys {
+    ($($(#[$doc:meta])* $name:ident => $field:ident;)*) => {
+        $($(#[$doc])* pub fn $name(mut self, keys: impl Into<String>) -> Self {
+            self.$field = keys.into();
+            self
+        })*
+    };
+}
+
+/// Shorthands: `start_with(Opts::default().limits("max_connections = 2")).await`.
+impl Opts {
+    extra_keys! {
+        /// Keys for `[limits]`.
+        limits => limits_extra;
+        /// Keys for the first client.
+        client => client_extra;
+        /// Keys for `[upstream]`.
+        upstream => upstream_extra;
+        /// Keys for `[server]`.
+        server => server_extra;
+        /// Keys for the generated `[secret]` table.
+        secret => secret_extra;
+        /// Keys for `[audit]`.
+        audit => audit_extra;
+    }
+    pub fn upstream_url(mut self, url: impl Into<String>) -> Self {
+        self.upstream_url = Some(url.into());
+        self
+    }
+    pub fn secret_table(mut self, table: impl Into<String>) -> Self {
+        self.secret_table = Some(table.into());
+        self
+    }
+    pub fn audit_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.audit_path = Some(path.into());
+        self
+    }
+    pub fn sse_delay(mut self, d: Duration) -> Self {
+        self.sse_delay = d;
+        self
+    }
+    /// Start without a key file (and so without waiting for readiness).
+    pub fn no_key(mut self) -> Self {
+        self.write_key = false;
+        self
+    }
+    /// Do not wait for /readyz before returning.
+    pub fn no_wait(mut self) -> Self {
+        self.no_wait = true;
+        self
+    }
+}
+
 pub async fn start() -> Gateway {
     start_with(Opts::default()).await
 }
@@ -99,10 +175,7 @@ pub async fn start_with(o: Opts) -> Gateway {
     if o.write_key {
         std::fs::write(&key_file, format!("{NIM_KEY}\n")).unwrap();
     }
-    let nim_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nim_addr = nim_l.local_addr().unwrap();
-    let nim = FakeNim::new(vec![NIM_KEY.into()], o.sse_delay, true);
-    tokio::spawn(nim.clone().serve(nim_l));
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], o.sse_delay).await;
     let secret = o.secret_table.clone().unwrap_or_else(|| {
         format!(
             "[secret]\nsource = \"file\"\npath = \"{}\"\npoll_interval = \"50ms\"\n{}",
@@ -117,7 +190,7 @@ listen = "127.0.0.1:0"
 shutdown_grace = "5s"
 {server_extra}
 [admin]
-listen = "127.0.0.1:1"
+listen = "127.0.0.1:0"
 [upstream]
 url = "{upstream}"
 response_timeout = "2s"
@@ -223,6 +296,34 @@ impl Gateway {
         .await
     }
 
+    /// The audit file as it is on disk now.
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(&self.audit_file).unwrap()
+    }
+
+    /// A non-streaming chat completion request with the first client's key and one more header.
+    pub fn chat_with_header(&self, name: &'static str, value: &str) -> Request<Full<Bytes>> {
+        let mut req = post(
+            &self.url("/v1/chat/completions"),
+            Some(CLIENT_KEY),
+            &chat_body(false),
+        );
+        req.headers_mut().insert(name, value.parse().unwrap());
+        req
+    }
+
+    /// POST a streaming chat completion with the first client's key; the response head.
+    pub async fn chat_stream(&self) -> Response<Incoming> {
+        client()
+            .request(post(
+                &self.url("/v1/chat/completions"),
+                Some(CLIENT_KEY),
+                &chat_body(true),
+            ))
+            .await
+            .unwrap()
+    }
+
     pub async fn audit_events(&self, event: &str) -> Vec<Value> {
         self.audit()
             .await
@@ -230,6 +331,32 @@ impl Gateway {
             .filter(|r| r["event"] == event)
             .collect()
     }
+}
+
+/// Traffic in the background: non-streaming chats to `url` with the first client's key, one
+/// after another with `gap` between them, until `requests` were sent or `for_at_most` passed.
+/// Returns every status.
+pub fn chat_load(
+    url: String,
+    requests: usize,
+    gap: Duration,
+    for_at_most: Option<Duration>,
+) -> tokio::task::JoinHandle<Vec<u16>> {
+    tokio::spawn(async move {
+        let c = client();
+        let until = for_at_most.map(|d| std::time::Instant::now() + d);
+        let mut st = Vec::new();
+        while st.len() < requests && until.is_none_or(|u| std::time::Instant::now() < u) {
+            let r = c
+                .request(post(&url, Some(CLIENT_KEY), &chat_body(false)))
+                .await
+                .unwrap();
+            st.push(r.status().as_u16());
+            let _ = r.into_body().collect().await;
+            tokio::time::sleep(gap).await;
+        }
+        st
+    })
 }
 
 pub fn read_audit(path: &std::path::Path) -> Vec<Value> {
@@ -318,14 +445,4 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
-}
-
-/// Raw HTTP/1.1 exchange: write `raw`, read until the server closes or `timeout` passes.
-pub async fn raw(addr: SocketAddr, raw: &[u8], timeout: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,0 +1,228 @@
+//! Security suite, section 2: credential override.
+//!
+//! Part of the hostile-input security suite (DESIGN.md "Security invariants" 1–5 and 8), split
+//! by section into tests/security_*.rs. Every case sends its attack over a real loopback socket —
+//! raw HTTP/1.1 bytes or hand-written HTTP/2 frames — and asserts the safe outcome: the status the
+//! client gets, whether the connection is closed, and exactly what the fake NIM (and, for
+//! routing, a canary listener) received. Shared raw-socket and h2 helpers live in tests/common/.
+
+mod common;
+
+use common::checks::*;
+use common::raw::*;
+use common::*;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[tokio::test]
+async fn raw_credential_tricks_get_401_and_reach_nothing() {
+    let gw = start().await;
+    let a = format!("Bearer {CLIENT_KEY}");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "two Authorization lines with the client key",
+            h1_get(
+                "/v1/models?cred=0",
+                &format!("Authorization: {a}\r\n"),
+            ),
+            "malformed_key",
+        ),
+        (
+            "authorization + AUTHORIZATION (case variants)",
+            format!(
+                "GET /v1/models?cred=1 HTTP/1.1\r\nHost: gw\r\nauthorization: {a}\r\nAUTHORIZATION: Bearer {NIM_KEY}\r\n\r\n"
+            )
+            .into_bytes(),
+            "malformed_key",
+        ),
+        (
+            "Authorization carrying the NIM key",
+            format!(
+                "GET /v1/models?cred=2 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {NIM_KEY}\r\n\r\n"
+            )
+            .into_bytes(),
+            "unknown_key",
+        ),
+        (
+            "comma-joined client and NIM key",
+            format!(
+                "GET /v1/models?cred=3 HTTP/1.1\r\nHost: gw\r\nAuthorization: {a}, Bearer {NIM_KEY}\r\n\r\n"
+            )
+            .into_bytes(),
+            "malformed_key",
+        ),
+        (
+            "non-UTF-8 Authorization",
+            cat(&[
+                b"GET /v1/models?cred=4 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer \xff\xfe",
+                CLIENT_KEY.as_bytes(),
+                b"\r\n\r\n",
+            ]),
+            "malformed_key",
+        ),
+        (
+            "Latin-1 byte inside the key",
+            cat(&[
+                b"GET /v1/models?cred=5 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ",
+                CLIENT_KEY.as_bytes(),
+                b"\xe9\r\n\r\n",
+            ]),
+            "malformed_key",
+        ),
+        (
+            "X-Api-Key with the client key and no Authorization",
+            format!(
+                "GET /v1/models?cred=6 HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {CLIENT_KEY}\r\napi-key: {CLIENT_KEY}\r\n\r\n"
+            )
+            .into_bytes(),
+            "missing_key",
+        ),
+        (
+            "key only in ?api_key=",
+            format!("GET /v1/models?cred=7&api_key={CLIENT_KEY} HTTP/1.1\r\nHost: gw\r\n\r\n")
+                .into_bytes(),
+            "missing_key",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes, _) in &cases {
+        let r = exchange(gw.addr, bytes, Duration::from_secs(3)).await;
+        match &r {
+            Some(r) if r.status == 401 => {
+                assert_eq!(r.error_code(), "invalid_api_key", "{name}");
+                let body = String::from_utf8_lossy(&r.body);
+                assert!(
+                    !body.contains(NIM_KEY) && !body.contains(CLIENT_KEY),
+                    "{name}: key echoed"
+                );
+                assert!(r.header("www-authenticate").is_some(), "{name}");
+            }
+            other => failures.push(format!(
+                "{name}: expected 401, got {:?}",
+                other.as_ref().map(|r| r.status)
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        gw.nim.requests.load(Ordering::Relaxed),
+        0,
+        "no rejected request may reach the NIM: {:?}",
+        gw.nim.seen().iter().map(|s| &s.uri).collect::<Vec<_>>()
+    );
+    let denied = gw.audit_events("denied").await;
+    assert_eq!(denied.len(), cases.len(), "{denied:?}");
+    // Requests were sequential, so the records are in case order.
+    for ((name, _, reason), rec) in cases.iter().zip(&denied) {
+        assert_eq!(rec["status"], 401, "{name}: {rec}");
+        assert_eq!(rec["reason"], *reason, "{name}: {rec}");
+        assert!(rec.get("key_fingerprint").is_none(), "{name}: {rec}");
+    }
+    let trail = gw.audit_text();
+    assert!(!trail.contains(NIM_KEY) && !trail.contains(CLIENT_KEY));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn raw_client_credentials_are_stripped_in_every_combination() {
+    let gw = start().await;
+    let extras = [
+        "Proxy-Authorization: Basic Y2xpZW50LXNlY3JldA==\r\n",
+        "X-Api-Key: client-secret-x\r\nX-API-KEY: client-secret-x2\r\n",
+        "api-key: client-secret-y\r\nApi-Key: client-secret-y2\r\n",
+    ];
+    let queries = [
+        "",
+        "&api_key=client-secret-q",
+        "&API-KEY=client-secret-q&Api_Key=client-secret-r",
+        "&api%5Fkey=client-secret-q&api%2dkey=client-secret-r&api_key",
+    ];
+    let mut n = 0;
+    for mask in 0u8..8 {
+        for (qi, q) in queries.iter().enumerate() {
+            let mut extra = String::new();
+            for (i, e) in extras.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    extra.push_str(e);
+                }
+            }
+            let target = format!("/v1/chat/completions?combo={mask}-{qi}&keep=1{q}");
+            let r = exchange(gw.addr, &h1_chat(&target, &extra), Duration::from_secs(3))
+                .await
+                .unwrap_or_else(|| panic!("no response for {target}"));
+            assert_eq!(r.status, 200, "{target} {extra}");
+            assert!(!String::from_utf8_lossy(&r.body).contains(NIM_KEY));
+            n += 1;
+        }
+    }
+    let seen = gw.nim.seen();
+    assert_eq!(seen.len(), n, "one upstream request per client request");
+    for s in &seen {
+        assert_only_our_credential(s, &s.uri);
+        assert!(s.uri.contains("keep=1"), "other params survive: {}", s.uri);
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn percent_encoded_api_key_query_names_are_stripped() {
+    let gw = start().await;
+    let mut failures = Vec::new();
+    for (i, q) in [
+        "%61pi_key=client-secret-a",
+        "api%5fKEY=client-secret-b",
+        "%41%50%49%5F%4B%45%59=client-secret-c",
+        "api%2Dkey=client-secret-d",
+        "api%5Fkey=client-secret-e&%61pi-key=client-secret-f",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let target = format!("/v1/chat/completions?enc={i}&{q}");
+        let r = exchange(gw.addr, &h1_chat(&target, ""), Duration::from_secs(3)).await;
+        let status = r.as_ref().map(|r| r.status);
+        assert!(matches!(status, Some(200 | 400)), "{q}: {status:?}");
+        for s in seen_with(&gw, &format!("enc={i}")) {
+            let decoded = percent_decode(&s.uri).to_ascii_lowercase();
+            eprintln!(
+                "encoded query {q}: client got {status:?}, NIM saw {}",
+                s.uri
+            );
+            if decoded.contains("api_key")
+                || decoded.contains("api-key")
+                || s.uri.contains("client-secret")
+            {
+                failures.push(format!("{q}: client got {status:?}, NIM saw {}", s.uri));
+            }
+            let auth: Vec<_> = s.headers.get_all("authorization").iter().collect();
+            assert_eq!(auth, [format!("Bearer {NIM_KEY}").as_str()], "{q}");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "percent-encoded api_key/api-key parameters reached the NIM:\n{}",
+        failures.join("\n")
+    );
+    gw.stop().await;
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,117 @@
+//! Security suite, section 5: paths.
+//!
+//! Part of the hostile-input security suite (DESIGN.md "Security invariants" 1–5 and 8), split
+//! by section into tests/security_*.rs. Every case sends its attack over a real loopback socket —
+//! raw HTTP/1.1 bytes or hand-written HTTP/2 frames — and asserts the safe outcome: the status the
+//! client gets, whether the connection is closed, and exactly what the fake NIM (and, for
+//! routing, a canary listener) received. Shared raw-socket and h2 helpers live in tests/common/.
+
+mod common;
+
+use common::checks::*;
+use common::raw::*;
+use common::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn path_allow_list_applies_after_normalisation() {
+    let gw = start().await;
+    // (raw target, allowed statuses, the path the NIM may see if forwarded)
+    let cases: Vec<(&str, &[u16], Option<&str>)> = vec![
+        ("/v1/../admin", &[404], None),
+        ("/v1/%2e%2e/admin", &[404], None),
+        ("/v1/%2E%2E%2Fadmin", &[400], None),
+        ("/v1%2Fmodels", &[400], None),
+        ("/v1%2fmodels", &[400], None),
+        ("//v1/models", &[200, 400, 404], Some("/v1/models")),
+        ("/v1;/models", &[400], None),
+        ("/v1/models;x=1", &[400], None),
+        ("/V1/models", &[404], None),
+        ("/v1/models%00", &[400], None),
+        ("/v1/models%0d%0aX-Injected:%201", &[400], None),
+        ("/v1/%2e%2e/%2e%2e/etc/passwd", &[400, 404], None),
+        ("/v1/models/..%2f..%2fadmin", &[400], None),
+        ("/v1/chat/completions/../../../admin", &[404], None),
+        ("/v1/%5c..%5cadmin", &[400], None),
+        ("/v1/.%2e/admin", &[404], None),
+        ("/%2e%2e/v1/models", &[400, 404], None),
+        ("/%76%31/models", &[200], Some("/v1/models")),
+        ("/v1/./models", &[200], Some("/v1/models")),
+        ("/v1//models", &[200], Some("/v1/models")),
+        (
+            "/v1/%C0%AE%C0%AE/admin",
+            &[400, 404],
+            Some("/v1/%C0%AE%C0%AE/admin"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (target, want, nim_path)) in cases.iter().enumerate() {
+        let tag = format!("p={i}x");
+        let full = format!("{target}?{tag}");
+        let r = exchange(gw.addr, &h1_get(&full, ""), Duration::from_secs(3)).await;
+        let status = r.as_ref().map(|r| r.status);
+        let seen = seen_with(&gw, &tag);
+        let ok_status = status.is_some_and(|s| want.contains(&s));
+        let ok_nim = match nim_path {
+            None => seen.is_empty(),
+            Some(p) => seen.iter().all(|s| seen_path(s) == *p) && seen.len() <= 1,
+        };
+        let forwarded_ok = status != Some(200) || seen.len() == 1;
+        eprintln!(
+            "path {target}: status {status:?}, NIM saw {:?}",
+            seen.iter().map(|s| &s.uri).collect::<Vec<_>>()
+        );
+        // Refusals by the gateway itself (the NIM saw nothing) carry the OpenAI error shape.
+        if let Some(r) = r
+            .as_ref()
+            .filter(|r| r.status != 200 && !r.body.is_empty() && seen.is_empty())
+        {
+            let code = r.error_code();
+            assert!(
+                matches!(code.as_str(), "bad_request" | "not_found"),
+                "{target}: {code}"
+            );
+        }
+        if !(ok_status && ok_nim && forwarded_ok) {
+            failures.push(format!(
+                "{target}: status {status:?} (want {want:?}), NIM saw {:?}",
+                seen.iter().map(|s| &s.uri).collect::<Vec<_>>()
+            ));
+        }
+    }
+    // Raw bytes hyper itself must refuse.
+    for (name, target) in [
+        ("raw NUL", &b"/v1/models\0"[..]),
+        ("raw backslash", &b"/v1\\..\\admin"[..]),
+        ("raw CR", &b"/v1/models\rX"[..]),
+    ] {
+        let req = cat(&[
+            b"GET ",
+            target,
+            b" HTTP/1.1\r\nHost: gw\r\n",
+            auth_line().as_bytes(),
+            b"\r\n",
+        ]);
+        let r = exchange(gw.addr, &req, Duration::from_secs(3)).await;
+        let st = r.as_ref().map(|r| r.status);
+        if !matches!(st, Some(400) | None) {
+            failures.push(format!("{name}: {st:?}"));
+        }
+    }
+    for s in gw.nim.seen() {
+        let p = seen_path(&s);
+        let l = p.to_ascii_lowercase();
+        if !p.starts_with("/v1/")
+            || p.contains("//")
+            || p.split('/').any(|seg| seg == ".." || seg == ".")
+            || l.contains("%2e")
+            || l.contains("%2f")
+            || l.contains("%5c")
+            || l.contains(';')
+        {
+            failures.push(format!("NIM saw an un-normalised path: {}", s.uri));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    gw.stop().await;
+}
