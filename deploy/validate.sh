@@ -23,6 +23,11 @@
 #   systemd     `systemd-analyze verify` (any message fails) and `systemd-analyze security
 #               --offline` (exposure <= 2.0) on deploy/systemd/nimgate.service; installs
 #               Debian's systemd if systemd-analyze is missing.
+#   container   deploy/tests/container_e2e.sh: a FROM-scratch image of target/{release,debug}'s
+#               nimgate + fake-nim run with podman in one pod (no key in inspect/env, key only
+#               as the header, non-root, read-only rootfs). Installs Debian's podman and runc
+#               when missing; skipped (said loudly) without built binaries or when podman
+#               cannot start a container on this machine.
 #   vault       deploy/tests/test_vault_scripts.py: deploy/vault/setup-*.sh twice for two NIMs
 #               against a real OpenBao dev server (`bao` from the venv), on loopback.
 
@@ -245,6 +250,17 @@ systemd_unit() {
     tail -n 1
 }
 
+container_e2e() {
+  if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+    echo "installing Debian's podman and runc ..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null || {
+      echo "SKIPPED: podman/runc could not be installed"
+      return 0
+    }
+  fi
+  bash deploy/tests/container_e2e.sh "${NIMGATE_BIN_DIR:-}"
+}
+
 vault_scripts() {
   PATH="$VENV/bin:$PATH" "$VENV/bin/python" deploy/tests/test_vault_scripts.py
 }
@@ -262,6 +278,7 @@ step "hadolint Dockerfile" hadolint_scan
 step "shellcheck" shellcheck_scan
 step "policy test (deploy/tests/test_manifests.py)" policy
 step "systemd unit (deploy/systemd/nimgate.service)" systemd_unit
+step "container end to end with podman (deploy/tests/container_e2e.sh)" container_e2e
 step "vault setup scripts against OpenBao (deploy/tests/test_vault_scripts.py)" vault_scripts
 
 echo

@@ -188,17 +188,7 @@ fn unix_secs(t: SystemTime) -> u64 {
 /// RFC 3339 UTC timestamp with nanoseconds, as Vault prints them
 /// (`2026-03-22T02:24:06.945319214Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = nimgate::audit::record::civil_from_days((secs / 86_400) as i64);
-    let sod = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60,
-        d.subsec_nanos()
-    )
+    humantime::format_rfc3339_nanos(t).to_string()
 }
 
 impl State {

@@ -37,7 +37,7 @@ pub struct Gateway {
     pub key_file: PathBuf,
     pub audit_file: PathBuf,
     stop: Option<oneshot::Sender<()>>,
-    pub task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    pub task: Option<tokio::task::JoinHandle<Result<(), nimgate::error::InitError>>>,
 }
 
 pub struct Opts {
