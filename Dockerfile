@@ -25,7 +25,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
-    cargo build --release --locked --bin nimgate \
+    cargo build --release --locked --no-default-features --bin nimgate \
     && install -D -m 0555 target/release/nimgate /out/nimgate
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! Micro-benchmarks of the per-request hot path (divan): client key lookup, header rewrite,
 //! path normalisation, audit record encoding. `cargo bench --bench hot_path`.
 
@@ -76,7 +82,7 @@ fn path_normalize() -> Option<String> {
 
 #[divan::bench]
 fn audit_use_record_encoding(bencher: divan::Bencher) {
-    let mut r = Record::event("use");
+    let mut r = Record::event(nimgate::audit::Event::Use);
     r.request_id = Some("077f87f251920c020000000000000000".into());
     r.client_id = Some(Arc::from("team-a"));
     r.remote_addr = Some("10.0.3.7:37834".into());

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! `hyper-floor`: the smallest reverse proxy the gateway's stack can make (hyper HTTP/1 server,
 //! hyper-util pooled client, one header set; no auth, audit, limits or TLS). The load test runs
 //! it beside nimgate to show what hyper + tokio alone cost on the machine. Not for production.

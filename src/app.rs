@@ -1,26 +1,40 @@
-//! The ONE place the request stack is built. Layer order, outermost first:
+//! The ONE place the request stack is built. The whole path of one client request:
+//!
+//! **Connection** (`server/`): accept (beyond `limits.max_connections` the socket is closed at
+//! once) → TLS handshake with ALPN, or the HTTP/2-preface sniff, both within
+//! `limits.header_read_timeout` → hyper HTTP/1.1 (head size/count limits → 431) or HTTP/2
+//! (stream limits, reset-flood limits, keep-alive pings) → the stall timeout on writes
+//! (`limits.send_timeout`) → `RemoteAddr` inserted into each request's extensions.
+//!
+//! **Layers**, outermost first (each answers with a response, never an error, so the stack's error
+//! type is `Infallible`):
 //!
 //! 1. `SetSensitiveRequestHeadersLayer` — marks `Authorization`, `Proxy-Authorization`,
 //!    `X-Api-Key`, `Api-Key` sensitive before anything could log them;
-//! 2. `RequestIdLayer` — keeps a valid client `X-Request-Id` or makes one;
-//! 3. `AuthLayer` — client key digest lookup; 401 + `denied` record otherwise;
-//! 4. `ProxyService` — path normalisation + allow-list, rate/concurrency limits, key load,
-//!    `use` record (fail closed), header rewrite + key injection, upstream, streamed response.
+//! 2. `RequestIdLayer` (`request/`) — keeps a valid client `X-Request-Id` or makes one;
+//!    produces `RequestId`;
+//! 3. `AuthLayer` (`auth/layer.rs`) — client key digest lookup; produces `Principal`, or answers
+//!    401 with a `denied` record; consumes `RequestId`, `RemoteAddr`;
+//! 4. `ProxyService` (`proxy/`) — the phases of `Proxy::forward`: admit → limit → read_prefix →
+//!    route → load_key → build_upstream_request → send_with_retry → wrap_response (the table in
+//!    `proxy/mod.rs` says why each sits where it does); consumes all three extensions.
 //!
-//! Every layer answers with a response (errors are already mapped to OpenAI-shaped JSON), so the
-//! stack's error type is `Infallible`.
+//! **Response**: streamed back frame by frame (`body/`), usage sniffed on the side, the `done`
+//! record written when the body ends; the connection's permit is released when it closes.
 
-use http::{header, HeaderName};
+use http::header;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 use crate::audit::Audit;
-use crate::auth::ClientRegistry;
+use crate::auth::{AuthLayer, AuthService, ClientRegistry};
 use crate::config::{Config, SecretConfig};
-use crate::layers::{AuthLayer, AuthService, RequestIdLayer, RequestIdService};
-use crate::proxy::headers::{API_KEY, X_API_KEY};
-use crate::proxy::{ProxyService, ProxySettings, Upstream};
+use crate::error::InitError;
+use crate::names::{API_KEY, X_API_KEY};
+use crate::proxy::{ProxyService, ProxySettings, Routes, Upstream};
+use crate::request::{RequestIdLayer, RequestIdService};
 use crate::secret::{file::FileSource, SecretSource, SecretStore};
 use crate::telemetry::Metrics;
 
@@ -30,13 +44,25 @@ pub type GatewayService = SetSensitiveRequestHeaders<RequestIdService<AuthServic
 /// Everything the server and admin listener need.
 pub struct App {
     pub service: GatewayService,
-    pub store: Arc<SecretStore>,
+    pub routes: Arc<Routes>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub clients: usize,
+    /// Set on SIGTERM: `/readyz` answers 503 while in-flight requests drain.
+    pub draining: AtomicBool,
 }
 
-pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Box<dyn SecretSource>), String> {
+impl App {
+    /// The default upstream's key store (metrics and readiness of the single-upstream form).
+    pub fn store(&self) -> Option<&Arc<SecretStore>> {
+        self.routes.all().first().map(|u| &u.store)
+    }
+}
+
+/// A secret source and the store its refresher keeps fresh (one per upstream).
+pub type SourceFor = (Arc<SecretStore>, Box<dyn SecretSource>);
+
+pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitError> {
     let max_staleness = match &cfg.secret {
         SecretConfig::Vault(v) => Some(v.max_staleness),
         SecretConfig::File(_) => None,
@@ -44,29 +70,22 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Box<dyn SecretSource>),
     let store = Arc::new(SecretStore::new(&cfg.upstream.auth_value, max_staleness));
     let source: Box<dyn SecretSource> = match &cfg.secret {
         SecretConfig::File(f) => Box::new(FileSource::new(f)),
-        SecretConfig::Vault(v) => Box::new(crate::secret::vault::VaultSource::new(v)?),
+        SecretConfig::Vault(v) => {
+            Box::new(crate::secret::vault::VaultSource::new(v).map_err(InitError::Config)?)
+        }
     };
     let metrics = Arc::new(Metrics::default());
     let registry = Arc::new(ClientRegistry::new(&cfg.clients));
-    let upstream = Upstream::new(&cfg.upstream)?;
-    let auth_header = HeaderName::from_bytes(cfg.upstream.auth_header.as_bytes())
-        .map_err(|_| "upstream.auth_header: invalid header name".to_string())?;
+    let upstream =
+        Upstream::new("default", &cfg.upstream, store.clone()).map_err(InitError::Config)?;
+    let routes = Arc::new(Routes::single(upstream));
     let settings = ProxySettings {
-        auth_header,
         route_prefixes: cfg.server.route_prefixes.clone(),
         max_body_bytes: cfg.limits.max_body_bytes,
         body_timeout: cfg.limits.body_timeout,
-        response_timeout: cfg.upstream.response_timeout,
-        retry_on_auth_failure: cfg.upstream.retry_on_auth_failure,
         max_concurrent: cfg.limits.max_concurrent_requests,
     };
-    let proxy = ProxyService::new(
-        upstream,
-        store.clone(),
-        audit.clone(),
-        metrics.clone(),
-        settings,
-    );
+    let proxy = ProxyService::new(routes.clone(), audit.clone(), metrics.clone(), settings);
     let stack = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
@@ -83,10 +102,11 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Box<dyn SecretSource>),
         .service(proxy);
     let app = App {
         service: stack,
-        store,
+        routes,
         audit,
         metrics,
         clients: registry.len(),
+        draining: AtomicBool::new(false),
     };
-    Ok((app, source))
+    Ok((app, vec![(store, source)]))
 }

@@ -1,14 +1,16 @@
-//! CLI (clap): `serve`, `check`, `keys new`, `audit verify`, `demo`. Exit 64 on bad config.
+//! CLI (clap): `serve`, `check`, `keys new`, `audit verify`, `demo`. Exit codes follow
+//! sysexits.h (`error::InitError`): 64 bad config, 69 unavailable, 70 software, 74 audit I/O.
+//! Printing to stdout is this module's job (the intended output of `check`, `keys`, `verify`).
+#![allow(clippy::print_stdout, reason = "the CLI's intended output")]
 
 use clap::{Parser, Subcommand};
+#[cfg(feature = "demo")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config;
-
-/// EX_USAGE from sysexits.h: bad configuration or arguments.
-pub const EXIT_CONFIG: u8 = 64;
+use crate::error::{InitError, EXIT_CONFIG, EXIT_SOFTWARE};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +46,7 @@ enum Cmd {
         cmd: AuditCmd,
     },
     /// Gateway + built-in fake NIM + temporary key file in one process: try nimgate in a minute.
+    #[cfg(feature = "demo")]
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -110,7 +113,13 @@ pub fn main() -> ExitCode {
                 );
                 return ExitCode::from(EXIT_CONFIG);
             }
-            let key = new_client_key();
+            let key = match crate::auth::new_client_key() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("error: no OS randomness available: {e}");
+                    return ExitCode::from(EXIT_SOFTWARE);
+                }
+            };
             println!(
                 "# Client key for {id:?}: give it to the client now, it is not stored anywhere."
             );
@@ -124,7 +133,8 @@ pub fn main() -> ExitCode {
         Cmd::Audit {
             cmd: AuditCmd::Verify { files },
         } => {
-            let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+            let paths: Vec<&std::path::Path> =
+                files.iter().map(std::path::PathBuf::as_path).collect();
             match crate::audit::verify::verify_files(&paths) {
                 Ok(s) => {
                     println!(
@@ -146,6 +156,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "demo")]
         Cmd::Demo {
             listen,
             admin_listen,
@@ -164,7 +175,10 @@ fn config_errors(path: &std::path::Path, errs: &[config::ConfigError]) -> ExitCo
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn runtime(workers: usize, fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+fn runtime(
+    workers: usize,
+    fut: impl std::future::Future<Output = Result<(), InitError>>,
+) -> ExitCode {
     for p in crate::hardening::harden_process() {
         tracing::warn!("{p}");
     }
@@ -184,7 +198,7 @@ fn runtime(workers: usize, fut: impl std::future::Future<Output = Result<(), Str
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_SOFTWARE);
         }
     };
     match rt.block_on(fut) {
@@ -192,18 +206,7 @@ fn runtime(workers: usize, fut: impl std::future::Future<Output = Result<(), Str
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// `ngk_` + 48 hex chars (192 random bits).
-pub fn new_client_key() -> String {
-    let mut b = [0u8; 24];
-    if getrandom::getrandom(&mut b).is_err() {
-        // No entropy source is not something to paper over.
-        eprintln!("error: no OS randomness available");
-        std::process::exit(1);
-    }
-    format!("ngk_{}", hex::encode(b))
 }

@@ -8,14 +8,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+use crate::error::InitError;
 use crate::fakenim::FakeNim;
 
-pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String> {
-    let nim_key = format!("nvapi-demo-{}", &crate::cli::new_client_key()[4..]);
+#[expect(
+    clippy::print_stdout,
+    reason = "the demo's instructions are its output"
+)]
+pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), InitError> {
+    let soft = |e: &dyn std::fmt::Display| InitError::Software(e.to_string());
+    let new_key = || crate::auth::new_client_key().map_err(|e| soft(&e));
+    let nim_key = format!("nvapi-demo-{}", &new_key()?[4..]);
     let nim_listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| e.to_string())?;
-    let nim_addr = nim_listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| soft(&e))?;
+    let nim_addr = nim_listener.local_addr().map_err(|e| soft(&e))?;
     let nim = FakeNim::new(vec![nim_key.clone()], Duration::from_millis(150), false);
     tokio::spawn(nim.serve(nim_listener));
 
@@ -26,7 +33,7 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), Str
         std::env::temp_dir()
     };
     let dir = base.join(format!("nimgate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| soft(&format!("{}: {e}", dir.display())))?;
     let key_file = dir.join("nim-api-key");
     std::fs::OpenOptions::new()
         .write(true)
@@ -35,12 +42,12 @@ pub async fn run(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), Str
         .mode(0o600)
         .open(&key_file)
         .and_then(|mut f| f.write_all(format!("{nim_key}\n").as_bytes()))
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+        .map_err(|e| soft(&format!("{}: {e}", key_file.display())))?;
     drop(nim_key);
     let audit_path =
         std::env::temp_dir().join(format!("nimgate-demo-{}-audit.jsonl", std::process::id()));
 
-    let client_key = crate::cli::new_client_key();
+    let client_key = new_key()?;
     let toml = format!(
         r#"
 [server]
@@ -62,15 +69,12 @@ path = "{audit}"
         digest = crate::auth::key_digest_hex(&client_key),
         audit = audit_path.display(),
     );
-    let cfg = crate::config::parse(&toml).map_err(|e| format!("{e:?}"))?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("--listen {listen}: {e} (pick another with --listen)"))?;
-    let admin = TcpListener::bind(admin_listen).await.map_err(|e| {
-        format!("--admin-listen {admin_listen}: {e} (pick another with --admin-listen)")
-    })?;
-    let gw = listener.local_addr().map_err(|e| e.to_string())?;
-    let adm = admin.local_addr().map_err(|e| e.to_string())?;
+    let cfg = crate::config::parse(&toml).map_err(|e| soft(&format!("{e:?}")))?;
+    let bind = crate::server::bind;
+    let listener = bind("--listen", listen).await?;
+    let admin = bind("--admin-listen", admin_listen).await?;
+    let gw = listener.local_addr().map_err(|e| soft(&e))?;
+    let adm = admin.local_addr().map_err(|e| soft(&e))?;
     println!(
         r#"nimgate demo is running.
   gateway   http://{gw}   (readiness: http://{adm}/readyz, metrics: http://{adm}/metrics)

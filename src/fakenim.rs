@@ -94,7 +94,7 @@ impl FakeNim {
         let body = body
             .collect()
             .await
-            .map(|b| b.to_bytes())
+            .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
         if self.record {
             if let Ok(mut s) = self.seen.lock() {
@@ -149,7 +149,7 @@ impl FakeNim {
             (&Method::GET, "/v1/metadata") => ok_json(
                 json!({"version": "1.3.3", "modelInfo": [{"shortName": "llama-3.1-8b-instruct"}]}),
             ),
-            (&Method::POST, "/v1/chat/completions") | (&Method::POST, "/v1/completions") => {
+            (&Method::POST, "/v1/chat/completions" | "/v1/completions") => {
                 let chat = path.ends_with("chat/completions");
                 if req_json["stream"].as_bool() == Some(true) {
                     let usage = req_json["stream_options"]["include_usage"].as_bool() == Some(true);
@@ -287,8 +287,7 @@ impl hyper::body::Body for FakeBody {
 fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn ok_json(v: Value) -> Response<FakeBody> {

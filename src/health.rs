@@ -6,6 +6,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -39,30 +40,35 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => {
-            let key = match app.store.ready() {
-                Ok(()) => "ok",
-                Err(Unavailable::NotLoaded) => "not_loaded",
-                Err(Unavailable::Stale) => "stale",
+            let key = match app.store().map(|s| s.ready()) {
+                Some(Ok(())) => "ok",
+                Some(Err(Unavailable::NotLoaded)) | None => "not_loaded",
+                Some(Err(Unavailable::Stale)) => "stale",
             };
             let audit = if app.audit.healthy() { "ok" } else { "failing" };
-            let ok = key == "ok" && audit == "ok";
+            let draining = app.draining.load(Ordering::Acquire);
+            let ok = key == "ok" && audit == "ok" && !draining;
             let status = if ok {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
+            let state = match (ok, draining) {
+                (true, _) => "ready",
+                (false, true) => "draining",
+                (false, false) => "not_ready",
+            };
             json(
                 status,
-                format!(
-                    r#"{{"status":"{}","key":"{key}","audit":"{audit}"}}"#,
-                    if ok { "ready" } else { "not_ready" }
-                ),
+                format!(r#"{{"status":"{state}","key":"{key}","audit":"{audit}"}}"#),
             )
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(
-                app.metrics.render(&app.store, &app.audit),
-            )));
+            let text = match app.store() {
+                Some(store) => app.metrics.render(store, &app.audit),
+                None => String::new(),
+            };
+            let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -1,6 +1,7 @@
 //! `StallTimeout`: closes a client connection whose writes make no progress for `timeout`
 //! (a client that stopped reading). Armed only when a write returns `Pending`, so the fast path
-//! costs one branch.
+//! costs one branch. Kept instead of `tokio-io-timeout`, which re-arms a timer on every pending
+//! poll of every connection; this one starts a timer only when a write is stuck.
 
 use std::io;
 use std::pin::Pin;

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! The audit trail: completeness under kill -9, fail-closed on write errors (and recovery),
 //! tamper evidence (`audit verify`), rotation and restarts keep the chain, usage tokens.
 

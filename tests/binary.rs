@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! Black-box tests of the built `nimgate` binary: serve from a config file on port 0, graceful
 //! drain on SIGTERM, `check`, `keys new`, `audit verify`, `demo`.
 
@@ -215,4 +221,91 @@ async fn demo_prints_a_working_curl_line() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(ok, "demo gateway never answered 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_unready_first_keeps_accepting_for_drain_delay_then_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(500)).await;
+    let cfg = write_config(dir.path(), nim_addr);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "shutdown_grace = \"10s\"",
+        "shutdown_grace = \"10s\"\ndrain_delay = \"1500ms\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut p = spawn_serve(&cfg, Some("info"));
+    wait_ready(p.admin).await;
+    let url = format!("http://{}/v1/chat/completions", p.gw);
+    // A stream of 5 events 500 ms apart: still running when the listener closes.
+    let resp = client()
+        .request(post(&url, Some(CLIENT_KEY), &chat_body(true)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reader = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        resp.into_body().collect().await.unwrap().to_bytes()
+    });
+    assert!(kill_pid(p.child.id(), "-TERM").success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 1. Unready at once, with the reason...
+    let (status, body) = get_admin(p.admin, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"status\":\"draining\""), "{body}");
+    // 2. ...while new connections are still accepted and served.
+    let (s, v) = send_json(get(&format!("http://{}/v1/models", p.gw), Some(CLIENT_KEY))).await;
+    assert_eq!(s, 200, "{v}");
+    // 3. After drain_delay the listener is closed...
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(
+        tokio::net::TcpStream::connect(p.gw).await.is_err(),
+        "listener should be closed after drain_delay"
+    );
+    // 4. ...and the stream that was in flight still completes.
+    let text = String::from_utf8(reader.await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream cut short: {text}"
+    );
+    assert_eq!(nim.streams_completed.load(Ordering::Relaxed), 1);
+    let (status, _, log) = p.finish();
+    assert!(status.success(), "exit status {status:?}: {log}");
+}
+
+#[test]
+fn start_up_failures_exit_with_sysexits_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nim: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let cfg = write_config(dir.path(), nim);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let run = |text: String| {
+        std::fs::write(&cfg, text).unwrap();
+        let out = run_bin(&["serve", "--config"], &[&cfg]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // A listen address already in use: 69, naming the field.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, err) = run(base.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{addr}\""),
+        1,
+    ));
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains(&format!("server.listen {addr}")), "{err}");
+    // An audit file that cannot be opened: 74, naming the path.
+    let audit = dir.path().join("audit.jsonl").display().to_string();
+    let (code, err) = run(base.replace(&audit, "/nonexistent-dir/audit.jsonl"));
+    assert_eq!(code, Some(74), "{err}");
+    assert!(
+        err.contains("audit.path /nonexistent-dir/audit.jsonl"),
+        "{err}"
+    );
+    // Bad config: 64.
+    let (code, err) = run(base.replace("[upstream]", "[upstream]\nnope = 1"));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("upstream"), "{err}");
 }

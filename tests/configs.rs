@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! Every TOML config shipped in config/ and deploy/ parses and validates against the real schema
 //! (so examples cannot drift from the code). `clients_file` is resolved against config/clients.toml.
 

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! Self-test of the fake Vault server used by the integration tests: every feature is
 //! exercised over a real loopback socket with a plain hyper client.
 

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! Secret hygiene of the built binary: with RUST_LOG=trace, drive success, 401, upstream 5xx,
 //! Vault failure, rotation, renewal and NIM-401 refresh, then assert that no secret string (NIM
 //! keys, client key, AppRole secret-id and role-id, Vault tokens) appears in stdout, stderr, the

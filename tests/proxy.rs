@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! Foundation behaviour over real loopback sockets: auth, key injection, header hygiene,
 //! streaming, cancellation, key-file rotation, errors, request ids, readiness.
 

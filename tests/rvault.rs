@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! The Vault source against a real Vault-API server: RustyVault (`rvault`), started here on
 //! loopback with a file backend, initialised and unsealed over its HTTP API. KV v1, AppRole and
 //! token auth with TTL expiry; it has no `renew-self` (500), so renewal falls back to re-login.

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! Security suite, section 8: HTTP/2 abuse.
 //!
 //! Part of the hostile-input security suite (DESIGN.md "Security invariants" 1–5 and 8), split

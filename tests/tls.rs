@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! TLS on both sides: the client listener with a certificate (ALPN h2 and http/1.1), an https
 //! upstream trusted through `upstream.ca_file`, and an untrusted upstream certificate → 502 with
 //! the key never sent.

@@ -1,3 +1,9 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
 //! Vault secret source against the fault-injecting fake Vault (HashiCorp's documented JSON):
 //! KV v2/v1, AppRole / Kubernetes / token-file auth, renewal and re-login, rotation under load,
 //! outages shorter and longer than max_staleness, 403 eviction, NIM 401 → refresh → retry,

@@ -270,7 +270,7 @@ def main():
             cfg = nimgate_config(d, name, PORTS[name], PORTS["upstream"], audit, 1)
             pids[name] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/{name}.log").pid]
         # The stack's floor: hyper + hyper-util alone (no auth, audit or limits), same pinning.
-        pids["hyper-floor"] = [start([f"{REL}/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
+        pids["hyper-floor"] = [start([f"{REL}/examples/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
                                       f"http://127.0.0.1:{PORTS['upstream']}"], "0", f"{d}/hyper-floor.log").pid]
         if have_nginx:
             write_templ("nginx-proxy.conf", f"{d}/proxy.conf", DIR=d, PORT=PORTS["nginx"], UPSTREAM_PORT=PORTS["upstream"],

@@ -11,11 +11,17 @@ command -v oha >/dev/null || cargo install oha --locked
 command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
 if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # policy-rc.d 101 tells the packages' maintainer scripts not to start their default
+    # instances, so nothing is left running that this script did not start (and nothing of
+    # anyone else's is ever stopped: the driver ends only the pids it started).
+    had_policy=0
+    [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+    if [ "$had_policy" = 0 ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy >/dev/null || true
-    pkill -x nginx 2>/dev/null || true   # the package may start a default instance
+    if [ "$had_policy" = 0 ]; then rm -f /usr/sbin/policy-rc.d; fi
   fi
   command -v nginx >/dev/null || echo "nginx not on PATH: peer skipped, fake-nim is the upstream" >&2
   command -v haproxy >/dev/null || echo "haproxy not on PATH: peer skipped" >&2
 fi
-cargo build --release --locked --bins
+cargo build --release --locked --bins --example hyper-floor
 exec python3 benches/load/driver.py "$@"

@@ -120,7 +120,7 @@ impl Committer {
 
 #[cfg(test)]
 mod tests {
-    use crate::audit::{verify::verify_files, Audit, Record};
+    use crate::audit::{verify::verify_files, Audit, Event, Record};
     use crate::config::{AuditConfig, FsyncPolicy};
 
     /// Commit `waves` × `n` concurrent `use` records (each followed by a `done`) on a
@@ -140,8 +140,8 @@ mod tests {
                     .map(|_| {
                         let a = audit.clone();
                         tokio::spawn(async move {
-                            a.record_use(Record::event("use")).await.unwrap();
-                            a.record_done(Record::event("done"));
+                            a.record_use(Record::event(Event::Use)).await.unwrap();
+                            a.record_done(Record::event(Event::Done));
                         })
                     })
                     .collect();
@@ -188,7 +188,7 @@ mod tests {
             .collect();
         assert!(files.len() >= 2, "rotated {} times", files.len());
         files.push(path.clone());
-        let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+        let refs: Vec<&std::path::Path> = files.iter().map(std::path::PathBuf::as_path).collect();
         let summary = verify_files(&refs).unwrap();
         // 4 runs: 256 + 128 + 32 + 64 requests, a `use` and a `done` each, plus 4 `start`s.
         assert_eq!(summary.records, 2 * (256 + 128 + 32 + 64) + 4);

@@ -9,12 +9,14 @@
 //! - `record_done` never waits (it is already accounted for by its `use`).
 
 mod commit;
+mod event;
 mod queue;
 pub mod record;
 pub mod verify;
 mod writer;
 
 pub use commit::on_thread_park;
+pub use event::Event;
 pub use record::{Record, Usage};
 pub use writer::{rotated_name, Shared, GENESIS};
 
@@ -53,13 +55,18 @@ impl Drop for Inner {
 }
 
 impl Audit {
+    /// No audit trail (`audit.enabled = false`, and tests of code that takes an `Audit`).
+    pub fn off() -> Self {
+        Self { inner: None }
+    }
+
     /// Start the writer thread. An unopenable audit file is a start-up error.
     pub fn start(
         cfg: &AuditConfig,
     ) -> std::io::Result<(Self, Option<std::thread::JoinHandle<()>>)> {
         if !cfg.enabled {
             tracing::warn!("audit trail DISABLED (audit.enabled = false): key use is not recorded");
-            return Ok((Self { inner: None }, None));
+            return Ok((Self::off(), None));
         }
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
@@ -132,12 +139,11 @@ impl Audit {
         // Normally the runtime's park hook commits it; if this thread stays busy (or the runtime
         // has no hook), commit it ourselves (or wake the writer thread) after a short wait.
         let first = tokio::time::timeout(queue::KICK_AFTER, &mut ack_rx).await;
-        let acked = match first {
-            Ok(r) => Ok(r),
-            Err(_) => {
-                i.committer.commit_or_kick();
-                tokio::time::timeout_at(deadline.into(), ack_rx).await
-            }
+        let acked = if let Ok(r) = first {
+            Ok(r)
+        } else {
+            i.committer.commit_or_kick();
+            tokio::time::timeout_at(deadline.into(), ack_rx).await
         };
         match acked {
             Ok(Ok(true)) => Ok(()),

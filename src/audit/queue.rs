@@ -161,3 +161,18 @@ impl Queue {
         g.closed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{LAZY_FLUSH, MAX_SLEEP};
+
+    #[test]
+    fn readme_states_the_lazy_record_bound() {
+        let bound = (MAX_SLEEP + LAZY_FLUSH).as_millis();
+        let readme = include_str!("../../README.md").replace('\n', " ");
+        assert!(
+            readme.contains(&format!("they are written within {bound} ms")),
+            "README.md must state the {bound} ms bound for records nobody waits for"
+        );
+    }
+}

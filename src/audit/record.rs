@@ -3,24 +3,26 @@
 //!
 //! The writer adds `ts`, `seq` and `prev_hash` when it appends the record to the chain.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+use super::Event;
+
+/// Token counts as the NIM reports them (OpenAI's `usage` object); a missing count is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
 }
 
-/// One audit event. `event` is one of: `use`, `done`, `denied`, `start`, and the secret-source
-/// events `secret_fetch`, `secret_rotate`, `secret_failure`, `secret_evict`, `vault_login`,
-/// `vault_renew`.
-#[derive(Debug, Clone, Default, Serialize)]
+/// One audit event (see `Event` for the names).
+#[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    pub event: &'static str,
+    pub event: Event,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,10 +66,27 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn event(event: &'static str) -> Self {
+    pub fn event(event: Event) -> Self {
         Self {
             event,
-            ..Self::default()
+            request_id: None,
+            client_id: None,
+            remote_addr: None,
+            method: None,
+            path: None,
+            model: None,
+            upstream: None,
+            key_version: None,
+            key_fingerprint: None,
+            status: None,
+            duration_ms: None,
+            bytes_in: None,
+            bytes_out: None,
+            usage: None,
+            reason: None,
+            source: None,
+            old_key_version: None,
+            detail: None,
         }
     }
 }
@@ -100,8 +119,8 @@ pub fn now_rfc3339() -> String {
     String::from_utf8(b).unwrap_or_default()
 }
 
-/// Append `t` as RFC 3339 UTC with milliseconds. The date-and-seconds part is formatted once per
-/// second per thread.
+/// Append `t` as RFC 3339 UTC with milliseconds. The date-and-seconds head (humantime's
+/// formatting) is made once per second per thread.
 fn write_ts(buf: &mut Vec<u8>, t: SystemTime) {
     use std::cell::Cell;
     thread_local! {
@@ -113,19 +132,15 @@ fn write_ts(buf: &mut Vec<u8>, t: SystemTime) {
     if cached == secs {
         buf.extend_from_slice(&head);
     } else {
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (y, m, dd) = civil_from_days(days as i64);
-        let s = format!(
-            "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        );
-        // Years beyond 9999 do not fit the cache and are formatted every time.
-        if let Ok(head) = <[u8; 19]>::try_from(s.as_bytes()) {
-            CACHE.set((secs, head));
+        // "YYYY-MM-DDTHH:MM:SSZ": the head is everything before the `Z`.
+        let s =
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .to_string();
+        let head = s.trim_end_matches('Z');
+        if let Ok(h) = <[u8; 19]>::try_from(head.as_bytes()) {
+            CACHE.set((secs, h));
         }
-        buf.extend_from_slice(s.as_bytes());
+        buf.extend_from_slice(head.as_bytes());
     }
     let ms = d.subsec_millis();
     buf.extend_from_slice(&[
@@ -137,30 +152,9 @@ fn write_ts(buf: &mut Vec<u8>, t: SystemTime) {
     ]);
 }
 
-/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
-    }
 
     #[test]
     fn timestamps() {
@@ -177,13 +171,14 @@ mod tests {
         assert_eq!(at(1_795_910_399, 999), "2026-11-28T23:59:59.999Z");
         assert_eq!(at(1_795_910_399, 40), "2026-11-28T23:59:59.040Z");
         assert_eq!(at(1_795_910_400, 0), "2026-11-29T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(now_rfc3339().len(), 24);
     }
 
     #[test]
     fn encoded_line_chains() {
         let mut buf = Vec::new();
-        let h = encode_line(&mut buf, &Record::event("use"), 7, "ab");
+        let h = encode_line(&mut buf, &Record::event(Event::Use), 7, "ab");
         let line = std::str::from_utf8(&buf).unwrap();
         assert!(
             line.ends_with("\"seq\":7,\"prev_hash\":\"ab\",\"event\":\"use\"}\n"),
@@ -200,7 +195,7 @@ mod tests {
 
     #[test]
     fn record_has_no_empty_fields() {
-        let mut r = Record::event("use");
+        let mut r = Record::event(Event::Use);
         r.status = Some(200);
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"event":"use","status":200}"#);

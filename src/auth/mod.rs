@@ -4,7 +4,10 @@
 //! means the time an attempt takes says nothing about how close a guess was: the attacker
 //! controls the key, not the digest bits the map compares. The raw key never leaves `authenticate`.
 
+mod layer;
 pub mod ratelimit;
+
+pub use layer::{AuthLayer, AuthService};
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -116,10 +119,17 @@ pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let token = &rest[start..];
-    if token.is_empty() || token.len() > 512 || !token.iter().all(|b| b.is_ascii_graphic()) {
+    if token.is_empty() || token.len() > 512 || !token.iter().all(u8::is_ascii_graphic) {
         return None;
     }
     Some(token)
+}
+
+/// A new random client key: `ngk_` + 48 hex characters (192 bits from the OS).
+pub fn new_client_key() -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 24];
+    getrandom::getrandom(&mut b)?;
+    Ok(format!("ngk_{}", hex::encode(b)))
 }
 
 /// Hex SHA-256 of a client key, as stored in `key_sha256`.
@@ -148,6 +158,15 @@ mod tests {
             h.append("authorization", HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn new_keys_are_random_and_well_formed() {
+        let (a, b) = (new_client_key().unwrap(), new_client_key().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 52);
+        assert!(a.starts_with("ngk_") && a[4..].bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(bearer_token(format!("Bearer {a}").as_bytes()).is_some());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `fake-nim`: the project's fake NVIDIA NIM as a standalone server, for benchmarks and manual
 //! tests. `--key-file` (re-read at start) holds the key it accepts; without it any key passes.
+#![allow(clippy::print_stdout, reason = "prints its address for scripts")]
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ fn main() -> std::process::ExitCode {
             "--listen" => listen = args.next().unwrap_or(listen),
             "--key-file" => key_file = args.next(),
             "--sse-delay-ms" => {
-                delay_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(delay_ms)
+                delay_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(delay_ms);
             }
             "--sse-events" => events = args.next().and_then(|v| v.parse().ok()).unwrap_or(events),
             _ => {

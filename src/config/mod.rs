@@ -32,19 +32,37 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
-/// Parse TOML text into a `Config` (no overlay, no validation).
+/// Parse TOML text into a `Config` (no overlay, no validation). An error names the field by its
+/// exact path (`serde_path_to_error`) and line, never quoting the text.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    toml::from_str::<Config>(text).map_err(|e| {
-        let field = e
+    parse_as::<Config>(text)
+}
+
+/// Parse TOML text as `T`, with errors as `parse` gives them.
+pub fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Vec<ConfigError>> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner();
+        let line = inner
             .span()
-            .map(|s| field_at(text, s.start))
-            .unwrap_or_else(|| "config".to_string());
-        vec![ConfigError::new(field, e.message().to_string())]
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let field = match (path.as_str(), line) {
+            ("." | "", Some(l)) => field_at(text, l),
+            ("." | "", None) => "config".to_string(),
+            (p, Some(l)) => format!("{p} (line {l})"),
+            (p, None) => p.to_string(),
+        };
+        vec![ConfigError::new(field, inner.message().to_string())]
     })
 }
 
-/// Best-effort `table.key` name for a byte offset, used to name the field in parse errors.
-fn field_at(text: &str, offset: usize) -> String {
+/// Best-effort `table.key` name for a line, for syntax errors that have no field path.
+fn field_at(text: &str, lineno: usize) -> String {
+    let offset: usize = text
+        .split_inclusive('\n')
+        .take(lineno - 1)
+        .map(str::len)
+        .sum();
     let before = &text[..offset.min(text.len())];
     let table = before
         .lines()
@@ -55,16 +73,28 @@ fn field_at(text: &str, offset: usize) -> String {
                 .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
         })
         .unwrap_or_default();
-    let line = text[before.rfind('\n').map_or(0, |i| i + 1)..]
-        .lines()
-        .next()
-        .unwrap_or("");
+    let line = text[offset.min(text.len())..].lines().next().unwrap_or("");
+    // Only a bare key is taken from the line, never anything after `=` (it may be a secret
+    // pasted into the wrong file).
     let key = line.split('=').next().unwrap_or("").trim();
-    let lineno = before.matches('\n').count() + 1;
+    let key = if key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    {
+        key
+    } else {
+        ""
+    };
     let name = match (table.is_empty(), key.is_empty() || key.starts_with('[')) {
         (true, _) => key.to_string(),
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
+    };
+    let name = if name.is_empty() {
+        "config".into()
+    } else {
+        name
     };
     format!("{name} (line {lineno})")
 }

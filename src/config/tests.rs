@@ -44,8 +44,8 @@ fn issue_contract_parses_with_defaults() {
 fn unknown_keys_are_errors_naming_the_field() {
     let e = errors(&base().replace("[admin]", "[admin]\nlisen = \"x\""));
     assert_eq!(e.len(), 1);
-    assert!(e[0].field.starts_with("admin.lisen"), "{:?}", e);
-    assert!(e[0].message.contains("unknown field"), "{:?}", e);
+    assert!(e[0].field.starts_with("admin.lisen"), "{e:?}");
+    assert!(e[0].message.contains("unknown field"), "{e:?}");
     let e = errors(&base().replace("source = \"file\"", "source = \"file\"\ntoken = \"x\""));
     assert!(e[0].message.contains("unknown field"), "{e:?}");
     let e = errors(&base().replace("source = \"file\"", "source = \"s3\""));
@@ -132,7 +132,7 @@ secret_id_file = "/vault/approle/secret-id""#,
             assert!(matches!(&vc.auth, VaultAuthConfig::Approle(a) if a.mount == "approle"));
             assert_eq!(vc.max_staleness, std::time::Duration::from_secs(900));
         }
-        _ => panic!("not vault"),
+        SecretConfig::File(_) => panic!("not vault"),
     }
     let e = errors(&v.replace("kv_version = 2", "kv_version = 3"));
     assert_eq!(e[0].field, "secret.kv_version");

@@ -36,7 +36,11 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Only paths under these prefixes (after normalisation) are proxied; all else is 404.
     pub route_prefixes: Vec<String>,
-    /// How long in-flight requests and streams may run after SIGTERM/SIGINT.
+    /// After SIGTERM/SIGINT: how long `/readyz` answers 503 while the listener still accepts,
+    /// so load balancers (Kubernetes endpoints) stop sending before the port closes.
+    #[serde(with = "dur")]
+    pub drain_delay: Duration,
+    /// Then: how long in-flight requests and streams may run after the listener closed.
     #[serde(with = "dur")]
     pub shutdown_grace: Duration,
     /// Worker threads (0 = number of CPUs).
@@ -50,6 +54,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             route_prefixes: vec!["/v1/".into()],
+            drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
         }
@@ -100,7 +105,7 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "source", rename_all = "lowercase")]
-#[allow(clippy::large_enum_variant)] // built once at start-up
+#[expect(clippy::large_enum_variant, reason = "built once at start-up")]
 pub enum SecretConfig {
     File(FileSecretConfig),
     Vault(VaultSecretConfig),
@@ -187,7 +192,8 @@ pub struct ClientConfig {
     /// Sustained requests per minute (GCRA); absent = unlimited.
     #[serde(default)]
     pub rpm: Option<u32>,
-    /// Requests allowed in a burst above the sustained rate (default: rpm / 6, at least 1).
+    /// Requests that may arrive at once after an idle period (default: `rpm`, i.e. up to a
+    /// minute's worth at once; `AuthConfig`'s clients get the same default).
     #[serde(default)]
     pub burst: Option<u32>,
     /// Requests this client may have in flight at once; absent = unlimited.
@@ -309,11 +315,15 @@ impl Config {
                 format!("cannot read {}: {e}", path.display()),
             )]
         })?;
-        let file: ClientsFile = toml::from_str(&text).map_err(|e| {
-            vec![ConfigError::new(
-                "auth.clients_file",
-                format!("{}: {}", path.display(), e.message()),
-            )]
+        let file: ClientsFile = super::parse_as(&text).map_err(|errs| {
+            errs.into_iter()
+                .map(|e| {
+                    ConfigError::new(
+                        "auth.clients_file",
+                        format!("{}: {}: {}", path.display(), e.field, e.message),
+                    )
+                })
+                .collect::<Vec<_>>()
         })?;
         self.clients.extend(file.clients);
         Ok(())

@@ -1,6 +1,6 @@
 //! `Config::validate()`: every problem found, each naming the field it is about.
 
-use super::types::*;
+use super::types::{Config, SecretConfig, VaultAuthConfig};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -40,10 +40,21 @@ const FORBIDDEN_AUTH_HEADERS: &[&str] = &[
 ];
 
 impl Config {
+    /// Every problem in the whole config, section by section.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errs = Vec::new();
         let mut err = |f: &str, m: String| errs.push(ConfigError::new(f, m));
+        self.validate_server(&mut err);
+        self.validate_upstream(&mut err);
+        self.validate_secret(&mut err);
+        self.validate_clients(&mut err);
+        self.validate_audit(&mut err);
+        self.validate_limits(&mut err);
+        errs
+    }
 
+    /// `[server]` and `[admin]`.
+    fn validate_server(&self, err: &mut impl FnMut(&str, String)) {
         if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             err("admin.listen", "must differ from server.listen".to_string());
         }
@@ -67,10 +78,13 @@ impl Config {
                 );
             }
         }
+    }
 
+    /// `[upstream]`: URL, key header and template, timeouts.
+    fn validate_upstream(&self, err: &mut impl FnMut(&str, String)) {
         match self.upstream.url.parse::<http::Uri>() {
             Ok(u) => {
-                if !matches!(u.scheme_str(), Some("http") | Some("https")) {
+                if !matches!(u.scheme_str(), Some("http" | "https")) {
                     err("upstream.url", "scheme must be http or https".into());
                 }
                 if u.host().is_none() {
@@ -87,7 +101,7 @@ impl Config {
         }
         match http::HeaderName::from_bytes(self.upstream.auth_header.as_bytes()) {
             Ok(h) if FORBIDDEN_AUTH_HEADERS.contains(&h.as_str()) => {
-                err("upstream.auth_header", format!("{h} cannot carry the key"))
+                err("upstream.auth_header", format!("{h} cannot carry the key"));
             }
             Ok(_) => {}
             Err(_) => err("upstream.auth_header", "not a valid header name".into()),
@@ -108,9 +122,10 @@ impl Config {
         if self.upstream.response_timeout.is_zero() {
             err("upstream.response_timeout", "must be greater than 0".into());
         }
+    }
 
-        self.validate_secret(&mut err);
-
+    /// `[[clients]]` (including those from `auth.clients_file`).
+    fn validate_clients(&self, err: &mut impl FnMut(&str, String)) {
         if self.clients.is_empty() {
             err(
                 "clients",
@@ -121,7 +136,7 @@ impl Config {
         let mut digests = HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
             let f = |k: &str| format!("clients[{i}].{k}");
-            if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(|ch| ch.is_control()) {
+            if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(char::is_control) {
                 err(&f("id"), "must be 1–128 printable characters".into());
             }
             if !ids.insert(&c.id) {
@@ -149,7 +164,10 @@ impl Config {
                 err(&f("max_concurrent"), "must be at least 1".into());
             }
         }
+    }
 
+    /// `[audit]`.
+    fn validate_audit(&self, err: &mut impl FnMut(&str, String)) {
         let a = &self.audit;
         if a.path.is_empty() {
             err(
@@ -169,7 +187,10 @@ impl Config {
                 "must be at least 1 when max_bytes is set".into(),
             );
         }
+    }
 
+    /// `[limits]`.
+    fn validate_limits(&self, err: &mut impl FnMut(&str, String)) {
         let l = &self.limits;
         if l.max_header_bytes < 1024 {
             err("limits.max_header_bytes", "must be at least 1024".into());
@@ -195,7 +216,6 @@ impl Config {
                 "must be greater than 0".into(),
             );
         }
-        errs
     }
 
     fn validate_secret(&self, err: &mut impl FnMut(&str, String)) {
@@ -218,7 +238,7 @@ impl Config {
             }
             SecretConfig::Vault(v) => {
                 match v.address.parse::<http::Uri>() {
-                    Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) => {}
+                    Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => {}
                     _ => err(
                         "secret.address",
                         "must be an http:// or https:// URL".into(),
@@ -253,7 +273,7 @@ impl Config {
                 }
                 match &v.auth {
                     VaultAuthConfig::Kubernetes(k) if k.role.is_empty() => {
-                        err("secret.auth.role", "must be set".into())
+                        err("secret.auth.role", "must be set".into());
                     }
                     _ => {}
                 }

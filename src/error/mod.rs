@@ -2,11 +2,19 @@
 //!
 //! Client-facing messages are fixed strings: no header value, key, upstream address or
 //! internal detail is ever echoed. Details go to logs (without secrets).
+//!
+//! `code()` is also the metric `reason` label and the audit `reason`: `GatewayError::ALL` lists
+//! every variant once, and a test fails when a variant is missing from it.
+
+mod init;
+
+pub use init::{InitError, EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::proxy::body::GatewayBody;
+use crate::body::GatewayBody;
+use crate::names::X_REQUEST_ID;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatewayError {
@@ -41,6 +49,57 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// Every variant once (`RateLimited` with a placeholder wait), in metric-label order.
+    pub const ALL: [Self; 14] = [
+        Self::Unauthenticated,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::BodyTooLarge,
+        Self::BadRequest,
+        Self::BodyTimeout,
+        Self::RateLimited {
+            retry_after_secs: 0,
+        },
+        Self::ClientConcurrency,
+        Self::Overloaded,
+        Self::KeyUnavailable,
+        Self::AuditUnavailable,
+        Self::UpstreamUnreachable,
+        Self::UpstreamTimeout,
+        Self::ShuttingDown,
+    ];
+
+    /// Position in `ALL` (the metrics' counter index). Exhaustive: a new variant must be placed.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Unauthenticated => 0,
+            Self::NotFound => 1,
+            Self::MethodNotAllowed => 2,
+            Self::BodyTooLarge => 3,
+            Self::BadRequest => 4,
+            Self::BodyTimeout => 5,
+            Self::RateLimited { .. } => 6,
+            Self::ClientConcurrency => 7,
+            Self::Overloaded => 8,
+            Self::KeyUnavailable => 9,
+            Self::AuditUnavailable => 10,
+            Self::UpstreamUnreachable => 11,
+            Self::UpstreamTimeout => 12,
+            Self::ShuttingDown => 13,
+        }
+    }
+
+    /// Whether this error can come from the upstream leg (for `nimgate_upstream_errors_total`).
+    pub fn is_upstream(self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamUnreachable
+                | Self::UpstreamTimeout
+                | Self::BodyTooLarge
+                | Self::BodyTimeout
+        )
+    }
+
     pub fn status_code(self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -92,7 +151,7 @@ impl GatewayError {
             Self::ClientConcurrency => (
                 "Too many concurrent requests for this API key.",
                 "rate_limit_error",
-                "rate_limit_exceeded",
+                "concurrency_limit_exceeded",
             ),
             Self::Overloaded => (
                 "The gateway is at capacity. Retry shortly.",
@@ -127,7 +186,7 @@ impl GatewayError {
         }
     }
 
-    /// Short stable name for metrics and audit `reason` fields.
+    /// Short stable name: the OpenAI error `code`, the metric `reason` label, the audit `reason`.
     pub fn code(self) -> &'static str {
         self.parts().2
     }
@@ -157,8 +216,141 @@ impl GatewayError {
             );
         }
         if let Some(id) = request_id {
-            h.insert(crate::proxy::headers::X_REQUEST_ID, id.clone());
+            h.insert(X_REQUEST_ID, id.clone());
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn all_lists_every_variant_once_with_a_unique_code() {
+        let mut codes = std::collections::HashSet::new();
+        for (i, e) in GatewayError::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i, "{e:?} is out of place in ALL");
+            assert!(codes.insert(e.code()), "duplicate code {}", e.code());
+            assert!(e
+                .code()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        assert_eq!(codes.len(), GatewayError::ALL.len());
+    }
+
+    #[tokio::test]
+    async fn error_table() {
+        let table: [(GatewayError, u16, &str, &str); 14] = [
+            (
+                GatewayError::Unauthenticated,
+                401,
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
+            (
+                GatewayError::NotFound,
+                404,
+                "invalid_request_error",
+                "not_found",
+            ),
+            (
+                GatewayError::MethodNotAllowed,
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
+            (
+                GatewayError::BodyTooLarge,
+                413,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            (
+                GatewayError::BadRequest,
+                400,
+                "invalid_request_error",
+                "bad_request",
+            ),
+            (
+                GatewayError::BodyTimeout,
+                408,
+                "invalid_request_error",
+                "request_timeout",
+            ),
+            (
+                GatewayError::RateLimited {
+                    retry_after_secs: 7,
+                },
+                429,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+            ),
+            (
+                GatewayError::ClientConcurrency,
+                429,
+                "rate_limit_error",
+                "concurrency_limit_exceeded",
+            ),
+            (GatewayError::Overloaded, 503, "server_error", "overloaded"),
+            (
+                GatewayError::KeyUnavailable,
+                503,
+                "server_error",
+                "credential_unavailable",
+            ),
+            (
+                GatewayError::AuditUnavailable,
+                503,
+                "server_error",
+                "audit_unavailable",
+            ),
+            (
+                GatewayError::UpstreamUnreachable,
+                502,
+                "server_error",
+                "upstream_unreachable",
+            ),
+            (
+                GatewayError::UpstreamTimeout,
+                504,
+                "server_error",
+                "upstream_timeout",
+            ),
+            (
+                GatewayError::ShuttingDown,
+                503,
+                "server_error",
+                "shutting_down",
+            ),
+        ];
+        let id = HeaderValue::from_static("rid-1");
+        for (e, status, kind, code) in table {
+            let resp = e.into_response(Some(&id));
+            assert_eq!(resp.status().as_u16(), status, "{e:?}");
+            let h = resp.headers().clone();
+            assert_eq!(h["content-type"], "application/json");
+            assert_eq!(h["x-request-id"], "rid-1");
+            assert_eq!(
+                h.contains_key("retry-after"),
+                status == 429 && code == "rate_limit_exceeded"
+            );
+            assert_eq!(h.contains_key("www-authenticate"), status == 401);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["type"], kind, "{e:?}");
+            assert_eq!(v["error"]["code"], code, "{e:?}");
+            assert!(v["error"]["param"].is_null());
+            assert!(v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+        }
+        let r = GatewayError::RateLimited {
+            retry_after_secs: 0,
+        }
+        .into_response(None);
+        assert_eq!(r.headers()["retry-after"], "1");
     }
 }

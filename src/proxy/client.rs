@@ -1,5 +1,5 @@
-//! The pooled upstream client (hyper-util legacy client, rustls for https). It never follows
-//! redirects; it only ever connects to the one configured upstream authority.
+//! The pooled connection to one upstream (hyper-util legacy client, rustls for https). It never
+//! follows redirects; it only ever connects to its one configured authority.
 
 use http::uri::{Authority, Scheme};
 use hyper_rustls::HttpsConnector;
@@ -8,12 +8,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 
-use super::body::RequestBody;
+use super::request_body::RequestBody;
 use crate::config::UpstreamConfig;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
-pub struct Upstream {
+pub struct Pool {
     pub client: UpstreamClient,
     pub scheme: Scheme,
     pub authority: Authority,
@@ -24,7 +24,7 @@ pub struct Upstream {
     pub host: Option<http::HeaderValue>,
 }
 
-impl Upstream {
+impl Pool {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
         let uri: http::Uri = cfg.url.parse().map_err(|e| format!("upstream.url: {e}"))?;
         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);

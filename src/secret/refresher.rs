@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{SecretErrorKind, SecretSource, SecretStore};
-use crate::audit::{Audit, Record};
+use crate::audit::{Audit, Event, Record};
 
 /// Least time between two on-demand (NIM said 401/403) fetches.
 const ON_DEMAND_MIN_GAP: Duration = Duration::from_secs(2);
@@ -70,7 +70,7 @@ pub async fn run(
                 match rotated {
                     Some(old) => {
                         tracing::info!(source = kind, key_version = %version, old_key_version = ?old.as_deref(), "NIM key loaded");
-                        let mut r = Record::event("secret_rotate");
+                        let mut r = Record::event(Event::SecretRotate);
                         r.source = Some(kind);
                         r.key_version = Some(version.into());
                         r.key_fingerprint = fp;
@@ -78,7 +78,7 @@ pub async fn run(
                         let _ = audit.record(r).await;
                     }
                     None if kind != "file" => {
-                        let mut r = Record::event("secret_fetch");
+                        let mut r = Record::event(Event::SecretFetch);
                         r.source = Some(kind);
                         r.key_version = Some(version.into());
                         r.key_fingerprint = fp;
@@ -93,21 +93,21 @@ pub async fn run(
                 let keeping = store.peek().is_some() && e.kind != SecretErrorKind::Forbidden;
                 // The same failure again (a file source re-reads every poll) is logged at debug
                 // level and not re-audited; a new kind of failure is.
-                if last_failure.as_deref() != Some(e.message.as_str()) {
+                if last_failure.as_deref() == Some(e.message.as_str()) {
+                    tracing::debug!(source = kind, error = %e.message, consecutive_failures = n, "NIM key fetch failed again");
+                } else {
                     tracing::error!(source = kind, error = %e.message, consecutive_failures = n, keeping_cached_key = keeping, "NIM key fetch failed");
-                    let mut r = Record::event("secret_failure");
+                    let mut r = Record::event(Event::SecretFailure);
                     r.source = Some(kind);
                     r.reason = Some(format!("{:?}", e.kind).to_lowercase());
                     r.detail = Some(e.message.clone());
                     let _ = audit.record(r).await;
                     last_failure = Some(e.message.clone());
-                } else {
-                    tracing::debug!(source = kind, error = %e.message, consecutive_failures = n, "NIM key fetch failed again");
                 }
                 if e.kind == SecretErrorKind::Forbidden {
                     if let Some(old) = store.evict() {
                         tracing::error!(source = kind, key_version = %old.version, "access to the NIM key was revoked: cached key evicted");
-                        let mut r = Record::event("secret_evict");
+                        let mut r = Record::event(Event::SecretEvict);
                         r.source = Some(kind);
                         r.key_version = Some(old.version.clone());
                         r.key_fingerprint = Some(old.fingerprint.clone());
@@ -120,11 +120,11 @@ pub async fn run(
         };
         store.attempt_finished();
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = store.refresh_requested() => {
+            () = tokio::time::sleep(delay) => {}
+            () = store.refresh_requested() => {
                 let since = last_on_demand.map(|t| t.elapsed());
                 if let Some(gap) = since.filter(|s| *s < ON_DEMAND_MIN_GAP) {
-                    tokio::time::sleep(ON_DEMAND_MIN_GAP - gap).await;
+                    tokio::time::sleep(ON_DEMAND_MIN_GAP.saturating_sub(gap)).await;
                 }
                 last_on_demand = Some(Instant::now());
             }

@@ -156,7 +156,7 @@ impl SecretStore {
     }
 
     pub(crate) async fn refresh_requested(&self) {
-        self.refresh_wanted.notified().await
+        self.refresh_wanted.notified().await;
     }
 
     /// Ask the refresher for an immediate fetch and wait (up to `wait`) for a key newer than

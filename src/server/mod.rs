@@ -1,41 +1,51 @@
-//! Listeners: the client listener (HTTP/1.1 + h2c, or TLS with ALPN h2/http1.1 via hyper-util's
-//! auto builder) and the admin listener; graceful drain on shutdown.
+//! Listeners and the process lifecycle: bind, start the audit trail and the secret refreshers,
+//! accept client connections (`conn` serves each), run the admin listener, and on SIGTERM/SIGINT
+//! drain in the order a load balancer needs (`/readyz` 503 while still accepting for
+//! `drain_delay`, then stop accepting and let in-flight streams finish for `shutdown_grace`).
 
-use hyper::body::Incoming;
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+mod conn;
+
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tower::Service;
+use tokio::sync::{watch, Semaphore};
 
-use crate::app;
+use crate::app::{self, App};
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::error::InitError;
 use crate::health;
-use crate::proxy::RemoteAddr;
-use crate::stall::StallTimeout;
+use conn::ConnSettings;
+
+/// Bind `addr`; a failure names the setting it came from (exit 69).
+pub async fn bind(
+    field: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<TcpListener, InitError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| InitError::Bind {
+            field,
+            addr,
+            source,
+        })
+}
 
 /// Bind both listeners from config, run until SIGTERM/SIGINT.
-pub async fn serve(cfg: Config) -> Result<(), String> {
-    let listener = TcpListener::bind(cfg.server.listen)
-        .await
-        .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
-    let admin = TcpListener::bind(cfg.admin.listen)
-        .await
-        .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen))?;
+pub async fn serve(cfg: Config) -> Result<(), InitError> {
+    let listener = bind("server.listen", cfg.server.listen).await?;
+    let admin = bind("admin.listen", cfg.admin.listen).await?;
     run(cfg, listener, admin, shutdown_signal()).await
 }
 
+/// Resolves on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => {},
@@ -48,35 +58,83 @@ pub async fn run(
     cfg: Config,
     listener: TcpListener,
     admin: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
-    let (audit, writer) =
-        Audit::start(&cfg.audit).map_err(|e| format!("audit.path {}: {e}", cfg.audit.path))?;
-    let (app, source) = app::build(&cfg, audit.clone())?;
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), InitError> {
+    let (audit, writer) = Audit::start(&cfg.audit).map_err(|source| InitError::AuditIo {
+        path: cfg.audit.path.clone().into(),
+        source,
+    })?;
+    let (app, sources) = app::build(&cfg, audit.clone())?;
     let app = Arc::new(app);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let refresher = tokio::spawn(crate::secret::refresher::run(
-        source,
-        app.store.clone(),
-        audit.clone(),
-        stop_rx.clone(),
-    ));
+    let refreshers: Vec<_> = sources
+        .into_iter()
+        .map(|(store, source)| {
+            tokio::spawn(crate::secret::refresher::run(
+                source,
+                store,
+                audit.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-            c, k,
-        )?)),
+        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(c, k).map_err(InitError::Config)?,
+        )),
         _ => None,
     };
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| InitError::Software(format!("server.listen: {e}")))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| InitError::Software(format!("admin.listen: {e}")))?;
     tracing::info!(listen = %addr, admin = %admin_addr, tls = tls.is_some(), upstream = %cfg.upstream.url, clients = app.clients, "nimgate serving");
     let admin_task = tokio::spawn(health::serve_admin(admin, app.clone(), stop_rx.clone()));
 
-    let h1 = conn_builder(&cfg).http1_only();
-    let h2 = conn_builder(&cfg).http2_only();
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_connections));
-    tokio::pin!(shutdown);
+    let settings = ConnSettings::new(&cfg.limits, tls);
+    let connections = Arc::new(Semaphore::new(cfg.limits.max_connections));
+    let accept = |stop| accept_loop(&listener, &app, &settings, &graceful, &connections, stop);
+    accept(Box::pin(shutdown)).await;
+    // Draining: unready first, still accepting, so the load balancer moves away before the port
+    // closes (Kubernetes removes the endpoint asynchronously).
+    app.draining.store(true, Ordering::Release);
+    let delay = cfg.server.drain_delay;
+    if !delay.is_zero() {
+        tracing::info!(drain_delay = ?delay, "shutting down: /readyz is 503, still accepting");
+        accept(Box::pin(tokio::time::sleep(delay))).await;
+    }
+    drop(listener);
+    tracing::info!(grace = ?cfg.server.shutdown_grace, "listener closed: draining in-flight requests");
+    if tokio::time::timeout(cfg.server.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over: closing remaining connections");
+    }
+    let _ = stop_tx.send(true);
+    for r in refreshers {
+        let _ = r.await;
+    }
+    let _ = admin_task.await;
+    // Everything queued is written and synced; the writer thread ends with the process.
+    let flushed = audit.flush().await;
+    drop(writer);
+    tracing::info!(audit_flushed = flushed, "stopped");
+    Ok(())
+}
+
+/// Accept connections until `stop` resolves; each is served on its own task.
+async fn accept_loop(
+    listener: &TcpListener,
+    app: &Arc<App>,
+    settings: &ConnSettings,
+    graceful: &GracefulShutdown,
+    connections: &Arc<Semaphore>,
+    mut stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>,
+) {
     loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -87,126 +145,23 @@ pub async fn run(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            () = &mut stop => return,
         };
         // `limits.max_connections`: beyond it a new connection is closed at once, so idle
         // connections (an HTTP/2 peer that only answers pings) cannot exhaust descriptors.
-        let Ok(conn_permit) = connections.clone().try_acquire_owned() else {
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "max_connections reached: connection refused");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = app.service.clone();
-        let remote = RemoteAddr::new(remote);
-        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(remote.clone());
-            svc.clone().call(req)
-        });
-        let (h1, h2) = (h1.clone(), h2.clone());
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        let (first_bytes, send_timeout) = (cfg.limits.header_read_timeout, cfg.limits.send_timeout);
-        // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
-        // path applies the http1 builder's `max_buf_size` (431 on oversized heads; see
-        // tests/security.rs). No upgrade is ever granted: `Upgrade` is stripped, no 101 is sent.
-        macro_rules! serve {
-            ($io:expr, $is_h2:expr) => {
-                if $is_h2 {
-                    let _ = watcher
-                        .watch(h2.serve_connection($io, svc).into_owned())
-                        .await;
-                } else {
-                    let conn = h1.serve_connection_with_upgrades($io, svc).into_owned();
-                    let _ = watcher.watch(conn).await;
-                }
-            };
-        }
-        tokio::spawn(async move {
-            let _conn_permit = conn_permit;
-            // The protocol is settled before hyper sees the connection, within the header-read
-            // timeout, so a client that sends nothing (or half an h2 preface) cannot hold it.
-            match tls {
-                None => {
-                    let Some(is_h2) = detect_h2(&stream, first_bytes).await else {
-                        return;
-                    };
-                    serve!(TokioIo::new(StallTimeout::new(stream, send_timeout)), is_h2);
-                }
-                Some(acceptor) => {
-                    let stream = StallTimeout::new(stream, send_timeout);
-                    let Ok(Ok(tls_stream)) =
-                        tokio::time::timeout(first_bytes, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve!(TokioIo::new(tls_stream), is_h2);
-                }
-            }
-        });
+        tokio::spawn(conn::serve(
+            stream,
+            remote,
+            app.service.clone(),
+            settings.clone(),
+            graceful.watcher(),
+            permit,
+        ));
     }
-    drop(listener);
-    tracing::info!(grace = ?cfg.server.shutdown_grace, "shutting down: draining in-flight requests");
-    if tokio::time::timeout(cfg.server.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over: closing remaining connections");
-    }
-    let _ = stop_tx.send(true);
-    let _ = refresher.await;
-    let _ = admin_task.await;
-    // Everything queued is written and synced; the writer thread ends with the process.
-    let flushed = audit.flush().await;
-    drop(writer);
-    tracing::info!(audit_flushed = flushed, "stopped");
-    Ok(())
-}
-
-/// Wait (up to `limit`) for enough bytes to tell an HTTP/2 prior-knowledge preface from HTTP/1.
-/// `None`: the client closed, errored or was too slow.
-async fn detect_h2(stream: &tokio::net::TcpStream, limit: Duration) -> Option<bool> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut buf = [0u8; 24];
-    tokio::time::timeout(limit, async {
-        loop {
-            let n = stream.peek(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            if buf[..n] != PREFACE[..n] {
-                return Some(false);
-            }
-            if n == PREFACE.len() {
-                return Some(true);
-            }
-            // A partial preface: peek returns at once, so wait a little for the rest.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-fn conn_builder(cfg: &Config) -> auto::Builder<TokioExecutor> {
-    let l = &cfg.limits;
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(l.header_read_timeout)
-        .max_buf_size(l.max_header_bytes.max(8192))
-        .max_headers(l.max_headers)
-        .keep_alive(true)
-        .half_close(false);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(l.max_h2_streams)
-        .max_header_list_size(l.max_header_bytes as u32)
-        .max_pending_accept_reset_streams(Some(32))
-        .max_local_error_reset_streams(Some(256))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    b
 }

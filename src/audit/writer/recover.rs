@@ -1,0 +1,106 @@
+//! Opening the audit file and recovering the chain head from its last complete line (or from the
+//! newest rotated file when the current one is empty); a torn final line from a crash is cut off.
+
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use super::{rotated_name, Chain, GENESIS};
+
+pub(super) fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+}
+
+/// Open for append; find `seq` and hash of the last complete line (in this file or, if it is
+/// empty, in `path.1`), truncating a torn final line left by a crash.
+pub(super) fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
+    let mut file = open_append(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok((
+            file,
+            0,
+            Chain {
+                next_seq: 0,
+                prev: GENESIS.into(),
+            },
+        ));
+    }
+    let mut len = meta.len();
+    let mut last = last_line(&mut file, len)?;
+    if let Some((ref line, complete_len)) = last {
+        if complete_len < len {
+            tracing::warn!(path = %path.display(), torn_bytes = len - complete_len, "audit file ends in a torn line; truncating it");
+            file.set_len(complete_len)?;
+            len = complete_len;
+        }
+        if line.is_empty() {
+            last = None;
+        }
+    }
+    if last.is_none() {
+        let rotated = rotated_name(path, 1);
+        if let Ok(mut f) = File::open(&rotated) {
+            let l = f.metadata()?.len();
+            last = last_line(&mut f, l)?;
+        }
+    }
+    let chain = match last {
+        Some((line, _)) if !line.is_empty() => {
+            #[derive(serde::Deserialize)]
+            struct Seq {
+                seq: u64,
+            }
+            let seq: Seq = serde_json::from_slice(&line).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("last audit line is not a record: {e}"),
+                )
+            })?;
+            Chain {
+                next_seq: seq.seq + 1,
+                prev: hex::encode(Sha256::digest(&line)),
+            }
+        }
+        _ => Chain {
+            next_seq: 0,
+            prev: GENESIS.into(),
+        },
+    };
+    Ok((file, len, chain))
+}
+
+/// The last complete line (without '\n') and the length of the file up to its end.
+fn last_line(file: &mut File, len: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::with_capacity((len - start) as usize);
+        Read::by_ref(file)
+            .take(len - start)
+            .read_to_end(&mut tail)?;
+        // End of the last complete line.
+        let Some(end) = tail.iter().rposition(|&b| b == b'\n') else {
+            if start == 0 {
+                return Ok(Some((Vec::new(), 0)));
+            }
+            window *= 4;
+            continue;
+        };
+        let line_start = tail[..end].iter().rposition(|&b| b == b'\n').map(|i| i + 1);
+        match line_start {
+            Some(s) => return Ok(Some((tail[s..end].to_vec(), start + end as u64 + 1))),
+            None if start == 0 => return Ok(Some((tail[..end].to_vec(), end as u64 + 1))),
+            None => window *= 4,
+        }
+    }
+}

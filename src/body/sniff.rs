@@ -1,0 +1,217 @@
+//! Watches response bytes go by for `usage` and `model`, without holding up any of them: a JSON
+//! response keeps refcounted clones of at most 1 MiB of chunks and parses them once at the end;
+//! an SSE stream is scanned line by line and only `data:` lines that can carry what is still
+//! missing are parsed.
+
+use bytes::{Bytes, BytesMut};
+use std::borrow::Cow;
+
+use crate::audit::Usage;
+
+/// Largest non-streamed response whose `usage` is read (larger ones are forwarded unread).
+const JSON_SNIFF_MAX: usize = 1 << 20;
+/// Longest SSE line kept across chunk boundaries.
+const SSE_LINE_MAX: usize = 256 * 1024;
+
+pub enum Sniffer {
+    Json {
+        chunks: Vec<Bytes>,
+        size: usize,
+        overflow: bool,
+    },
+    Sse {
+        carry: BytesMut,
+        usage: Option<Usage>,
+        model: Option<String>,
+    },
+}
+
+#[derive(serde::Deserialize)]
+struct UsageProbe<'a> {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+}
+
+impl Sniffer {
+    pub fn json() -> Self {
+        Self::Json {
+            chunks: Vec::new(),
+            size: 0,
+            overflow: false,
+        }
+    }
+
+    pub fn sse() -> Self {
+        Self::Sse {
+            carry: BytesMut::new(),
+            usage: None,
+            model: None,
+        }
+    }
+
+    pub fn feed(&mut self, d: &Bytes) {
+        match self {
+            Self::Json {
+                chunks,
+                size,
+                overflow,
+            } => {
+                if *overflow {
+                    return;
+                }
+                *size += d.len();
+                if *size > JSON_SNIFF_MAX {
+                    *overflow = true;
+                    chunks.clear();
+                } else {
+                    chunks.push(d.clone());
+                }
+            }
+            Self::Sse {
+                carry,
+                usage,
+                model,
+            } => {
+                let mut rest: &[u8] = d;
+                while let Some(nl) = memchr::memchr(b'\n', rest) {
+                    let line: &[u8] = if carry.is_empty() {
+                        &rest[..nl]
+                    } else {
+                        carry.extend_from_slice(&rest[..nl]);
+                        &carry[..]
+                    };
+                    scan_sse_line(line, usage, model);
+                    carry.clear();
+                    rest = &rest[nl + 1..];
+                }
+                if !rest.is_empty() && carry.len() + rest.len() <= SSE_LINE_MAX {
+                    carry.extend_from_slice(rest);
+                }
+            }
+        }
+    }
+
+    /// What was found: (usage, model).
+    pub fn result(&mut self) -> (Option<Usage>, Option<String>) {
+        match self {
+            Self::Json {
+                chunks,
+                overflow: false,
+                ..
+            } if !chunks.is_empty() => {
+                let probe = |b: &[u8]| {
+                    serde_json::from_slice::<UsageProbe>(b)
+                        .map_or((None, None), |p| (p.usage, p.model.map(String::from)))
+                };
+                if let [one] = chunks.as_slice() {
+                    return probe(one);
+                }
+                let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+                for c in chunks.drain(..) {
+                    all.extend_from_slice(&c);
+                }
+                probe(&all)
+            }
+            Self::Json { .. } => (None, None),
+            Self::Sse { usage, model, .. } => (usage.take(), model.take()),
+        }
+    }
+}
+
+fn scan_sse_line(line: &[u8], usage: &mut Option<Usage>, model: &mut Option<String>) {
+    let Some(payload) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    let payload = payload.strip_prefix(b" ").unwrap_or(payload);
+    let payload = payload.strip_suffix(b"\r").unwrap_or(payload);
+    if payload == b"[DONE]" {
+        return;
+    }
+    let want_model = model.is_none();
+    let has_usage = memchr::memmem::find(payload, b"\"usage\"").is_some();
+    if !want_model && !has_usage {
+        return;
+    }
+    if let Ok(p) = serde_json::from_slice::<UsageProbe>(payload) {
+        if want_model {
+            *model = p.model.map(String::from);
+        }
+        if let Some(u) = p.usage {
+            *usage = Some(u);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(p: u64, c: u64) -> Usage {
+        Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: p + c,
+        }
+    }
+
+    #[test]
+    fn json_usage_across_chunks() {
+        let mut s = Sniffer::json();
+        let body =
+            br#"{"model":"m1","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        for part in body.chunks(5) {
+            s.feed(&Bytes::copy_from_slice(part));
+        }
+        assert_eq!(s.result(), (Some(usage(3, 4)), Some("m1".into())));
+    }
+
+    #[test]
+    fn json_missing_fields_default_to_zero_and_bad_json_is_ignored() {
+        let mut s = Sniffer::json();
+        s.feed(&Bytes::from_static(br#"{"usage":{"prompt_tokens":9}}"#));
+        assert_eq!(
+            s.result().0,
+            Some(usage(9, 0)).map(|mut u| {
+                u.total_tokens = 0;
+                u
+            })
+        );
+        let mut s = Sniffer::json();
+        s.feed(&Bytes::from_static(b"{not json"));
+        assert_eq!(s.result(), (None, None));
+    }
+
+    #[test]
+    fn json_over_the_cap_is_not_read() {
+        let mut s = Sniffer::json();
+        s.feed(&Bytes::from(vec![b' '; JSON_SNIFF_MAX]));
+        s.feed(&Bytes::from_static(br#"{"usage":{"prompt_tokens":1}}"#));
+        assert_eq!(s.result(), (None, None));
+    }
+
+    #[test]
+    fn sse_usage_from_the_last_chunk_with_lines_split_across_frames() {
+        let mut s = Sniffer::sse();
+        let stream = concat!(
+            "data: {\"model\":\"m2\",\"choices\":[]}\r\n\r\n",
+            "data: {\"choices\":[],\"usage\":null}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6,\"total_tokens\":11}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for part in stream.as_bytes().chunks(7) {
+            s.feed(&Bytes::copy_from_slice(part));
+        }
+        assert_eq!(s.result(), (Some(usage(5, 6)), Some("m2".into())));
+    }
+
+    #[test]
+    fn sse_non_data_lines_and_comments_are_skipped() {
+        let mut s = Sniffer::sse();
+        s.feed(&Bytes::from_static(
+            b": keep-alive\nevent: x\nid: 1\ndata:{\"model\":\"m3\"}\n",
+        ));
+        assert_eq!(s.result(), (None, Some("m3".into())));
+    }
+}

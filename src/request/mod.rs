@@ -1,0 +1,104 @@
+//! Request-context types shared by the layers and the proxy: the request id, the client's address,
+//! the method's name for records, and `ReqInfo`, what every audit record of one request shares.
+//! Who produces what (see `app.rs`): the server inserts `RemoteAddr` per connection,
+//! `RequestIdLayer` inserts `RequestId`, `AuthLayer` inserts `auth::Principal`.
+
+mod id_layer;
+
+pub use id_layer::{RequestIdLayer, RequestIdService};
+
+use http::{HeaderValue, Method};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::audit::{Event, Record};
+
+/// The request id, set by `RequestIdLayer` (client's if valid, else generated).
+#[derive(Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// The client's socket address as records show it, set by the server per connection (formatted
+/// once per connection, not per request).
+#[derive(Clone)]
+pub struct RemoteAddr(pub Arc<str>);
+
+impl RemoteAddr {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        Self(addr.to_string().into())
+    }
+}
+
+/// A method's name for audit records (no allocation for the standard ones).
+pub fn method_name(m: &Method) -> Cow<'static, str> {
+    const STANDARD: [(Method, &str); 7] = [
+        (Method::POST, "POST"),
+        (Method::GET, "GET"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+    ];
+    match STANDARD.iter().find(|(s, _)| s == m) {
+        Some((_, name)) => Cow::Borrowed(name),
+        None => Cow::Owned(m.as_str().to_owned()),
+    }
+}
+
+/// A request path as recorded when it could not be normalised: at most 512 characters.
+pub fn truncated_path(p: &str) -> Arc<str> {
+    match p.char_indices().nth(512) {
+        Some((i, _)) => Arc::from(&p[..i]),
+        None => Arc::from(p),
+    }
+}
+
+/// Milliseconds since `start`, rounded to microseconds, for `duration_ms`.
+pub fn ms(start: Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// What every audit record of one request shares (cheap to clone: `Arc`s).
+#[derive(Clone)]
+pub struct ReqInfo {
+    pub start: Instant,
+    pub request_id: HeaderValue,
+    pub id_text: Option<Arc<str>>,
+    pub client_id: Arc<str>,
+    pub remote: Option<Arc<str>>,
+    pub method: Cow<'static, str>,
+    /// Normalised, or (when it cannot be) the raw path cut to 512 characters.
+    pub path: Arc<str>,
+}
+
+impl ReqInfo {
+    pub fn record(&self, event: Event) -> Record {
+        let mut r = Record::event(event);
+        r.request_id = self.id_text.clone();
+        r.client_id = Some(self.client_id.clone());
+        r.remote_addr = self.remote.clone();
+        r.method = Some(self.method.clone());
+        r.path = Some(self.path.clone());
+        r
+    }
+
+    pub fn elapsed_ms(&self) -> f64 {
+        ms(self.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_and_truncation() {
+        assert!(matches!(method_name(&Method::POST), Cow::Borrowed("POST")));
+        let m = Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(method_name(&m), "PROPFIND");
+        let long = "é".repeat(600);
+        assert_eq!(truncated_path(&long).chars().count(), 512);
+        assert_eq!(&*truncated_path("/v1/x"), "/v1/x");
+    }
+}

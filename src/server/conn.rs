@@ -1,0 +1,141 @@
+//! One client connection: TLS handshake (if configured) or the HTTP/2-preface sniff, both within
+//! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
+//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request.
+
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tower::Service;
+
+use crate::app::GatewayService;
+use crate::config::LimitsConfig;
+use crate::request::RemoteAddr;
+use crate::stall::StallTimeout;
+
+/// Everything a connection task needs, cloned once per connection.
+#[derive(Clone)]
+pub struct ConnSettings {
+    pub h1: auto::Builder<TokioExecutor>,
+    pub h2: auto::Builder<TokioExecutor>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub first_bytes: Duration,
+    pub send_timeout: Duration,
+}
+
+impl ConnSettings {
+    pub fn new(l: &LimitsConfig, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        Self {
+            h1: builder(l).http1_only(),
+            h2: builder(l).http2_only(),
+            tls,
+            first_bytes: l.header_read_timeout,
+            send_timeout: l.send_timeout,
+        }
+    }
+}
+
+/// Serve one accepted connection until it closes (or the graceful watcher ends it).
+pub async fn serve(
+    stream: TcpStream,
+    remote: std::net::SocketAddr,
+    svc: GatewayService,
+    s: ConnSettings,
+    watcher: Watcher,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let remote = RemoteAddr::new(remote);
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(remote.clone());
+        svc.clone().call(req)
+    });
+    // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
+    // path applies the http1 builder's `max_buf_size` (431 on oversized heads; see
+    // tests/security.rs). No upgrade is ever granted: `Upgrade` is stripped, no 101 is sent.
+    macro_rules! serve {
+        ($io:expr, $is_h2:expr) => {
+            if $is_h2 {
+                let _ = watcher
+                    .watch(s.h2.serve_connection($io, svc).into_owned())
+                    .await;
+            } else {
+                let conn = s.h1.serve_connection_with_upgrades($io, svc).into_owned();
+                let _ = watcher.watch(conn).await;
+            }
+        };
+    }
+    // The protocol is settled before hyper sees the connection, within the header-read
+    // timeout, so a client that sends nothing (or half an h2 preface) cannot hold it.
+    match s.tls.clone() {
+        None => {
+            let Some(is_h2) = detect_h2(&stream, s.first_bytes).await else {
+                return;
+            };
+            serve!(
+                TokioIo::new(StallTimeout::new(stream, s.send_timeout)),
+                is_h2
+            );
+        }
+        Some(acceptor) => {
+            let stream = StallTimeout::new(stream, s.send_timeout);
+            let Ok(Ok(tls_stream)) =
+                tokio::time::timeout(s.first_bytes, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve!(TokioIo::new(tls_stream), is_h2);
+        }
+    }
+}
+
+/// Wait (up to `limit`) for enough bytes to tell an HTTP/2 prior-knowledge preface from HTTP/1.
+/// `None`: the client closed, errored or was too slow.
+async fn detect_h2(stream: &TcpStream, limit: Duration) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    tokio::time::timeout(limit, async {
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != PREFACE[..n] {
+                return Some(false);
+            }
+            if n == PREFACE.len() {
+                return Some(true);
+            }
+            // A partial preface: peek returns at once, so wait a little for the rest.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+fn builder(l: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.header_read_timeout)
+        .max_buf_size(l.max_header_bytes.max(8192))
+        .max_headers(l.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(l.max_h2_streams)
+        .max_header_list_size(l.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
