@@ -2,6 +2,7 @@
 //! servers that omit fields), and `CallError`, whose messages never carry a request or a body.
 
 use rustify::enums::{RequestMethod, RequestType, ResponseType};
+use std::time::Duration;
 use serde_json::Value;
 use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
@@ -105,4 +106,35 @@ pub(super) async fn call(
         body,
     };
     Ok(vaultrs::api::exec_with_no_result(client, ep).await?)
+}
+
+/// The HTTP client for Vault calls, replacing the one vaultrs builds: the same TLS settings
+/// (rustls, `ca_file` added to the system roots, a timeout per call), but **no redirects** (a
+/// 3xx from the Vault address would otherwise replay `X-Vault-Token`, or a login body with its
+/// secret-id or JWT, to wherever `Location` points) and **no proxy from the environment**
+/// (`HTTPS_PROXY` would route the token through a host nobody configured).
+pub(super) fn http_client(
+    address: &str,
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<rustify::clients::reqwest::Client, String> {
+    let mut b = reqwest::ClientBuilder::new()
+        .tls_backend_rustls()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout);
+    if address.starts_with("http://") {
+        // As vaultrs does (reqwest#2988): no TLS roots are needed for plain http.
+        b = b.tls_certs_only(Vec::new());
+    } else if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("secret.ca_file {}: {}", path.display(), e.kind()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|_| format!("secret.ca_file {}: not a PEM certificate bundle", path.display()))?;
+        b = b.tls_certs_merge(certs);
+    }
+    let http = b
+        .build()
+        .map_err(|e| format!("secret: cannot build the Vault HTTP client: {e}"))?;
+    Ok(rustify::clients::reqwest::Client::new(address, http))
 }

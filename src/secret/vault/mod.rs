@@ -59,8 +59,9 @@ impl VaultSource {
             .timeout(Some(cfg.timeout))
             .namespace(cfg.namespace.clone());
         let settings = b.build().map_err(|e| format!("secret.address: {e}"))?;
-        let client = VaultClient::new(settings)
+        let mut client = VaultClient::new(settings)
             .map_err(|e| format!("secret: cannot build Vault client: {e}"))?;
+        client.http = client::http_client(&cfg.address, cfg.ca_file.as_deref(), cfg.timeout)?;
         Ok(Self {
             cfg: cfg.clone(),
             client,
