@@ -11,6 +11,7 @@
 #   render      renders every overlay with `kubectl kustomize` (or `kustomize build`) and
 #               checks deploy/kubernetes/rendered/<overlay>.yaml match. Without either tool
 #               the committed rendered files are validated as they are (freshness unchecked).
+#               Also builds each overlay with the optional components/servicemonitor.
 #   schema      kubernetes-validate --strict against Kubernetes 1.30 (oldest supported:
 #               native sidecars) and 1.37 (newest the package ships), offline schemas, on the
 #               rendered overlays and the negative fixtures.
@@ -124,6 +125,19 @@ render() {
       echo "#   kubectl apply -k deploy/kubernetes/overlays/${o}   (or: kubectl apply -f this file)"
       "${renderer[@]}" "deploy/kubernetes/overlays/${o}"
     } > "$WORK/rendered/${o}.yaml"
+  done
+  # The optional components (not in rendered/) must compose with every overlay.
+  local rel c components=(servicemonitor)
+  for c in "${components[@]}"; do
+    for o in "${OVERLAYS[@]}"; do
+      mkdir -p "$WORK/compose/${o}-${c}"
+      rel=$(realpath --relative-to="$WORK/compose/${o}-${c}" deploy/kubernetes)
+      printf '%s\n' "apiVersion: kustomize.config.k8s.io/v1beta1" "kind: Kustomization" \
+        "namespace: nimgate" "resources:" "  - ${rel}/overlays/${o}" "components:" \
+        "  - ${rel}/components/${c}" >"$WORK/compose/${o}-${c}/kustomization.yaml"
+      "${renderer[@]}" "$WORK/compose/${o}-${c}" >"$WORK/compose/${o}-${c}.yaml"
+    done
+    echo "components/${c} composes with overlays ${OVERLAYS[*]}"
   done
   if ((UPDATE)); then
     mkdir -p "$RENDERED"

@@ -30,6 +30,23 @@ the rendered overlays as wholes:
 * Topology: sidecar keeps the NIM unexposed; standalone has >= 2 replicas, PDB, HPA,
   anti-affinity and a NetworkPolicy letting only nimgate reach the NIM; the Vault Agent overlay
   writes the key to memory and nimgate holds no Vault token there.
+* Command lines: no `NAME=` assignment of a secret-named variable in a container's command or
+  args, with ONE allowed exception: the model download Job (Job nim-model-download, container
+  download) may `export NGC_API_KEY="$(cat FILE)"` where FILE sits on a read-only mounted,
+  memory-backed volume. NIM's downloader takes its NGC key from that variable only; reading it
+  from the Vault Agent's tmpfs file inside the shell keeps it out of the manifest (pod spec,
+  etcd, `kubectl describe`) and confines it to that short-lived process (ALLOWED_FILE_TO_ENV).
+* Image pulls: every pod running an nvcr.io image names the docker-registry Secret ngc-registry
+  in imagePullSecrets; no other pod does; no container, volume or env refers to that Secret.
+* Model cache: the download Job and the serving NIMs use the same profile ConfigMap and cache
+  volume; only the Job has the NGC key, Vault identity and egress.
+* Shutdown: nimgate is a regular container; each pod's terminationGracePeriodSeconds covers
+  drain_delay + shutdown_grace + margin; in the sidecar pods the NIM's preStop sleep outlasts
+  nimgate's drain.
+* Vault CA: whatever talks to Vault mounts the ConfigMap vault-ca read-only where its config
+  (`ca_file`, agent `ca_cert`) points.
+* The optional ServiceMonitor component: a minimal monitoring.coreos.com/v1 schema check, and
+  its selector and port match the metrics Service and the pods' admin port.
 * Negative fixtures: each file in deploy/tests/fixtures/ declares `# expect: <text>` and must be
   rejected with a violation containing that text, so the checks can be seen to fail.
 """
@@ -75,6 +92,13 @@ SECRET_VALUE = re.compile(
 SECRET_ARG = re.compile(r"--?[A-Za-z_-]*(key|token|secret|password|passwd)[A-Za-z_-]*=\S", re.I)
 SECRETISH_PATH = re.compile(r"secret|vault|token|cred|(^|[-_/.])keys?($|[-_/.])", re.I)
 MEMORY_BACKED = {"secret", "projected"}
+# `NAME=` (optionally after `export`) of a secret-named environment variable in a command line.
+SECRET_ASSIGN = re.compile(r'(?:^|[\s;&|(])(?:export\s+)?([A-Z][A-Z0-9_]*)=("[^"]*"|\S*)')
+# The one place a secret may go from a file into an env var, inside the container's shell:
+# (workload, container, variable). See the module docstring.
+ALLOWED_FILE_TO_ENV = {("Job/nim-model-download", "download", "NGC_API_KEY")}
+FILE_TO_ENV_VALUE = re.compile(r'"\$\(cat (/[^)\s"]+)\)"')
+NGC_PULL_SECRET = "ngc-registry"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod", "CronJob"}
 
 # nimgate config keys, per table (the design contract; see src/config/types.rs).
@@ -194,6 +218,25 @@ def env_violations(doc: dict, configmaps: dict[str, dict] | None = None) -> list
         for arg in [*(c.get("command") or []), *(c.get("args") or [])]:
             if SECRET_ARG.search(str(arg)) or looks_secret_value(str(arg)):
                 out.append(f"{where}: command-line argument looks like a secret")
+            out += _command_assignments(doc, spec, c, str(arg), where)
+    return out
+
+
+def _command_assignments(doc, spec, c, text, where) -> list[str]:
+    out = []
+    for m in SECRET_ASSIGN.finditer(text):
+        var, value = m.group(1), m.group(2)
+        if not SECRET_NAME.search(var):
+            continue
+        if (name_of(doc), c.get("name"), var) not in ALLOWED_FILE_TO_ENV:
+            out.append(f"{where}: command line sets secret-named variable {var}")
+            continue
+        f = FILE_TO_ENV_VALUE.fullmatch(value)
+        if not f:
+            out.append(f"{where}: {var} may only be read from a file: {var}=\"$(cat FILE)\"")
+            continue
+        volumes = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
+        out += _file_on_memory(c, volumes, f.group(1), where, var)
     return out
 
 
@@ -442,7 +485,7 @@ def test_nimgate_configs_use_known_keys_only():
     bad = []
     for f in sorted(K8S.rglob("*.toml")):
         bad += config_violations(f.read_text(encoding="utf-8"), str(f.relative_to(DEPLOY)))
-    for f in sorted((DEPLOY / "vault").glob("*.toml")):
+    for f in sorted([*(DEPLOY / "vault").glob("*.toml"), *(DEPLOY / "docker").glob("*.toml")]):
         bad += config_violations(f.read_text(encoding="utf-8"), str(f.relative_to(DEPLOY)))
     assert not bad, "\n".join(bad)
 
@@ -537,6 +580,230 @@ def test_vault_policy_reads_one_path():
     assert paths == ["secret/data/nim/prod/model-a"], paths
     caps = re.findall(r"capabilities\s*=\s*\[([^\]]*)\]", code)
     assert [c.replace(" ", "") for c in caps] == ['"read"'], caps
+
+
+def _nimgate_config(docs) -> dict:
+    return tomllib.loads(next(d for d in docs if d.get("kind") == "ConfigMap"
+                              and "nimgate.toml" in d.get("data", {}))["data"]["nimgate.toml"])
+
+
+def seconds(text: str) -> float:
+    """A nimgate duration ("250ms", "5s", "1m 30s") in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)", text)
+    assert parts and "".join(n + u for n, u in parts) == re.sub(r"\s", "", text), text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _uses_ngc_image(spec) -> bool:
+    return any(str(c.get("image", "")).startswith("nvcr.io/") for c in containers(spec))
+
+
+def _secret_refs(spec) -> set[str]:
+    """Secrets a pod's containers can read: volumes (secret, projected) and env."""
+    refs = set()
+    for v in spec.get("volumes") or []:
+        if "secret" in v:
+            refs.add(v["secret"].get("secretName"))
+        for src in (v.get("projected") or {}).get("sources") or []:
+            if "secret" in src:
+                refs.add(src["secret"].get("name"))
+    for c in containers(spec):
+        for e in c.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                refs.add(ref.get("name"))
+        for ef in c.get("envFrom") or []:
+            if ef.get("secretRef"):
+                refs.add(ef["secretRef"].get("name"))
+    return refs
+
+
+def test_image_pull_secret_for_nvcr_images_only_used_by_the_kubelet():
+    for o in OVERLAYS:
+        for d in rendered(o):
+            spec = pod_spec(d)
+            if spec is None:
+                continue
+            pulls = [s.get("name") for s in spec.get("imagePullSecrets") or []]
+            if _uses_ngc_image(spec):
+                assert NGC_PULL_SECRET in pulls, f"{o}: {name_of(d)} pulls from nvcr.io " \
+                    f"without imagePullSecrets {NGC_PULL_SECRET}"
+            else:
+                assert NGC_PULL_SECRET not in pulls, f"{o}: {name_of(d)} needs no NGC pull secret"
+            assert NGC_PULL_SECRET not in _secret_refs(spec), \
+                f"{o}: {name_of(d)} exposes the pull secret to a container"
+
+
+def _job(docs, name):
+    return next(d for d in docs if d.get("kind") == "Job" and d["metadata"]["name"] == name)
+
+
+def _env_ref(c, var):
+    e = next(e for e in c.get("env") or [] if e["name"] == var)
+    return e.get("value") or (e.get("valueFrom") or {}).get("configMapKeyRef", {}).get("name")
+
+
+def _claim_at(spec, c, path):
+    vols = {v["name"]: v for v in spec.get("volumes") or []}
+    m = mount_for(c, path)
+    assert m and m["mountPath"] == path, f"{c['name']}: nothing mounted at {path}"
+    return (vols[m["name"]].get("persistentVolumeClaim") or {}).get("claimName")
+
+
+def test_model_download_job_has_the_ngc_key_and_the_serving_nim_none():
+    for o in OVERLAYS:
+        docs = rendered(o)
+        job = _job(docs, "nim-model-download")
+        spec = pod_spec(job)
+        assert spec["restartPolicy"] == "Never" and job["spec"].get("ttlSecondsAfterFinished")
+        assert job["spec"].get("activeDeadlineSeconds") and job["spec"]["backoffLimit"] <= 5
+        assert spec["serviceAccountName"] == "nim-model-download"
+        dl = _container(spec, "download")
+        script = "\n".join(map(str, [*dl.get("command", []), *dl.get("args", [])]))
+        assert 'export NGC_API_KEY="$(cat /vault/secrets/ngc-key)"' in script
+        assert 'download-to-cache --profile "$NIM_MODEL_PROFILE"' in script
+        assert ".nimgate-model-ready" in script
+        assert _env_ref(dl, "NIM_CACHE_PATH") == "/opt/nim/.cache"
+        profile_cm = _env_ref(dl, "NIM_MODEL_PROFILE")
+        assert profile_cm.startswith("nim-model-profile"), profile_cm
+        claim = _claim_at(spec, dl, "/opt/nim/.cache")
+        # The key: rendered by a Vault Agent init container that exits, into memory.
+        agent = _container(spec, "vault-agent")
+        assert agent in spec["initContainers"] and agent.get("restartPolicy") is None
+        cms = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "ConfigMap"}
+        agent_cfg = next(cms[v["configMap"]["name"]]["data"]["agent.hcl"]
+                         for v in spec["volumes"] if "configMap" in v
+                         and "agent.hcl" in cms[v["configMap"]["name"]].get("data", {}))
+        assert re.search(r"^exit_after_auth\s*=\s*true", agent_cfg, re.M)
+        assert 'destination          = "/vault/secrets/ngc-key"' in agent_cfg
+        assert "sink" not in re.sub(r"#.*", "", agent_cfg), "the agent must not write its token"
+        assert _file_on_memory(dl, {v["name"]: v for v in spec["volumes"]},
+                               "/vault/secrets/ngc-key", "download", "NGC key") == []
+        # The serving NIM: same profile and cache, no NGC key, no Vault identity.
+        serving = [d for d in docs if d.get("kind") == "Deployment"
+                   and any(c["name"] == "nim" for c in containers(pod_spec(d)))]
+        assert len(serving) == 1, serving
+        sspec = pod_spec(serving[0])
+        nim = _container(sspec, "nim")
+        assert _env_ref(nim, "NIM_MODEL_PROFILE") == profile_cm
+        assert _claim_at(sspec, nim, "/opt/nim/.cache") == claim
+        wait = _container(sspec, "wait-for-model-cache")
+        assert wait in sspec["initContainers"] and _env_ref(wait, "NIM_MODEL_PROFILE") == profile_cm
+        assert "NGC" not in yaml.safe_dump(serving[0]), "the serving pod must not see an NGC key"
+        assert sspec.get("serviceAccountName") != "nim-model-download"
+        # Only the Job's pods may reach out (NGC over 443).
+        np = next(d for d in docs if d.get("kind") == "NetworkPolicy"
+                  and d["metadata"]["name"] == "nim-model-download")
+        assert np["spec"]["podSelector"]["matchLabels"] == \
+            job["spec"]["template"]["metadata"]["labels"]
+        assert not np["spec"].get("ingress")
+        assert {p["port"] for r in np["spec"]["egress"] for p in r["ports"]} == {53, 8200, 443}
+
+
+def test_only_the_download_job_reads_a_secret_into_an_env_var():
+    for o in OVERLAYS:
+        for d in rendered(o):
+            spec = pod_spec(d)
+            for c in containers(spec or {}):
+                text = " ".join(map(str, [*(c.get("command") or []), *(c.get("args") or [])]))
+                if "NGC_API_KEY" in text:
+                    assert (name_of(d), c["name"]) == ("Job/nim-model-download", "download")
+
+
+def test_shutdown_order_and_grace_periods():
+    margin = 5
+    for o in OVERLAYS:
+        docs = rendered(o)
+        server = _nimgate_config(docs).get("server", {})
+        drain = seconds(server.get("drain_delay", "0s")) + seconds(
+            server.get("shutdown_grace", "30s"))
+        spec = pod_spec(_deployment(docs, "nimgate"))
+        assert any(c["name"] == "nimgate" for c in spec["containers"]), \
+            "nimgate must be a regular container (a native sidecar is stopped after the NIM)"
+        gw = _container(spec, "nimgate")
+        assert not (gw.get("lifecycle") or {}).get("preStop"), \
+            "nimgate's image has no shell: drain_delay does what a preStop sleep would"
+        grace = spec["terminationGracePeriodSeconds"]
+        assert grace >= drain + margin, f"{o}: grace {grace}s < drain {drain}s + {margin}s"
+        if o == "standalone":
+            continue
+        # Sidecar pods: the NIM must outlive nimgate's drain.
+        nim = _container(spec, "nim")
+        cmd = nim["lifecycle"]["preStop"]["exec"]["command"]
+        assert cmd[0] == "sleep" and len(cmd) == 2, cmd
+        hold = int(cmd[1])
+        assert hold >= drain + margin, f"{o}: NIM preStop {hold}s < nimgate drain {drain}s + margin"
+        assert grace >= hold + 10, f"{o}: grace {grace}s leaves the NIM no time after preStop"
+
+
+def test_vault_ca_volume():
+    for o in OVERLAYS:
+        docs = rendered(o)
+        cms = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "ConfigMap"}
+        cfg = _nimgate_config(docs)
+        for d in docs:
+            spec = pod_spec(d)
+            if spec is None:
+                continue
+            vols = {v["name"]: v for v in spec.get("volumes") or []}
+            for c in containers(spec):
+                wants = []
+                if c["name"] == "nimgate" and cfg["secret"]["source"] == "vault":
+                    wants.append(cfg["secret"]["ca_file"])
+                if is_vault_agent(c):
+                    agent_cm = [cms[vols[m["name"]]["configMap"]["name"]]["data"]["agent.hcl"]
+                                for m in c["volumeMounts"] if "configMap" in vols[m["name"]]
+                                and "agent.hcl" in cms[vols[m["name"]]["configMap"]["name"]]
+                                .get("data", {})]
+                    wants += re.findall(r'^\s*ca_cert\s*=\s*"([^"]+)"', agent_cm[0], re.M)
+                    assert wants, f"{o}: {name_of(d)} {c['name']} has no ca_cert"
+                for path in wants:
+                    m = mount_for(c, path)
+                    assert m and m.get("readOnly"), f"{o}: {c['name']}: {path} not mounted ro"
+                    ref = (vols[m["name"]].get("configMap") or {}).get("name", "")
+                    assert ref.startswith("vault-ca") and \
+                        Path(path).name in cms[ref]["data"], f"{o}: {c['name']}: {path} {ref}"
+
+
+def test_servicemonitor_component():
+    comp = K8S / "components" / "servicemonitor"
+    kust = load_docs(comp / "kustomization.yaml")[0]
+    assert kust["kind"] == "Component"
+    docs = [d for f in kust["resources"] for d in load_docs(comp / f)]
+    sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    # Minimal schema of monitoring.coreos.com/v1 ServiceMonitor (the CRD is not installed in
+    # kubernetes-validate's schemas): the fields Prometheus Operator requires and their types.
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert isinstance(sm["metadata"]["name"], str)
+    spec = sm["spec"]
+    assert set(spec) <= {"endpoints", "selector", "namespaceSelector", "jobLabel",
+                         "targetLabels", "podTargetLabels", "sampleLimit"}, set(spec)
+    assert isinstance(spec["selector"]["matchLabels"], dict)
+    assert isinstance(spec["endpoints"], list) and spec["endpoints"]
+    for ep in spec["endpoints"]:
+        assert set(ep) <= {"port", "path", "interval", "scrapeTimeout", "scheme",
+                           "honorLabels", "relabelings", "metricRelabelings"}, set(ep)
+        for k in ("interval", "scrapeTimeout"):
+            assert re.fullmatch(r"\d+(ms|s|m|h)", ep.get(k, "30s")), ep
+    assert spec["namespaceSelector"]["matchNames"] == ["nimgate"]
+    # It selects exactly the metrics Service, whose port reaches the pods' admin port.
+    svc = next(d for d in docs if d["kind"] == "Service")
+    labels = svc["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in spec["selector"]["matchLabels"].items())
+    base_svc = load_docs(K8S / "base" / "service.yaml")[0]["metadata"]["labels"]
+    assert not all(base_svc.get(k) == v for k, v in spec["selector"]["matchLabels"].items()), \
+        "the ServiceMonitor must not select the client Service"
+    assert svc["spec"]["clusterIP"] == "None"
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert [ep["port"] for ep in spec["endpoints"]] == ["admin"] and ports["admin"]["port"] == 9090
+    for o in OVERLAYS:
+        pspec = pod_spec(_deployment(rendered(o), "nimgate"))
+        gw = _container(pspec, "nimgate")
+        assert {p["name"]: p["containerPort"] for p in gw["ports"]}["admin"] == 9090
+        assert all(pspec.get("containers") and
+                   _deployment(rendered(o), "nimgate")["spec"]["template"]["metadata"]
+                   ["labels"].get(k) == v for k, v in svc["spec"]["selector"].items())
 
 
 def fixture_files() -> list[Path]:

@@ -9,7 +9,7 @@ exit_after_auth = false
 
 vault {
   address = "https://vault.vault.svc:8200"
-  # ca_cert = "/vault/tls/ca.crt"
+  ca_cert = "/etc/vault-ca/ca.crt"
 }
 
 auto_auth {
