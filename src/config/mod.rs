@@ -56,47 +56,22 @@ pub fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Vec<Con
     })
 }
 
-/// Best-effort `table.key` name for a line, for syntax errors that have no field path.
+/// The table a syntax error is in, by line, for errors that have no field path. Nothing from the
+/// offending line itself is quoted: a file passed by mistake (a key file) must not be echoed.
 fn field_at(text: &str, lineno: usize) -> String {
-    let offset: usize = text
-        .split_inclusive('\n')
-        .take(lineno - 1)
-        .map(str::len)
-        .sum();
-    let before = &text[..offset.min(text.len())];
-    let table = before
+    let table = text
         .lines()
-        .rev()
-        .find_map(|l| {
-            let l = l.trim();
-            l.starts_with('[')
-                .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
+        .take(lineno.saturating_sub(1))
+        .filter_map(|l| {
+            let name = l.trim().strip_prefix('[')?.trim_start_matches('[');
+            let name = name.split(']').next()?.trim();
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            plain.then(|| name.to_string())
         })
-        .unwrap_or_default();
-    let line = text[offset.min(text.len())..].lines().next().unwrap_or("");
-    // Only a bare key is taken from the line, never anything after `=` (it may be a secret
-    // pasted into the wrong file).
-    let key = line.split('=').next().unwrap_or("").trim();
-    let key = if key.len() <= 64
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-    {
-        key
-    } else {
-        ""
-    };
-    let name = match (table.is_empty(), key.is_empty() || key.starts_with('[')) {
-        (true, _) => key.to_string(),
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
-    };
-    let name = if name.is_empty() {
-        "config".into()
-    } else {
-        name
-    };
-    format!("{name} (line {lineno})")
+        .last();
+    format!("{} (line {lineno})", table.as_deref().unwrap_or("config"))
 }
 
 #[cfg(test)]

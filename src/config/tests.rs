@@ -142,3 +142,36 @@ secret_id_file = "/vault/approle/secret-id""#,
         "{e:?}"
     );
 }
+
+#[test]
+fn userinfo_in_urls_is_refused_without_repeating_it() {
+    let text = base().replace(
+        "url = \"http://127.0.0.1:8000\"",
+        "url = \"http://admin:hunter2@127.0.0.1:8000\"",
+    );
+    let errs = errors(&text);
+    assert!(errs.iter().any(|e| e.field == "upstream.url"), "{errs:?}");
+    assert!(!format!("{errs:?}").contains("hunter2"));
+    let vault = base().replace(
+        "[secret]\nsource = \"file\"\npath = \"/secrets/nim-api-key\"",
+        "[secret]\nsource = \"vault\"\naddress = \"https://u:s3cr3t@vault:8200\"\npath = \"nim\"\nfield = \"k\"\n[secret.auth]\nmethod = \"token\"\ntoken_file = \"/t\"",
+    );
+    let errs = errors(&vault);
+    assert!(errs.iter().any(|e| e.field == "secret.address"), "{errs:?}");
+    assert!(!format!("{errs:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn a_key_file_given_as_config_is_never_echoed() {
+    for text in [
+        "nvapi-AbCdEf0123456789xyz\n",
+        "nvapi-AbCdEf0123456789xyz",
+        "{\"api_key\": \"nvapi-AbCdEf0123456789xyz\"}\n",
+        "[server]\nnvapi-AbCdEf0123456789xyz\n",
+    ] {
+        let errs = errors(text);
+        assert!(!errs.is_empty());
+        let shown = format!("{errs:?} {}", errs.iter().map(ToString::to_string).collect::<String>());
+        assert!(!shown.contains("AbCdEf0123"), "{text:?} → {shown}");
+    }
+}

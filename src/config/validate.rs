@@ -39,6 +39,12 @@ const FORBIDDEN_AUTH_HEADERS: &[&str] = &[
     "proxy-authorization",
 ];
 
+/// `scheme://user:pass@host`: a credential in a URL would land in logs, `check` output and
+/// audit records; every URL setting refuses it (the message never repeats the URL).
+fn has_userinfo(u: &http::Uri) -> bool {
+    u.authority().is_some_and(|a| a.as_str().contains('@'))
+}
+
 impl Config {
     /// Every problem in the whole config, section by section.
     pub fn validate(&self) -> Vec<ConfigError> {
@@ -89,6 +95,12 @@ impl Config {
                 }
                 if u.host().is_none() {
                     err("upstream.url", "must include a host".into());
+                }
+                if has_userinfo(&u) {
+                    err(
+                        "upstream.url",
+                        "must not contain user:password@ (credentials come from [secret])".into(),
+                    );
                 }
                 if !matches!(u.path(), "" | "/") || u.query().is_some() {
                     err(
@@ -238,6 +250,11 @@ impl Config {
             }
             SecretConfig::Vault(v) => {
                 match v.address.parse::<http::Uri>() {
+                    Ok(u) if has_userinfo(&u) => err(
+                        "secret.address",
+                        "must not contain user:password@ (Vault credentials come from files)"
+                            .into(),
+                    ),
                     Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => {}
                     _ => err(
                         "secret.address",
