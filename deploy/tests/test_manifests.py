@@ -104,7 +104,8 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job",
 # nimgate config keys, per table (the design contract; see src/config/types.rs).
 CONFIG_KEYS = {
     "": {"server", "admin", "upstream", "secret", "clients", "auth", "audit", "limits"},
-    "server": {"listen", "tls_cert", "tls_key", "route_prefixes", "shutdown_grace", "workers"},
+    "server": {"listen", "tls_cert", "tls_key", "route_prefixes", "drain_delay",
+               "shutdown_grace", "workers"},
     "admin": {"listen"},
     "upstream": {"url", "auth_header", "auth_value", "connect_timeout", "response_timeout",
                  "http2", "pool_idle_timeout", "pool_max_idle", "ca_file",
@@ -716,6 +717,8 @@ def test_shutdown_order_and_grace_periods():
     for o in OVERLAYS:
         docs = rendered(o)
         server = _nimgate_config(docs).get("server", {})
+        assert seconds(server.get("drain_delay", "0s")) == 5, \
+            f"{o}: drain_delay must be 5s (endpoint removal before the listener closes)"
         drain = seconds(server.get("drain_delay", "0s")) + seconds(
             server.get("shutdown_grace", "30s"))
         spec = pod_spec(_deployment(docs, "nimgate"))
