@@ -7,7 +7,8 @@
 # Steps (all run; the script exits non-zero if any fails):
 #   venv        pip-installs the pinned validators (deploy/requirements.txt + .lock) into
 #               ${NIMGATE_VENV:-$HOME/.cache/nimgate-deploy-venv}; reused while the pins and
-#               the Python version are unchanged. The only step that uses the network.
+#               the Python version are unchanged. Network: PyPI here, and Debian packages
+#               that the systemd/container/vault steps install when missing.
 #   render      renders every overlay with `kubectl kustomize` (or `kustomize build`) and
 #               checks deploy/kubernetes/rendered/<overlay>.yaml match. Without either tool
 #               the committed rendered files are validated as they are (freshness unchecked).
@@ -238,6 +239,14 @@ policy() {
   "$VENV/bin/python" deploy/tests/test_manifests.py
 }
 
+# Debian packages a step needs: apt-get install, refreshing the package lists once if that
+# fails (a fresh machine may have none or stale ones).
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "$@" >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && apt-get install -y -qq "$@" >/dev/null; }
+}
+
 # verify needs every ExecStart binary to exist: check a copy whose ExecStart points at a stub
 # executable in $WORK (the real path, /usr/local/bin/nimgate, is not installed here). The unit
 # is otherwise checked as shipped.
@@ -245,7 +254,7 @@ systemd_unit() {
   local unit=deploy/systemd/nimgate.service dir="$WORK/systemd" out
   if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "installing Debian's systemd for systemd-analyze ..."
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+    apt_install systemd
   fi
   mkdir -p "$dir"
   printf '#!/bin/sh\nexit 0\n' >"$dir/nimgate"
@@ -267,7 +276,7 @@ systemd_unit() {
 container_e2e() {
   if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
     echo "installing Debian's podman and runc ..."
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null || {
+    apt_install podman runc || {
       echo "SKIPPED: podman/runc could not be installed"
       return 0
     }
@@ -276,6 +285,8 @@ container_e2e() {
 }
 
 vault_scripts() {
+  # openssl makes the throwaway CA the Kubernetes-auth config needs.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
   PATH="$VENV/bin:$PATH" "$VENV/bin/python" deploy/tests/test_vault_scripts.py
 }
 
