@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config;
-use crate::error::{InitError, EXIT_CONFIG, EXIT_SOFTWARE};
+use crate::error::{InitError, EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE};
 
 #[derive(Parser)]
 #[command(
@@ -57,11 +57,20 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum KeysCmd {
-    /// Make a new random client key: prints it once, and the [[clients]] entry with its digest.
+    /// Make a new random client key. The `[[clients]]` entry (digest only) goes to stdout, so
+    /// `nimgate keys new --id X >> clients.toml` never stores the key; the key itself goes to
+    /// stderr, or to the file given with --key-out (created 0600).
     New {
+        /// Client id for the entry (1–128 printable characters, no quotes or backslashes).
         #[arg(long)]
         id: String,
+        /// Write the plaintext key to this new file (mode 0600) instead of stderr.
+        #[arg(long, value_name = "FILE")]
+        key_out: Option<PathBuf>,
     },
+    /// Print the `key_sha256` digest of a key read from stdin (one line; a trailing newline is
+    /// ignored), e.g. to register a key that already exists.
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -101,33 +110,20 @@ pub fn main() -> ExitCode {
             runtime(cfg.server.workers, crate::server::serve(cfg))
         }
         Cmd::Keys {
-            cmd: KeysCmd::New { id },
-        } => {
-            if id.is_empty()
-                || id.len() > 128
-                || id.contains(['"', '\\'])
-                || id.chars().any(char::is_control)
-            {
-                eprintln!(
-                    "error: --id must be 1–128 printable characters without quotes or backslashes"
-                );
+            cmd: KeysCmd::New { id, key_out },
+        } => keys_new(&id, key_out.as_deref()),
+        Cmd::Keys { cmd: KeysCmd::Hash } => {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("error: cannot read a key from stdin");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            let key = match crate::auth::new_client_key() {
-                Ok(k) => k,
-                Err(e) => {
-                    eprintln!("error: no OS randomness available: {e}");
-                    return ExitCode::from(EXIT_SOFTWARE);
-                }
-            };
-            println!(
-                "# Client key for {id:?}: give it to the client now, it is not stored anywhere."
-            );
-            println!("# {key}");
-            println!();
-            println!("[[clients]]");
-            println!("id = {id:?}");
-            println!("key_sha256 = \"{}\"", crate::auth::key_digest_hex(&key));
+            let key = line.trim_end_matches(['\n', '\r']);
+            if key.is_empty() {
+                eprintln!("error: no key on stdin");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            println!("key_sha256 = \"{}\"", crate::auth::key_digest_hex(key));
             ExitCode::SUCCESS
         }
         Cmd::Audit {
@@ -165,6 +161,49 @@ pub fn main() -> ExitCode {
             runtime(0, crate::demo::run(listen, admin_listen))
         }
     }
+}
+
+/// `keys new`: the entry to stdout, the key to stderr or `--key-out` (0600, never overwritten).
+fn keys_new(id: &str, key_out: Option<&std::path::Path>) -> ExitCode {
+    if id.is_empty()
+        || id.len() > 128
+        || id.contains(['"', '\\'])
+        || id.chars().any(char::is_control)
+    {
+        eprintln!("error: --id must be 1–128 printable characters without quotes or backslashes");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let key = match crate::auth::new_client_key() {
+        Ok(k) => zeroize::Zeroizing::new(k),
+        Err(e) => {
+            eprintln!("error: no OS randomness available: {e}");
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    if let Some(path) = key_out {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| f.write_all(format!("{}\n", key.as_str()).as_bytes()));
+            if let Err(e) = written {
+                eprintln!("error: --key-out {}: {e}", path.display());
+                return ExitCode::from(EXIT_IO);
+            }
+            eprintln!("# The key for {id:?} is in {} (mode 0600).", path.display());
+        }
+    } else {
+        eprintln!("# Client key for {id:?}: give it to the client now, it is not stored anywhere:");
+        eprintln!("{}", key.as_str());
+    }
+    println!("[[clients]]");
+    println!("id = {id:?}");
+    println!("key_sha256 = \"{}\"", crate::auth::key_digest_hex(&key));
+    ExitCode::SUCCESS
 }
 
 fn config_errors(path: &std::path::Path, errs: &[config::ConfigError]) -> ExitCode {

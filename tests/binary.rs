@@ -159,18 +159,76 @@ fn keys_new_prints_a_key_and_its_digest_entry() {
     let out = run_bin(&["keys", "new", "--id", "team-z"], &[]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let key = text
+    let err = String::from_utf8(out.stderr).unwrap();
+    // The key goes to stderr only: `keys new >> clients.toml` stores no key.
+    let key = err
         .lines()
-        .find_map(|l| l.strip_prefix("# ngk_"))
-        .map(|k| format!("ngk_{k}"))
+        .find(|l| l.starts_with("ngk_"))
+        .map(String::from)
         .unwrap();
     assert_eq!(key.len(), 52);
+    assert!(
+        !text.contains(&key),
+        "the key must not be on stdout: {text}"
+    );
+    assert!(!text.contains("ngk_"), "{text}");
     assert!(text.contains(&format!("key_sha256 = \"{}\"", key_digest_hex(&key))));
     assert!(text.contains("id = \"team-z\""));
     let cfg: toml::Value = toml::from_str(&text).unwrap();
     assert_eq!(cfg["clients"][0]["id"].as_str(), Some("team-z"));
     let out2 = run_bin(&["keys", "new", "--id", "team-z"], &[]);
-    assert_ne!(out2.stdout, text.as_bytes(), "keys must be random");
+    assert_ne!(out2.stderr, err.as_bytes(), "keys must be random");
+
+    // --key-out: a new 0600 file holds the key, stderr only says where.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("team-y.key");
+    let out = run_bin(
+        &["keys", "new", "--id", "team-y", "--key-out"],
+        &[&key_file],
+    );
+    assert!(out.status.success());
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&key_file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim_end()
+        .to_string();
+    assert!(key.starts_with("ngk_"));
+    let both = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!both.contains(&key));
+    assert!(both.contains(&key_digest_hex(&key)));
+    // Never overwrites: a second run into the same file fails (exit 74).
+    let again = run_bin(
+        &["keys", "new", "--id", "team-y", "--key-out"],
+        &[&key_file],
+    );
+    assert_eq!(again.status.code(), Some(74));
+
+    // keys hash: the digest of a key read from stdin.
+    let mut child = Command::new(BIN)
+        .args(["keys", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("key_sha256 = \"{}\"\n", key_digest_hex(&key))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

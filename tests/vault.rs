@@ -459,3 +459,14 @@ async fn token_file_is_reread_when_it_changes() {
 
 #[allow(dead_code)]
 fn _assert_send(_: Arc<FakeVault>) {}
+
+#[tokio::test]
+async fn a_trailing_newline_in_the_vault_value_is_trimmed_as_from_a_file() {
+    // `bao kv put secret/nim/prod api_key=-`, the key pasted and Ctrl-D: stored as `key\n`.
+    let (fv, dir) = vault_with(json!({"api_key": format!("{NIM_KEY}\n")})).await;
+    let v = approle(&fv, dir.path(), "");
+    let gw = gateway(v.table).await;
+    assert_eq!(gw.chat().await.0, 200);
+    assert_eq!(keys_seen(&gw), vec![format!("Bearer {NIM_KEY}")]);
+    gw.stop().await;
+}

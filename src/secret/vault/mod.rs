@@ -101,7 +101,14 @@ impl VaultSource {
         let taken = data.get_mut(field).map(Value::take);
         super::scrub(&mut v);
         let secret = match taken {
-            Some(Value::String(k)) => SecretString::from(k),
+            Some(Value::String(mut k)) => {
+                // Trimmed exactly as a key file is: `vault kv put … api_key=-` after a paste and
+                // Ctrl-D stores `key\n`.
+                let keep = k.trim_end_matches(['\n', '\r']).len();
+                let trimmed = k[..keep].to_string();
+                zeroize::Zeroize::zeroize(&mut k);
+                SecretString::from(trimmed)
+            }
             Some(mut other) => {
                 super::scrub(&mut other);
                 return Err(CallError::Parse(format!("field {field:?} is not a string")));
