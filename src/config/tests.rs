@@ -1,3 +1,5 @@
+//! Unit tests of config parsing, defaults, the env overlay and validation messages.
+
 use super::*;
 
 const DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000001";
@@ -171,7 +173,10 @@ fn a_key_file_given_as_config_is_never_echoed() {
     ] {
         let errs = errors(text);
         assert!(!errs.is_empty());
-        let shown = format!("{errs:?} {}", errs.iter().map(ToString::to_string).collect::<String>());
+        let shown = format!(
+            "{errs:?} {}",
+            errs.iter().map(ToString::to_string).collect::<String>()
+        );
         assert!(!shown.contains("AbCdEf0123"), "{text:?} → {shown}");
     }
 }
