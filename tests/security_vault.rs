@@ -18,7 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A listener that counts connections and what they sent (the canary), and never answers.
-async fn canary() -> (std::net::SocketAddr, Arc<AtomicU64>, Arc<std::sync::Mutex<Vec<u8>>>) {
+async fn canary() -> (
+    std::net::SocketAddr,
+    Arc<AtomicU64>,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
@@ -55,13 +59,17 @@ async fn redirector(to: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<Atom
                 let mut buf = vec![0u8; 16384];
                 let mut have = Vec::new();
                 loop {
-                    let Ok(n) = c.read(&mut buf).await else { return };
+                    let Ok(n) = c.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
                     have.extend_from_slice(&buf[..n]);
                     let text = String::from_utf8_lossy(&have).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
                     let len: usize = text[..end]
                         .lines()
                         .find_map(|l| {
@@ -128,7 +136,10 @@ async fn vault_redirects_are_not_followed_for_token_approle_and_kubernetes() {
         assert_eq!(status, 503, "{body}");
         // The failure is recorded, without the credential.
         let text = gw.audit_text();
-        assert!(text.contains("secret_failure") || text.contains("vault_login"), "{text}");
+        assert!(
+            text.contains("secret_failure") || text.contains("vault_login"),
+            "{text}"
+        );
         for secret in ["canary-token", "secret-id-canary", "eyJcanary"] {
             assert!(!text.contains(secret), "{secret} in the audit trail");
         }

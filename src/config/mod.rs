@@ -67,7 +67,9 @@ fn field_at(text: &str, lineno: usize) -> String {
             let name = name.split(']').next()?.trim();
             let plain = !name.is_empty()
                 && name.len() <= 64
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
             plain.then(|| name.to_string())
         })
         .last();

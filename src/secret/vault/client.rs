@@ -2,8 +2,8 @@
 //! servers that omit fields), and `CallError`, whose messages never carry a request or a body.
 
 use rustify::enums::{RequestMethod, RequestType, ResponseType};
-use std::time::Duration;
 use serde_json::Value;
+use std::time::Duration;
 use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
 
@@ -129,8 +129,12 @@ pub(super) fn http_client(
     } else if let Some(path) = ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| format!("secret.ca_file {}: {}", path.display(), e.kind()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|_| format!("secret.ca_file {}: not a PEM certificate bundle", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+            format!(
+                "secret.ca_file {}: not a PEM certificate bundle",
+                path.display()
+            )
+        })?;
         b = b.tls_certs_merge(certs);
     }
     let http = b
