@@ -46,14 +46,61 @@ pub fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Vec<Con
         let line = inner
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let message = inner.message().to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'));
+        if let (".", Some(section)) = (path.as_str(), missing) {
+            return vec![ConfigError::new(
+                section,
+                format!("the [{section}] section is missing"),
+            )];
+        }
+        // Serde loses the path inside `[secret]` (an internally tagged enum): name the sub-table
+        // the field belongs to, and its line.
+        let (path, line) = match secret_subtable(&path, &message) {
+            Some(sub) => (sub.to_string(), table_line(text, sub).or(line)),
+            None => (path, line),
+        };
         let field = match (path.as_str(), line) {
             ("." | "", Some(l)) => field_at(text, l),
             ("." | "", None) => "config".to_string(),
             (p, Some(l)) => format!("{p} (line {l})"),
             (p, None) => p.to_string(),
         };
-        vec![ConfigError::new(field, inner.message().to_string())]
+        vec![ConfigError::new(field, message)]
     })
+}
+
+/// Keys that only `[secret.auth]` has.
+const AUTH_KEYS: [&str; 6] = [
+    "method",
+    "token_file",
+    "role_id_file",
+    "secret_id_file",
+    "role",
+    "jwt_file",
+];
+
+/// For an error serde reports at `secret`: `secret.auth` when it is about an auth key (missing,
+/// or unknown where the auth keys were expected).
+fn secret_subtable(path: &str, message: &str) -> Option<&'static str> {
+    if path != "secret" {
+        return None;
+    }
+    let about_auth = AUTH_KEYS
+        .iter()
+        .any(|k| message.contains(&format!("missing field `{k}`")))
+        || (message.starts_with("unknown") && message.contains("`role_id_file`"))
+        || (message.starts_with("unknown") && message.contains("`token_file`"))
+        || message.contains("unknown variant");
+    Some(if about_auth { "secret.auth" } else { "secret" })
+}
+
+/// The line of a `[table]` header.
+fn table_line(text: &str, table: &str) -> Option<usize> {
+    let header = format!("[{table}]");
+    text.lines().position(|l| l.trim() == header).map(|i| i + 1)
 }
 
 /// The table a syntax error is in, by line, for errors that have no field path. Nothing from the

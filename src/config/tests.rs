@@ -180,3 +180,29 @@ fn a_key_file_given_as_config_is_never_echoed() {
         assert!(!shown.contains("AbCdEf0123"), "{text:?} → {shown}");
     }
 }
+
+#[test]
+fn errors_inside_secret_name_their_own_section_and_a_missing_section_says_so() {
+    let text = base().replace(
+        "[secret]\nsource = \"file\"\npath = \"/secrets/nim-api-key\"",
+        "[secret]\nsource = \"vault\"\naddress = \"http://v:8200\"\npath = \"p\"\nfield = \"f\"\n[secret.auth]\nmethod = \"approle\"\nrole_id_file = \"/r\"",
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].field.starts_with("secret.auth (line 13)"),
+        "{errs:?}"
+    );
+    assert!(errs[0].message.contains("secret_id_file"));
+    let errs = errors(&text.replace("method = \"approle\"", "method = \"aproll\""));
+    assert!(errs[0].field.starts_with("secret.auth"), "{errs:?}");
+    let errs = errors(&text.replace("field = \"f\"", "field = \"f\"\nbogus = 1"));
+    assert!(errs[0].field.starts_with("secret (line"), "{errs:?}");
+    let no_secret = base().replace(
+        "[secret]\nsource = \"file\"\npath = \"/secrets/nim-api-key\"\n",
+        "",
+    );
+    let errs = errors(&no_secret);
+    assert_eq!(errs[0].field, "secret", "{errs:?}");
+    assert_eq!(errs[0].message, "the [secret] section is missing");
+}
