@@ -85,7 +85,14 @@ enum AuditCmd {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Check { config } => match config::load(&config) {
+        Cmd::Check { config } => match config::load(&config).and_then(|c| {
+            let errs = c.preflight();
+            if errs.is_empty() {
+                Ok(c)
+            } else {
+                Err(errs)
+            }
+        }) {
             Ok(cfg) => {
                 println!(
                     "{}: OK ({} client(s), secret source {}, upstream {})",

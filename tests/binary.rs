@@ -362,6 +362,15 @@ fn start_up_failures_exit_with_sysexits_codes() {
         err.contains("audit.path /nonexistent-dir/audit.jsonl"),
         "{err}"
     );
+    // `check` catches the same thing without starting: 64, naming the field.
+    std::fs::write(&cfg, base.replace(&audit, "/nonexistent-dir/audit.jsonl")).unwrap();
+    let out = run_bin(&["check", "--config"], &[&cfg]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit.path: /nonexistent-dir/audit.jsonl"),
+        "{err}"
+    );
     // Bad config: 64.
     let (code, err) = run(base.replace("[upstream]", "[upstream]\nnope = 1"));
     assert_eq!(code, Some(64), "{err}");

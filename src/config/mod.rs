@@ -4,6 +4,7 @@
 //! Config holds *where* a secret lives (a file path, a Vault path), never a secret itself.
 
 mod env;
+mod preflight;
 mod types;
 mod validate;
 
