@@ -93,7 +93,7 @@ impl Attempt {
         r.key_version = Some(key.version.clone());
         r.key_fingerprint = Some(key.fingerprint.clone());
         if let Err(e) = p.audit.record_use(r).await {
-            tracing::error!(request_id = ?self.info.request_id, error = ?e, "audit use record not written: request refused, key not sent");
+            tracing::error!(request_id = self.info.id_text.as_deref().unwrap_or("-"), error = ?e, "audit use record not written: request refused, key not sent");
             return Err(Failure::Denied(
                 GatewayError::AuditUnavailable,
                 self.model.clone(),
@@ -112,7 +112,7 @@ impl Attempt {
             Ok(Err(e)) if has_source::<BodyTooLarge>(&e) => GatewayError::BodyTooLarge,
             Ok(Err(e)) if has_source::<BodyTimeout>(&e) => GatewayError::BodyTimeout,
             Ok(Err(e)) => {
-                tracing::warn!(request_id = ?self.info.request_id, error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "upstream request failed");
+                tracing::warn!(request_id = self.info.id_text.as_deref().unwrap_or("-"), error = %e, source = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(), "upstream request failed");
                 GatewayError::UpstreamUnreachable
             }
         };
@@ -149,7 +149,7 @@ impl Attempt {
         let Some(data) = replay else {
             return Ok((resp, key));
         };
-        tracing::warn!(request_id = ?self.info.request_id, status = status.as_u16(), key_version = %key.version, "upstream rejected the key; refreshing");
+        tracing::warn!(request_id = self.info.id_text.as_deref().unwrap_or("-"), status = status.as_u16(), key_version = %key.version, "upstream rejected the key; refreshing");
         if let Some(new_key) = up
             .store
             .refresh_newer_than(key.generation, REFRESH_WAIT)

@@ -69,7 +69,7 @@ pub async fn run(
                 let fp = key.as_ref().map(|k| k.fingerprint.clone());
                 match rotated {
                     Some(old) => {
-                        tracing::info!(source = kind, key_version = %version, old_key_version = ?old.as_deref(), "NIM key loaded");
+                        tracing::info!(source = kind, key_version = %version, old_key_version = old.as_deref().unwrap_or("none"), "NIM key loaded");
                         let mut r = Record::event(Event::SecretRotate);
                         r.source = Some(kind);
                         r.key_version = Some(version.into());
