@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_vault;
+pub mod openbao;
 
 use bytes::Bytes;
 use http::{Request, Response};
