@@ -6,6 +6,7 @@ pub mod bin;
 pub mod checks;
 pub mod fake_vault;
 pub mod h2frames;
+pub mod openbao;
 pub mod raw;
 
 use bytes::Bytes;
