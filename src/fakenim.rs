@@ -2,7 +2,9 @@
 //! without SSE streaming), completions, embeddings, models, NIM health and metadata. It checks
 //! the injected key, records the headers of every request it sees, and counts SSE streams whose
 //! client went away. Test hooks (request headers): `x-fake-delay-ms` (sleep before answering),
-//! `x-fake-status` (answer with that status), `x-fake-redirect` (302 to that URL).
+//! `x-fake-status` (answer with that status), `x-fake-redirect` (302 to that URL),
+//! `x-fake-echo-auth` (answer with the `Authorization` it received echoed: `header` in a response
+//! header, `body` in a JSON body, `location` in a 302 `Location`, `401` in a 401 body).
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
@@ -25,6 +27,8 @@ pub struct Seen {
     pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Request trailers, if the client sent any.
+    pub trailers: Option<HeaderMap>,
 }
 
 pub struct FakeNim {
@@ -91,11 +95,13 @@ impl FakeNim {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<FakeBody> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .unwrap_or_default();
+        let (body, trailers) = match body.collect().await {
+            Ok(c) => {
+                let t = c.trailers().cloned();
+                (c.to_bytes(), t)
+            }
+            Err(_) => (Bytes::new(), None),
+        };
         if self.record {
             if let Ok(mut s) = self.seen.lock() {
                 s.push(Seen {
@@ -104,6 +110,7 @@ impl FakeNim {
                     version: parts.version,
                     headers: parts.headers.clone(),
                     body: body.clone(),
+                    trailers,
                 });
             }
         }
@@ -119,6 +126,9 @@ impl FakeNim {
             *r.status_mut() = StatusCode::FOUND;
             r.headers_mut().insert(header::LOCATION, loc.clone());
             return r;
+        }
+        if let Some(how) = h.get("x-fake-echo-auth") {
+            return echo_auth(how.as_bytes(), h);
         }
         if let Some(code) = h
             .get("x-fake-status")
@@ -288,6 +298,34 @@ fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The `x-fake-echo-auth` hook: the received `Authorization` echoed back the way `how` names.
+fn echo_auth(how: &[u8], h: &HeaderMap) -> Response<FakeBody> {
+    let auth = h
+        .get(header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    match how {
+        b"header" => {
+            let mut r = ok_json(json!({"ok": true}));
+            if let Ok(v) = http::HeaderValue::from_str(&auth) {
+                r.headers_mut().insert("x-echo", v);
+            }
+            r
+        }
+        b"location" => {
+            let mut r = Response::new(FakeBody::full(Bytes::new()));
+            *r.status_mut() = StatusCode::FOUND;
+            if let Ok(v) = http::HeaderValue::from_str(&format!("https://elsewhere.test/?k={auth}"))
+            {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        b"401" => error(StatusCode::UNAUTHORIZED, &format!("bad key: {auth}")),
+        _ => ok_json(json!({"echo": auth, "again": auth})),
+    }
 }
 
 fn ok_json(v: Value) -> Response<FakeBody> {

@@ -232,3 +232,99 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A request body of `chunks` followed by `trailers` (what an h2 or chunked HTTP/1 client can send).
+struct Trailed {
+    chunks: std::collections::VecDeque<bytes::Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl http_body::Body for Trailed {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(c) = self.chunks.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(c))));
+        }
+        std::task::Poll::Ready(
+            self.trailers
+                .take()
+                .map(|t| Ok(http_body::Frame::trailers(t))),
+        )
+    }
+}
+
+fn credential_trailers() -> http::HeaderMap {
+    let mut t = http::HeaderMap::new();
+    t.insert(
+        "authorization",
+        format!("Bearer {CLIENT_KEY}").parse().unwrap(),
+    );
+    t.insert("x-api-key", "client-secret-1".parse().unwrap());
+    t.insert("api-key", "client-secret-2".parse().unwrap());
+    t.insert(
+        "proxy-authorization",
+        "Basic client-secret-3".parse().unwrap(),
+    );
+    t.insert("x-innocent", "1".parse().unwrap());
+    t
+}
+
+/// A chat body of at least `size` bytes, valid JSON, split into 16 KiB pieces.
+fn big_chat_chunks(size: usize) -> std::collections::VecDeque<bytes::Bytes> {
+    let pad = "x".repeat(size);
+    let body = format!(
+        r#"{{"model":"meta/llama-3.1-8b-instruct","messages":[{{"role":"user","content":"{pad}"}}]}}"#
+    );
+    body.as_bytes()
+        .chunks(16 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect()
+}
+
+async fn trailers_never_reach_the_nim(gw: &Gateway, client_h2: bool) {
+    for (i, size) in [10usize, 200 * 1024].into_iter().enumerate() {
+        let tag = format!("trl={i}{}", u8::from(client_h2));
+        let req = http::Request::post(gw.url(&format!("/v1/chat/completions?{tag}")))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .body(Trailed {
+                chunks: big_chat_chunks(size),
+                trailers: Some(credential_trailers()),
+            })
+            .unwrap();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(client_h2)
+                .build_http::<Trailed>();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{tag}");
+        let seen = seen_with(gw, &tag);
+        assert_eq!(seen.len(), 1, "{tag}");
+        assert_only_our_credential(&seen[0], &tag);
+        assert!(
+            seen[0].trailers.is_none(),
+            "{tag} ({size} bytes): client trailers reached the NIM: {:?}",
+            seen[0].trailers
+        );
+    }
+}
+
+#[tokio::test]
+async fn request_trailers_never_reach_an_http2_upstream() {
+    let gw = start_with(Opts::default().upstream("http2 = true")).await;
+    trailers_never_reach_the_nim(&gw, true).await;
+    trailers_never_reach_the_nim(&gw, false).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn request_trailers_never_reach_an_http1_upstream() {
+    let gw = start().await;
+    trailers_never_reach_the_nim(&gw, true).await;
+    trailers_never_reach_the_nim(&gw, false).await;
+    gw.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The request body sent upstream: either fully known (the peeked prefix was the whole body, so
 //! it can be replayed once after a key refresh) or the peeked prefix followed by the rest of the
-//! client's stream, held to `limits.max_body_bytes` and the whole-body deadline.
+//! client's stream, held to `limits.max_body_bytes` and the whole-body deadline. Request trailers
+//! are dropped on both paths: only data frames go upstream.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -77,19 +78,25 @@ impl Body for RequestBody {
                 if deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                 }
-                match ready!(Pin::new(rest).poll_frame(cx)) {
-                    Some(Ok(f)) => {
-                        if let Some(d) = f.data_ref() {
+                loop {
+                    match ready!(Pin::new(&mut *rest).poll_frame(cx)) {
+                        Some(Ok(f)) => {
+                            let Some(d) = f.data_ref() else {
+                                // Trailers never go upstream: a client could put credential
+                                // names there (`authorization`, `x-api-key`) that no header
+                                // rule sees. Dropped, like the prefix reader drops them.
+                                continue;
+                            };
                             *seen += d.len() as u64;
                             counter.store(*seen, Ordering::Relaxed);
                             if *seen > *limit {
                                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                             }
+                            return Poll::Ready(Some(Ok(f)));
                         }
-                        Poll::Ready(Some(Ok(f)))
+                        Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                        None => return Poll::Ready(None),
                     }
-                    Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-                    None => Poll::Ready(None),
                 }
             }
         }
