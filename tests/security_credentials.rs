@@ -328,3 +328,33 @@ async fn request_trailers_never_reach_an_http1_upstream() {
     trailers_never_reach_the_nim(&gw, false).await;
     gw.stop().await;
 }
+
+/// WSGI-style servers read `X_Api_Key` as `X-Api-Key`: no underscore spelling may pass.
+#[tokio::test]
+async fn underscore_spellings_of_credential_headers_are_stripped() {
+    for h2 in [false, true] {
+        let gw = if h2 {
+            start_with(Opts::default().upstream("http2 = true")).await
+        } else {
+            start().await
+        };
+        let extra = "X_Api_Key: client-secret-1\r\nApi_Key: client-secret-2\r\nProxy_Authorization: Basic client-secret-3\r\nAuthorization_: Bearer client-secret-4\r\nX_Custom: client-secret-5\r\n";
+        let r = exchange(
+            gw.addr,
+            &h1_get("/v1/models?und=1", extra),
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("a response");
+        assert_eq!(r.status, 200);
+        let seen = seen_with(&gw, "und=1");
+        assert_eq!(seen.len(), 1);
+        assert_only_our_credential(&seen[0], "underscore spellings");
+        assert!(
+            seen[0].headers.keys().all(|n| !n.as_str().contains('_')),
+            "a header with `_` in its name reached the NIM (h2 upstream: {h2}): {:?}",
+            seen[0].headers
+        );
+        gw.stop().await;
+    }
+}

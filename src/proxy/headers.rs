@@ -45,12 +45,32 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Remove every header with `_` in its name. WSGI/CGI-style servers (and some Python ASGI
+/// stacks behind them) map `X_Api_Key` and `X-Api-Key` to the same variable, so an underscore
+/// spelling would smuggle a credential past the dash-spelled rules; no header the NIM needs has
+/// one. One scan of the names; allocates only when such a header is present.
+pub fn strip_underscore_names(h: &mut HeaderMap) {
+    if !h.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
+    let named: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+}
+
 /// Rewrite a client request's headers for the upstream: strip, then inject the key.
 pub fn rewrite_request(h: &mut HeaderMap, auth_header: &HeaderName, key: &HeaderValue) {
     strip_hop_by_hop(h);
     for n in &CLIENT_CREDENTIALS {
         h.remove(n);
     }
+    // `_` and `-` alike: every underscore spelling of a credential name (and of any name) goes.
+    strip_underscore_names(h);
     h.remove(header::HOST);
     h.remove(header::FORWARDED);
     h.insert(auth_header.clone(), key.clone());
@@ -103,6 +123,34 @@ mod tests {
             h.get(header::PROXY_AUTHORIZATION).is_none() && h.get(header::CONNECTION).is_none()
         );
         assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn underscore_spellings_of_credentials_are_stripped() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x_api_key",
+            "api_key",
+            "proxy_authorization",
+            "x_nim_key",
+            "authorization_",
+            "x-custom_thing",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("client"),
+            );
+        }
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        rewrite_request(
+            &mut h,
+            &HeaderName::from_static("x-nim-key"),
+            &HeaderValue::from_static("nim"),
+        );
+        assert!(h.keys().all(|n| !n.as_str().contains('_')), "{h:?}");
+        assert_eq!(h["x-nim-key"], "nim");
+        assert_eq!(h["x-keep"], "1");
+        assert_eq!(h.len(), 2);
     }
 
     #[test]
