@@ -121,3 +121,97 @@ async fn path_allow_list_applies_after_normalisation() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     gw.stop().await;
 }
+
+/// Python's `str.splitlines` boundaries: every character a JSON-lines reader may split on.
+fn splitlines(s: &str) -> Vec<&str> {
+    s.split(|c| {
+        matches!(
+            c,
+            '\n' | '\r'
+                | '\u{b}'
+                | '\u{c}'
+                | '\u{1c}'
+                | '\u{1d}'
+                | '\u{1e}'
+                | '\u{85}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+    })
+    .filter(|l| !l.is_empty())
+    .collect()
+}
+
+#[tokio::test]
+async fn line_separators_from_client_input_cannot_split_audit_records() {
+    let gw = start().await;
+    // A model with every separator (JSON escapes decode to raw characters) …
+    let body = r#"{"model":"m\u2028x\u2029y\u0085z\u200b\u202e\u2066\u000b\u001c","messages":[]}"#;
+    let (status, _, _) = send(post(
+        &gw.url("/v1/chat/completions?sep=1"),
+        Some(CLIENT_KEY),
+        body,
+    ))
+    .await;
+    assert_eq!(status, 200);
+    // … and paths with raw UTF-8 separators (kept intact for the NIM), authenticated or not.
+    let raw_path = "/v1/models/a\u{2028}b\u{85}c\u{2029}";
+    let req = format!(
+        "GET {raw_path}?sep=2 HTTP/1.1\r\nHost: gw\r\n{}\r\n",
+        auth_line()
+    );
+    let r = exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    let st = r.map(|r| r.status);
+    if st != Some(400) {
+        let seen = seen_with(&gw, "sep=2");
+        assert_eq!(seen.len(), 1, "{st:?}");
+        assert_eq!(
+            percent_decode_path(&seen_path(&seen[0])),
+            raw_path,
+            "non-ASCII path bytes changed on the way to the NIM"
+        );
+    }
+    let req = format!(
+        "GET {raw_path}?sep=3 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer wrong\u{2028}\r\n\r\n"
+    );
+    let _ = exchange(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = gw.audit_text();
+    assert!(
+        text.contains("/v1/chat/completions") && text.contains("/v1/models/a"),
+        "{text}"
+    );
+    for piece in splitlines(&text) {
+        let v: serde_json::Value = serde_json::from_str(piece)
+            .unwrap_or_else(|e| panic!("audit line split by a separator ({e}): {piece:?}"));
+        assert!(v.is_object() && v["event"].is_string(), "{piece}");
+    }
+    let uses = gw.audit_events("use").await;
+    assert!(
+        uses.iter()
+            .any(|u| u["model"] == "m\u{2028}x\u{2029}y\u{85}z\u{200b}\u{202e}\u{2066}\u{b}\u{1c}"),
+        "the model decodes back unchanged: {uses:?}"
+    );
+    gw.stop().await;
+}
+
+fn percent_decode_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() + 1 {
+            if let Some(v) = p
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -107,9 +107,54 @@ pub fn encode_line(buf: &mut Vec<u8>, rec: &Record, seq: u64, prev_hash: &str) -
     }
     // The record's own opening brace becomes the separator after the chain fields.
     buf[brace] = b',';
+    escape_invisible(buf, brace);
     let hash = hex::encode(Sha256::digest(&buf[start..]));
     buf.push(b'\n');
     hash
+}
+
+/// True for the non-ASCII characters a JSON-lines reader may split on or a terminal may hide:
+/// C1 controls (U+0085 NEL included), line/paragraph separators, bidi controls and the other
+/// format characters (zero-width, invisible operators, BOM, interlinear annotations, tags).
+/// serde_json escapes only ASCII controls, so these would land raw in a record.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{80}'..='\u{9f}'
+        | '\u{ad}'
+        | '\u{61c}'
+        | '\u{180e}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}'
+        | '\u{feff}'
+        | '\u{fff9}'..='\u{fffb}'
+        | '\u{e0000}'..='\u{e007f}')
+}
+
+/// Replace every `is_invisible` character in `buf[from..]` (serde_json output: they can only be
+/// inside strings) by its `\uXXXX` escape, so one record is one line for every reader (Python's
+/// `splitlines` included). ASCII-only records (the usual case) cost one scan and no allocation.
+fn escape_invisible(buf: &mut Vec<u8>, from: usize) {
+    use std::io::Write;
+    if buf[from..].is_ascii() {
+        return;
+    }
+    let tail = buf.split_off(from);
+    let Ok(text) = std::str::from_utf8(&tail) else {
+        buf.extend_from_slice(&tail);
+        return;
+    };
+    let mut units = [0u16; 2];
+    for c in text.chars() {
+        if is_invisible(c) {
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(buf, "\\u{u:04x}");
+            }
+        } else {
+            let mut b = [0u8; 4];
+            buf.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+        }
+    }
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-28T23:59:01.123Z`.
@@ -191,6 +236,40 @@ mod tests {
             h,
             hex::encode(sha2::Sha256::digest(line.trim_end().as_bytes()))
         );
+    }
+
+    #[test]
+    fn line_separators_and_format_characters_are_escaped() {
+        let mut r = Record::event(Event::Use);
+        let nasty = "a\u{2028}b\u{2029}c\u{85}d\u{200b}\u{202e}\u{2066}\u{feff}\u{e0041}e\u{1c}f";
+        r.model = Some(Arc::from(nasty));
+        r.path = Some(Arc::from("/v1/caf\u{e9}/\u{65e5}\u{672c}"));
+        let mut buf = Vec::new();
+        let h = encode_line(&mut buf, &r, 1, "00");
+        let line = std::str::from_utf8(&buf).unwrap();
+        // One line for every Unicode line-boundary rule; nothing invisible left raw.
+        let body = line.strip_suffix('\n').unwrap();
+        assert!(
+            !body.chars().any(|c| c.is_control() || is_invisible(c)),
+            "{line:?}"
+        );
+        for sep in [
+            '\n', '\r', '\u{b}', '\u{c}', '\u{1c}', '\u{1d}', '\u{1e}', '\u{85}', '\u{2028}',
+            '\u{2029}',
+        ] {
+            assert!(!body.contains(sep), "{sep:?} raw in {line:?}");
+        }
+        assert!(
+            body.contains(r"\u2028") && body.contains(r"\udb40\udc41"),
+            "{body}"
+        );
+        // The escapes decode back to the same strings; printable non-ASCII stays as it was.
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["model"], nasty);
+        assert_eq!(v["path"], "/v1/caf\u{e9}/\u{65e5}\u{672c}");
+        assert!(body.contains("caf\u{e9}"));
+        use sha2::Digest;
+        assert_eq!(h, hex::encode(sha2::Sha256::digest(body.as_bytes())));
     }
 
     #[test]

@@ -9,7 +9,9 @@ pub fn normalize(raw: &str) -> Option<String> {
         return None;
     }
     let bytes = raw.as_bytes();
-    let mut decoded = String::with_capacity(raw.len());
+    // Bytes, not chars: a non-ASCII byte is kept as it is (pushing it `as char` would re-encode
+    // each byte of a UTF-8 sequence as Latin-1 and change the path the NIM sees).
+    let mut decoded = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -17,12 +19,12 @@ pub fn normalize(raw: &str) -> Option<String> {
             let hex = raw.get(i + 1..i + 3)?;
             let v = u8::from_str_radix(hex, 16).ok()?;
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                decoded.push(v as char);
+                decoded.push(v);
             } else if v == b'/' || v == b'\\' || v == b';' || v < 0x20 || v == 0x7f {
                 return None;
             } else {
-                decoded.push('%');
-                decoded.push_str(&hex.to_ascii_uppercase());
+                decoded.push(b'%');
+                decoded.extend_from_slice(hex.to_ascii_uppercase().as_bytes());
             }
             i += 3;
             continue;
@@ -30,9 +32,11 @@ pub fn normalize(raw: &str) -> Option<String> {
         if b == b'\\' || b == b';' || b < 0x20 || b == 0x7f {
             return None;
         }
-        decoded.push(b as char);
+        decoded.push(b);
         i += 1;
     }
+    // Only ASCII was decoded or inserted and every other byte copied, so this is `raw`'s UTF-8.
+    let decoded = String::from_utf8(decoded).ok()?;
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         match seg {
@@ -118,6 +122,11 @@ mod tests {
         assert_eq!(normalize("/.."), None);
         assert_eq!(normalize("/v1/%zz"), None);
         assert_eq!(normalize("*"), None);
+        // Non-ASCII bytes are forwarded unchanged (not re-encoded per byte).
+        assert_eq!(
+            normalize("/v1/caf\u{e9}/\u{2028}/x").as_deref(),
+            Some("/v1/caf\u{e9}/\u{2028}/x")
+        );
     }
 
     #[test]
