@@ -183,3 +183,67 @@ impl ReplaceBytes for Vec<u8> {
         }
     }
 }
+
+/// The `use` record names the model the NIM will read (last duplicate, BOM, whitespace, a body
+/// over the peek arriving in pieces), and no recorded string is uncapped.
+#[tokio::test]
+async fn recorded_model_is_the_one_the_nim_reads_and_is_capped() {
+    let gw = start().await;
+    let pad = "p".repeat(200 * 1024);
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        (
+            "dup",
+            br#"{"model":"first","messages":[],"model":"last"}"#.to_vec(),
+            Some("last"),
+        ),
+        (
+            "bom",
+            b"\xef\xbb\xbf{\"model\":\"bom-model\",\"messages\":[]}".to_vec(),
+            Some("bom-model"),
+        ),
+        (
+            "ws",
+            b" \r\n\t {\"model\":\"ws-model\",\"messages\":[]}".to_vec(),
+            Some("ws-model"),
+        ),
+        (
+            "nested",
+            br#"{"x":{"model":"evil"},"messages":[]}"#.to_vec(),
+            None,
+        ),
+        (
+            "big",
+            format!(r#"{{"model":"big-model","messages":[{{"role":"user","content":"{pad}"}}]}}"#)
+                .into_bytes(),
+            Some("big-model"),
+        ),
+    ];
+    for (tag, body, _) in &cases {
+        let req = http::Request::post(gw.url(&format!("/v1/chat/completions?m={tag}")))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let (status, _, _) = send(req).await;
+        assert!(status < 500, "{tag}: {status}");
+    }
+    // A 200 KB model name: the NIM echoes it in its response, the `done` record must stay short.
+    let huge = "h".repeat(200 * 1024);
+    let (status, _, _) = send(post(
+        &gw.url("/v1/chat/completions?m=huge"),
+        Some(CLIENT_KEY),
+        &format!(r#"{{"model":"{huge}","messages":[]}}"#),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let uses = gw.audit_events("use").await;
+    assert_eq!(uses.len(), cases.len() + 1);
+    for ((tag, _, want), u) in cases.iter().zip(&uses) {
+        assert_eq!(u["model"].as_str(), *want, "{tag}: {u}");
+    }
+    for line in gw.audit_text().lines() {
+        assert!(line.len() < 4096, "an audit line of {} bytes", line.len());
+    }
+    gw.stop().await;
+}

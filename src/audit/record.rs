@@ -23,23 +23,23 @@ pub struct Usage {
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
     pub event: Event,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub request_id: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub client_id: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub remote_addr: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub method: Option<Cow<'static, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub path: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub model: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub upstream: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub key_version: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub key_fingerprint: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -52,16 +52,16 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// Why a request was denied or ended abnormally, or what a source event was about.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub reason: Option<String>,
     /// Secret source kind (`file`, `vault`) for source events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
     /// Previous key version, on `secret_rotate`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub old_key_version: Option<Arc<str>>,
     /// Free-form, secret-free detail (e.g. an error class, a token TTL in seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub detail: Option<String>,
 }
 
@@ -89,6 +89,30 @@ impl Record {
             detail: None,
         }
     }
+}
+
+/// Longest string a record field is written with (model, path, reason, detail, …): client and
+/// upstream input can be any length, a record line stays short. Longer ones end in `…`.
+pub const MAX_FIELD_BYTES: usize = 512;
+
+/// Serialise a string field cut to `MAX_FIELD_BYTES` (at a character boundary).
+#[expect(
+    clippy::ref_option,
+    reason = "serde's serialize_with passes &Option<T>"
+)]
+fn capped<S: serde::Serializer, T: AsRef<str>>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    let Some(v) = v else {
+        return s.serialize_none();
+    };
+    let v = v.as_ref();
+    if v.len() <= MAX_FIELD_BYTES {
+        return s.serialize_str(v);
+    }
+    let mut end = MAX_FIELD_BYTES;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.collect_str(&format_args!("{}…", &v[..end]))
 }
 
 /// Append one chained audit line (`{"ts":…,"seq":…,"prev_hash":…,<record fields>}` + `\n`) to
@@ -270,6 +294,32 @@ mod tests {
         assert!(body.contains("caf\u{e9}"));
         use sha2::Digest;
         assert_eq!(h, hex::encode(sha2::Sha256::digest(body.as_bytes())));
+    }
+
+    #[test]
+    fn every_string_field_is_capped() {
+        let long: Arc<str> = Arc::from("é".repeat(100_000).as_str());
+        let mut r = Record::event(Event::Done);
+        r.model = Some(long.clone());
+        r.path = Some(long.clone());
+        r.request_id = Some(long.clone());
+        r.reason = Some(long.to_string());
+        r.detail = Some(long.to_string());
+        r.method = Some(Cow::Owned(long.to_string()));
+        let mut buf = Vec::new();
+        encode_line(&mut buf, &r, 1, "00");
+        assert!(buf.len() < 6 * (MAX_FIELD_BYTES + 8) + 300, "{}", buf.len());
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        for f in ["model", "path", "request_id", "reason", "detail", "method"] {
+            let s = v[f].as_str().unwrap();
+            assert!(
+                s.len() <= MAX_FIELD_BYTES + '…'.len_utf8() && s.ends_with('…'),
+                "{f}"
+            );
+        }
+        r.model = Some(Arc::from("short"));
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.contains(r#""model":"short""#));
     }
 
     #[test]
