@@ -358,3 +358,60 @@ async fn underscore_spellings_of_credential_headers_are_stripped() {
         gw.stop().await;
     }
 }
+
+/// A NIM that echoes the key (in a header, a JSON body, a 302 `Location`, a 401 body) must not
+/// hand it to the client; every removal is counted.
+#[tokio::test]
+async fn a_key_echoed_by_the_nim_never_reaches_the_client() {
+    for h2 in [false, true] {
+        let gw = if h2 {
+            start_with(Opts::default().upstream("http2 = true")).await
+        } else {
+            start().await
+        };
+        for how in ["header", "body", "location", "401"] {
+            let mut req = post(
+                &gw.url("/v1/chat/completions"),
+                Some(CLIENT_KEY),
+                &chat_body(false),
+            );
+            req.headers_mut()
+                .insert("x-fake-echo-auth", how.parse().unwrap());
+            let (status, headers, body) = send(req).await;
+            assert!(
+                status == 200 || status == 302 || status == 401,
+                "{how}: {status}"
+            );
+            for (n, v) in &headers {
+                let v = String::from_utf8_lossy(v.as_bytes());
+                assert!(
+                    !v.contains(NIM_KEY),
+                    "{how}: key in response header {n}: {v}"
+                );
+            }
+            if how == "location" {
+                assert!(
+                    headers.get("location").is_none(),
+                    "a Location with the key was kept"
+                );
+            }
+            assert!(
+                !String::from_utf8_lossy(&body).contains(NIM_KEY),
+                "{how}: key in the response body: {}",
+                String::from_utf8_lossy(&body)
+            );
+            if how == "body" {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert!(v["echo"].as_str().unwrap().starts_with("Bearer *"), "{v}");
+            }
+        }
+        let (_, m) = get_admin(gw.admin, "/metrics").await.unwrap();
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("nimgate_key_redactions_total "))
+            .unwrap_or_else(|| panic!("no redaction counter:\n{m}"));
+        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(n >= 5, "{line}");
+        gw.stop().await;
+    }
+}

@@ -6,6 +6,7 @@
 //! A leaf module: it knows nothing of the proxy, so `error` and `proxy` both use it without
 //! importing each other.
 
+pub mod redact;
 pub mod sniff;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use crate::audit::Usage;
+use redact::Redactor;
 use sniff::Sniffer;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,6 +30,8 @@ pub struct Outcome {
     pub bytes_out: u64,
     pub usage: Option<Usage>,
     pub model: Option<String>,
+    /// Occurrences of the injected key overwritten in the body.
+    pub redactions: u64,
     /// `None` = complete; else why it ended early.
     pub error: Option<&'static str>,
 }
@@ -43,6 +47,9 @@ pin_project_lite::pin_project! {
 pub struct Track {
     bytes: u64,
     sniff: Sniffer,
+    redact: Option<Redactor>,
+    /// A non-data frame that waits for held-back body bytes to go first.
+    pending: Option<Frame<Bytes>>,
     on_done: Option<Box<dyn OnDone>>,
 }
 
@@ -54,6 +61,7 @@ impl Track {
                 bytes_out: self.bytes,
                 usage,
                 model,
+                redactions: self.redact.as_ref().map_or(0, |r| r.count),
                 error,
             });
         }
@@ -73,12 +81,19 @@ impl GatewayBody {
     pub fn empty() -> Self {
         Self::Full { data: None }
     }
-    pub fn upstream(inner: Incoming, sse: bool, on_done: Box<dyn OnDone>) -> Self {
+    pub fn upstream(
+        inner: Incoming,
+        sse: bool,
+        redact: Option<Redactor>,
+        on_done: Box<dyn OnDone>,
+    ) -> Self {
         Self::Upstream {
             inner,
             track: Some(Track {
                 bytes: 0,
                 sniff: if sse { Sniffer::sse() } else { Sniffer::json() },
+                redact,
+                pending: None,
                 on_done: Some(on_done),
             }),
         }
@@ -95,33 +110,66 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            GatewayBodyProj::Upstream { mut inner, track } => {
+            GatewayBodyProj::Upstream { mut inner, track } => loop {
+                if let Some(f) = track.as_mut().and_then(|t| t.pending.take()) {
+                    return Poll::Ready(Some(Ok(f)));
+                }
                 let r = ready!(inner.as_mut().poll_frame(cx));
-                if let Some(t) = track.as_mut() {
-                    match &r {
-                        Some(Ok(f)) => {
-                            if let Some(d) = f.data_ref() {
+                let Some(t) = track.as_mut() else {
+                    return Poll::Ready(r);
+                };
+                let end = inner.is_end_stream();
+                match r {
+                    Some(Ok(f)) => {
+                        let f = match f.into_data() {
+                            Ok(d) => {
                                 t.bytes += d.len() as u64;
-                                t.sniff.feed(d);
+                                t.sniff.feed(&d);
+                                let d = match t.redact.as_mut() {
+                                    Some(red) => red.feed(d, end),
+                                    None => d,
+                                };
+                                if d.is_empty() && !end {
+                                    continue;
+                                }
+                                Frame::data(d)
                             }
-                            // With a Content-Length, hyper stops polling at the last byte.
-                            if inner.is_end_stream() {
-                                t.finish(None);
-                            }
+                            Err(other) => match t.redact.as_mut().and_then(Redactor::flush) {
+                                Some(held) => {
+                                    t.pending = Some(other);
+                                    Frame::data(held)
+                                }
+                                None => other,
+                            },
+                        };
+                        // With a Content-Length, hyper stops polling at the last byte.
+                        if end && t.pending.is_none() {
+                            t.finish(None);
                         }
-                        Some(Err(_)) => t.finish(Some("upstream_error")),
-                        None => t.finish(None),
+                        return Poll::Ready(Some(Ok(f)));
+                    }
+                    Some(Err(e)) => {
+                        t.finish(Some("upstream_error"));
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    None => {
+                        if let Some(held) = t.redact.as_mut().and_then(Redactor::flush) {
+                            return Poll::Ready(Some(Ok(Frame::data(held))));
+                        }
+                        t.finish(None);
+                        return Poll::Ready(None);
                     }
                 }
-                Poll::Ready(r)
-            }
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Full { data } => data.is_none(),
-            Self::Upstream { inner, .. } => inner.is_end_stream(),
+            Self::Upstream { inner, track } => {
+                inner.is_end_stream() && track.as_ref().is_none_or(|t| t.pending.is_none())
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use super::request_body::{BodyTimeout, BodyTooLarge, RequestBody};
 use super::upstream::Upstream;
 use super::{headers, path, Failure, Proxy};
 use crate::audit::{Event, Record};
+use crate::body::redact::Redactor;
 use crate::body::{GatewayBody, OnDone, Outcome};
 use crate::error::GatewayError;
 use crate::names::X_REQUEST_ID;
@@ -185,13 +186,52 @@ pub(super) fn wrap_response(
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let (pre, suf) = attempt.upstream.key_affixes;
+    let value = key.header_value.clone();
+    let end = value.len().saturating_sub(suf);
+    let redactor = (end > pre).then(|| Redactor::new(value, pre, end, sse));
+    if let Some(r) = &redactor {
+        let n = redact_headers(&mut rparts.headers, r.key_bytes());
+        attempt.proxy.metrics.key_redactions(n);
+    }
     let done = Done {
         status: rparts.status.as_u16(),
         attempt,
         key,
         _permits: permits,
     };
-    Response::from_parts(rparts, GatewayBody::upstream(incoming, sse, Box::new(done)))
+    Response::from_parts(
+        rparts,
+        GatewayBody::upstream(incoming, sse, redactor, Box::new(done)),
+    )
+}
+
+/// Remove the key from response headers: a `Location` (or `Content-Location`) carrying it is
+/// dropped, any other value has it overwritten with `*`. Returns the occurrences removed. One
+/// substring search per header value; allocates only when the key is found.
+fn redact_headers(h: &mut http::HeaderMap, key: &[u8]) -> u64 {
+    use http::header::{CONTENT_LOCATION, LOCATION};
+    let hit = |v: &http::HeaderValue| memchr::memmem::find(v.as_bytes(), key).is_some();
+    if key.is_empty() || !h.values().any(hit) {
+        return 0;
+    }
+    let mut n = 0;
+    for name in [LOCATION, CONTENT_LOCATION] {
+        if h.get_all(&name).iter().any(hit) {
+            n += h.get_all(&name).iter().filter(|v| hit(v)).count() as u64;
+            h.remove(&name);
+        }
+    }
+    for v in h.values_mut() {
+        if hit(v) {
+            let mut b = v.as_bytes().to_vec();
+            n += crate::body::redact::overwrite(&mut b, key);
+            if let Ok(nv) = http::HeaderValue::from_bytes(&b) {
+                *v = nv;
+            }
+        }
+    }
+    n
 }
 
 fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -223,6 +263,7 @@ impl OnDone for Done {
         }
         r.reason = o.error.map(String::from);
         let m = &self.attempt.proxy.metrics;
+        m.key_redactions(o.redactions);
         m.response(self.status, self.attempt.info.start.elapsed());
         if let Some(u) = o.usage {
             m.tokens(u.prompt_tokens, u.completion_tokens);

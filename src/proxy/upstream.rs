@@ -19,6 +19,9 @@ pub struct Upstream {
     /// This upstream's key, and only this upstream's.
     pub store: Arc<SecretStore>,
     pub auth_header: HeaderName,
+    /// Bytes of `auth_value` before and after `{key}`: where the raw key sits in the injected
+    /// header value (for redacting it from responses).
+    pub key_affixes: (usize, usize),
     pub response_timeout: Duration,
     pub retry_on_auth_failure: bool,
 }
@@ -32,6 +35,10 @@ impl Upstream {
             pool: Pool::new(cfg)?,
             store,
             auth_header,
+            key_affixes: cfg
+                .auth_value
+                .split_once("{key}")
+                .map_or((0, 0), |(p, s)| (p.len(), s.len())),
             response_timeout: cfg.response_timeout,
             retry_on_auth_failure: cfg.retry_on_auth_failure,
         })

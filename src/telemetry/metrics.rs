@@ -28,6 +28,7 @@ pub struct Metrics {
     duration_sum_us: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    key_redactions: AtomicU64,
 }
 
 /// `# HELP` and `# TYPE` lines of one family.
@@ -55,6 +56,13 @@ impl Metrics {
 
     pub fn upstream_error(&self, e: GatewayError) {
         self.upstream_errors[e.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Occurrences of the injected key removed from NIM responses (headers, bodies, `Location`).
+    pub fn key_redactions(&self, n: u64) {
+        if n > 0 {
+            self.key_redactions.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub fn tokens(&self, prompt: u64, completion: u64) {
@@ -138,6 +146,17 @@ impl Metrics {
             "Tokens the NIM reported in responses' usage, by kind.",
         );
         let _ = writeln!(o, "nimgate_tokens_total{{kind=\"prompt\"}} {}\nnimgate_tokens_total{{kind=\"completion\"}} {}", g(&self.prompt_tokens), g(&self.completion_tokens));
+        family(
+            &mut o,
+            "nimgate_key_redactions_total",
+            "counter",
+            "Occurrences of the injected NIM key removed from upstream responses (headers, bodies, Location).",
+        );
+        let _ = writeln!(
+            o,
+            "nimgate_key_redactions_total {}",
+            g(&self.key_redactions)
+        );
 
         family(
             &mut o,

@@ -1,0 +1,157 @@
+//! Removes the injected NIM key from what the NIM sends back (an echoing or misbehaving NIM must
+//! not hand our key to a client). Occurrences are overwritten with `*` of the same length, so
+//! `Content-Length` stays right. The key bytes are borrowed from the key's own `HeaderValue` (a
+//! reference-counted clone, no copy of the key is made); the redactor never logs them.
+//!
+//! Non-streamed bodies: the first `BODY_BUDGET` bytes, with the last `key.len() - 1` bytes of
+//! each chunk held back until the next one so a key split across chunks is still found (one copy
+//! of each chunk in that window). SSE: within each chunk only (holding bytes back would delay
+//! events). Headers: see `proxy::attempt::redact_headers`.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+
+/// How much of a non-streamed body is searched.
+pub const BODY_BUDGET: u64 = 1024 * 1024;
+
+pub struct Redactor {
+    value: HeaderValue,
+    start: usize,
+    end: usize,
+    carry: BytesMut,
+    budget: u64,
+    hold_back: bool,
+    /// Occurrences overwritten so far.
+    pub count: u64,
+}
+
+/// Overwrite every occurrence of `key` in `buf`; how many there were.
+pub fn overwrite(buf: &mut [u8], key: &[u8]) -> u64 {
+    if key.is_empty() {
+        return 0;
+    }
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(i) = memchr::memmem::find(&buf[at..], key) {
+        buf[at + i..at + i + key.len()].fill(b'*');
+        at += i + key.len();
+        n += 1;
+    }
+    n
+}
+
+impl Redactor {
+    /// `value[start..end]` is the raw key inside the injected header value.
+    pub fn new(value: HeaderValue, start: usize, end: usize, sse: bool) -> Self {
+        Self {
+            value,
+            start,
+            end,
+            carry: BytesMut::new(),
+            budget: if sse { u64::MAX } else { BODY_BUDGET },
+            hold_back: !sse,
+            count: 0,
+        }
+    }
+
+    /// The raw key (borrowed from the header value).
+    pub fn key_bytes(&self) -> &[u8] {
+        self.key()
+    }
+
+    fn key(&self) -> &[u8] {
+        self.value
+            .as_bytes()
+            .get(self.start..self.end)
+            .unwrap_or_default()
+    }
+
+    /// The bytes to send now for `chunk`; `last`: nothing follows.
+    pub fn feed(&mut self, chunk: Bytes, last: bool) -> Bytes {
+        let k = self.key().len();
+        if k == 0 || (self.budget == 0 && self.carry.is_empty()) {
+            return chunk;
+        }
+        if !self.hold_back {
+            if memchr::memmem::find(&chunk, self.key()).is_none() {
+                return chunk;
+            }
+            let mut b = BytesMut::from(&chunk[..]);
+            let key = self.value.clone();
+            self.count += overwrite(&mut b, &key.as_bytes()[self.start..self.end]);
+            return b.freeze();
+        }
+        self.budget = self.budget.saturating_sub(chunk.len() as u64);
+        let mut b = std::mem::take(&mut self.carry);
+        b.extend_from_slice(&chunk);
+        let key = self.value.clone();
+        self.count += overwrite(&mut b, &key.as_bytes()[self.start..self.end]);
+        if !last && self.budget > 0 {
+            let keep = (k - 1).min(b.len());
+            self.carry = b.split_off(b.len() - keep);
+        }
+        b.freeze()
+    }
+
+    /// What is still held back (at the end of the body).
+    pub fn flush(&mut self) -> Option<Bytes> {
+        (!self.carry.is_empty()).then(|| std::mem::take(&mut self.carry).freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(sse: bool) -> Redactor {
+        Redactor::new(HeaderValue::from_static("Bearer SECRETKEY"), 7, 16, sse)
+    }
+
+    #[test]
+    fn key_split_across_chunks_is_found() {
+        for cut in 0..=30 {
+            let body = b"{\"echo\":\"Bearer SECRETKEY\",\"x\":\"SECRETKEY\"}";
+            let mut red = r(false);
+            let cut = cut.min(body.len());
+            let mut out = Vec::new();
+            out.extend_from_slice(&red.feed(Bytes::copy_from_slice(&body[..cut]), false));
+            out.extend_from_slice(&red.feed(Bytes::copy_from_slice(&body[cut..]), false));
+            if let Some(f) = red.flush() {
+                out.extend_from_slice(&f);
+            }
+            assert_eq!(out.len(), body.len());
+            assert!(memchr::memmem::find(&out, b"SECRETKEY").is_none(), "{cut}");
+            assert_eq!(red.count, 2);
+        }
+    }
+
+    #[test]
+    fn last_chunk_is_not_held_back_and_sse_is_per_chunk() {
+        let mut red = r(false);
+        assert_eq!(
+            &red.feed(Bytes::from_static(b"abSECRETKEYcd"), true)[..],
+            b"ab*********cd"
+        );
+        assert!(red.flush().is_none());
+        let mut s = r(true);
+        assert_eq!(
+            &s.feed(Bytes::from_static(b"data: SECRETKEY\n\n"), false)[..],
+            b"data: *********\n\n"
+        );
+        assert_eq!(
+            &s.feed(Bytes::from_static(b"data: clean\n\n"), false)[..],
+            b"data: clean\n\n"
+        );
+        assert_eq!(s.count, 1);
+    }
+
+    #[test]
+    fn budget_ends_the_search() {
+        let mut red = r(false);
+        let big = Bytes::from(vec![b'a'; BODY_BUDGET as usize]);
+        let out = red.feed(big, false);
+        assert_eq!(out.len() as u64, BODY_BUDGET);
+        let tail = Bytes::from_static(b"SECRETKEY");
+        assert_eq!(red.feed(tail.clone(), false), tail);
+    }
+}
