@@ -415,3 +415,29 @@ async fn a_key_echoed_by_the_nim_never_reaches_the_client() {
         gw.stop().await;
     }
 }
+
+#[tokio::test]
+async fn other_query_spellings_of_a_key_are_stripped() {
+    let gw = start().await;
+    for (i, q) in [
+        "key=client-secret",
+        "apikey=client-secret",
+        "ApiKey=client-secret",
+        "api_key[]=client-secret",
+        "api_key%5B%5D=client-secret",
+        "access_token=client-secret",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let target = format!("/v1/models?qs={i}&{q}");
+        let r = exchange(gw.addr, &h1_get(&target, ""), Duration::from_secs(3))
+            .await
+            .expect("a response");
+        assert_eq!(r.status, 200, "{q}");
+        let seen = seen_with(&gw, &format!("qs={i}"));
+        assert_eq!(seen.len(), 1, "{q}");
+        assert_only_our_credential(&seen[0], q);
+    }
+    gw.stop().await;
+}

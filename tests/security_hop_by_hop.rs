@@ -112,3 +112,36 @@ async fn connection_header_with_a_non_utf8_token_still_strips_the_named_headers(
     }
     gw.stop().await;
 }
+
+/// An upstream that answers `101 Switching Protocols` must not get a tunnel to the client: 502.
+#[tokio::test]
+async fn an_upstream_101_is_refused_with_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW-TUNNEL-BYTES")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            });
+        }
+    });
+    let gw = start_with(Opts::default().upstream_url(format!("http://{up}"))).await;
+    let r = exchange(gw.addr, &h1_get("/v1/models", ""), Duration::from_secs(5))
+        .await
+        .expect("a response");
+    assert_eq!(r.status, 502, "an upstream 101 reached the client");
+    assert!(!String::from_utf8_lossy(&r.body).contains("RAW-TUNNEL"));
+    gw.stop().await;
+}

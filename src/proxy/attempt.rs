@@ -108,6 +108,14 @@ impl Attempt {
         let up = &self.upstream;
         let result = tokio::time::timeout(up.response_timeout, up.pool.client.request(req)).await;
         let err = match result {
+            // A 101 would hand the client a raw tunnel to the NIM (nimgate never asks for one).
+            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                tracing::warn!(
+                    request_id = self.info.id_text.as_deref().unwrap_or("-"),
+                    "upstream answered 101 Switching Protocols: refused"
+                );
+                GatewayError::UpstreamUnreachable
+            }
             Ok(Ok(resp)) => return Ok(resp),
             Err(_) => GatewayError::UpstreamTimeout,
             Ok(Err(e)) if has_source::<BodyTooLarge>(&e) => GatewayError::BodyTooLarge,

@@ -45,17 +45,29 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Remove every header with `_` in its name. WSGI/CGI-style servers (and some Python ASGI
-/// stacks behind them) map `X_Api_Key` and `X-Api-Key` to the same variable, so an underscore
-/// spelling would smuggle a credential past the dash-spelled rules; no header the NIM needs has
-/// one. One scan of the names; allocates only when such a header is present.
+/// Client headers that never reach the NIM though they are not credentials of ours: cookies
+/// (another site's session is nothing the NIM needs) and the client's claims about the path it
+/// came by (the NIM trusts nimgate, so a client-written `X-Real-IP` would be believed).
+const CLIENT_CONTEXT: [HeaderName; 2] = [header::COOKIE, HeaderName::from_static("x-real-ip")];
+
+/// Names removed by pattern: any `_` (WSGI/CGI-style servers, and some Python stacks behind
+/// them, map `X_Api_Key` and `X-Api-Key` to the same variable, so an underscore spelling would
+/// smuggle a credential past the dash-spelled rules; no header the NIM needs has one) and every
+/// `X-Forwarded-*` (client-written, so untrustworthy).
+fn stripped_by_pattern(n: &HeaderName) -> bool {
+    let s = n.as_str();
+    s.contains('_') || s.starts_with("x-forwarded-")
+}
+
+/// Remove the `stripped_by_pattern` headers. One scan of the names; allocates only when such a
+/// header is present.
 pub fn strip_underscore_names(h: &mut HeaderMap) {
-    if !h.keys().any(|n| n.as_str().contains('_')) {
+    if !h.keys().any(stripped_by_pattern) {
         return;
     }
     let named: Vec<HeaderName> = h
         .keys()
-        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| stripped_by_pattern(n))
         .cloned()
         .collect();
     for n in named {
@@ -71,6 +83,9 @@ pub fn rewrite_request(h: &mut HeaderMap, auth_header: &HeaderName, key: &Header
     }
     // `_` and `-` alike: every underscore spelling of a credential name (and of any name) goes.
     strip_underscore_names(h);
+    for n in &CLIENT_CONTEXT {
+        h.remove(n);
+    }
     h.remove(header::HOST);
     h.remove(header::FORWARDED);
     h.insert(auth_header.clone(), key.clone());
@@ -79,6 +94,10 @@ pub fn rewrite_request(h: &mut HeaderMap, auth_header: &HeaderName, key: &Header
 /// Rewrite an upstream response's headers for the client.
 pub fn rewrite_response(h: &mut HeaderMap, request_id: &HeaderValue) {
     strip_hop_by_hop(h);
+    // The client's session is with nimgate: the NIM sets no cookie on it, and its auth challenge
+    // (for *our* key) is not the client's to answer.
+    h.remove(header::SET_COOKIE);
+    h.remove(header::WWW_AUTHENTICATE);
     h.insert(X_REQUEST_ID, request_id.clone());
     let sse = h
         .get(header::CONTENT_TYPE)
@@ -151,6 +170,40 @@ mod tests {
         assert_eq!(h["x-nim-key"], "nim");
         assert_eq!(h["x-keep"], "1");
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn cookies_and_forwarding_claims_stay_here() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "cookie",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-real-ip",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        h.insert("x-forwardedness", HeaderValue::from_static("1"));
+        rewrite_request(
+            &mut h,
+            &header::AUTHORIZATION,
+            &HeaderValue::from_static("Bearer nim"),
+        );
+        assert_eq!(h.len(), 2, "{h:?}");
+        let mut r = HeaderMap::new();
+        r.insert(header::SET_COOKIE, HeaderValue::from_static("s=1"));
+        r.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        rewrite_response(&mut r, &HeaderValue::from_static("id"));
+        assert!(r.get(header::SET_COOKIE).is_none() && r.get(header::WWW_AUTHENTICATE).is_none());
+        assert_eq!(r.len(), 2);
     }
 
     #[test]

@@ -58,7 +58,31 @@ pub fn normalize(raw: &str) -> Option<String> {
     Some(path)
 }
 
-/// Remove `api_key` / `api-key` parameters (any case, percent-encoded names too) from a query.
+/// Whether a decoded query parameter name is a credential: `api_key`, `api-key`, `apikey`,
+/// `key`, `access_token` in any case, `_`/`-` alike, with or without a PHP/Rails-style `[…]`
+/// suffix (`api_key[]`, `key[0]`).
+fn is_credential_name(name: &[u8]) -> bool {
+    let base = match name.iter().position(|&b| b == b'[') {
+        Some(i) => &name[..i],
+        None => name,
+    };
+    let mut folded = [0u8; 16];
+    let mut n = 0;
+    for &b in base {
+        if b == b'_' || b == b'-' {
+            continue;
+        }
+        if n == folded.len() {
+            return false;
+        }
+        folded[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    matches!(&folded[..n], b"apikey" | b"key" | b"accesstoken")
+}
+
+/// Remove credential parameters (see `is_credential_name`; percent-encoded names too) from a
+/// query.
 pub fn strip_credential_params(query: &str) -> Option<String> {
     let mut changed = false;
     let kept: Vec<&str> = query
@@ -66,8 +90,7 @@ pub fn strip_credential_params(query: &str) -> Option<String> {
         .filter(|p| {
             // Compare the fully decoded name, as the upstream's framework will see it.
             let name = form_decode(p.split('=').next().unwrap_or(""));
-            let cred =
-                name.eq_ignore_ascii_case(b"api_key") || name.eq_ignore_ascii_case(b"api-key");
+            let cred = is_credential_name(&name);
             changed |= cred;
             !cred
         })
@@ -154,5 +177,28 @@ mod tests {
             Some("api_ke=1")
         );
         assert_eq!(strip_credential_params("a=%&b%="), None);
+        for q in [
+            "key=x",
+            "KEY=x",
+            "apikey=x",
+            "ApiKey=x",
+            "api_key[]=x",
+            "api_key%5B%5D=x",
+            "key[0]=x",
+            "access_token=x",
+            "access-token=x",
+            "api__key=x",
+            "a-p-i-k-e-y=x",
+        ] {
+            assert_eq!(
+                strip_credential_params(&format!("{q}&a=1")).as_deref(),
+                Some("a=1"),
+                "{q}"
+            );
+        }
+        assert_eq!(
+            strip_credential_params("keys=1&monkey=2&key_id=3&token=4"),
+            None
+        );
     }
 }
