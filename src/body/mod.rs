@@ -168,7 +168,10 @@ impl Body for GatewayBody {
         match self {
             Self::Full { data } => data.is_none(),
             Self::Upstream { inner, track } => {
-                inner.is_end_stream() && track.as_ref().is_none_or(|t| t.pending.is_none())
+                inner.is_end_stream()
+                    && track.as_ref().is_none_or(|t| {
+                        t.pending.is_none() && !t.redact.as_ref().is_some_and(Redactor::holding)
+                    })
             }
         }
     }

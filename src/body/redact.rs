@@ -93,6 +93,11 @@ impl Redactor {
         b.freeze()
     }
 
+    /// Whether bytes are held back (the body is not over while they are).
+    pub fn holding(&self) -> bool {
+        !self.carry.is_empty()
+    }
+
     /// What is still held back (at the end of the body).
     pub fn flush(&mut self) -> Option<Bytes> {
         (!self.carry.is_empty()).then(|| std::mem::take(&mut self.carry).freeze())
