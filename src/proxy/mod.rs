@@ -198,7 +198,10 @@ impl Proxy {
         r.model = model;
         r.duration_ms = Some(info.elapsed_ms());
         if self.audit.record(r).await.is_err() {
-            tracing::error!(request_id = info.id_text.as_deref().unwrap_or("-"), "audit queue full: denied record not written");
+            tracing::error!(
+                request_id = info.id_text.as_deref().unwrap_or("-"),
+                "audit queue full: denied record not written"
+            );
         }
         self.metrics
             .response(e.status_code().as_u16(), info.start.elapsed());
