@@ -1,7 +1,7 @@
 //! CLI (clap): `serve`, `check`, `keys new`, `audit verify`, `demo`. Exit codes follow
 //! sysexits.h (`error::InitError`): 64 bad config, 69 unavailable, 70 software, 74 audit I/O.
 //! Printing to stdout is this module's job (the intended output of `check`, `keys`, `verify`).
-#![allow(clippy::print_stdout, reason = "the CLI's intended output")]
+#![expect(clippy::print_stdout, reason = "the CLI's intended output")]
 
 use clap::{Parser, Subcommand};
 #[cfg(feature = "demo")]

@@ -32,7 +32,10 @@ const MAX_BATCH: usize = 4096;
 const RETRY_TICK: Duration = Duration::from_millis(250);
 
 // Records are moved once into the queue; `Flush` is rare, so boxing would only add an allocation.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once; boxing would add an allocation"
+)]
 pub(crate) enum Msg {
     Rec {
         rec: Record,
