@@ -12,6 +12,8 @@ pub enum Event {
     Done,
     /// A request was refused before any key was used.
     Denied,
+    /// Refusals beyond an address's unauthenticated budget, counted per address and reason.
+    DeniedSummary,
     /// The audit trail was opened (a process start).
     Start,
     /// A write to the audit sink failed (recorded once it works again).
@@ -31,10 +33,11 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Use,
         Self::Done,
         Self::Denied,
+        Self::DeniedSummary,
         Self::Start,
         Self::AuditFailure,
         Self::SecretFetch,
@@ -51,6 +54,7 @@ impl Event {
             Self::Use => "use",
             Self::Done => "done",
             Self::Denied => "denied",
+            Self::DeniedSummary => "denied_summary",
             Self::Start => "start",
             Self::AuditFailure => "audit_failure",
             Self::SecretFetch => "secret_fetch",

@@ -45,6 +45,8 @@ struct Inner {
     committer: Arc<commit::Committer>,
     shared: Arc<Shared>,
     max_wait: Duration,
+    /// Queue permits only `use` (and `record`) may take: `record_unreserved` leaves them.
+    reserve: usize,
 }
 
 impl Drop for Inner {
@@ -81,6 +83,7 @@ impl Audit {
             committer,
             shared,
             max_wait: cfg.max_wait,
+            reserve: cfg.queue / 4,
         });
         Ok((Self { inner: Some(inner) }, Some(handle)))
     }
@@ -160,6 +163,34 @@ impl Audit {
             .await
             .map_err(|_| AuditError::Timeout)?
             .map_err(|_| AuditError::WriteFailed)?;
+        permit.forget();
+        if !i.committer.queue.push(
+            Msg::Rec {
+                rec,
+                ack: None,
+                permit: true,
+            },
+            false,
+        ) {
+            i.shared.permits.add_permits(1);
+            return Err(AuditError::WriteFailed);
+        }
+        Ok(())
+    }
+
+    /// Queue a record an unauthenticated peer caused (`denied`): never waits, and refuses once
+    /// the queue is down to the quarter reserved for `use` records, so such records are shed
+    /// (and counted by the caller) before a keyed request could get 503.
+    pub fn record_unreserved(&self, rec: Record) -> Result<(), AuditError> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        if i.shared.permits.available_permits() <= i.reserve {
+            return Err(AuditError::Timeout);
+        }
+        let permit = i
+            .shared
+            .permits
+            .try_acquire()
+            .map_err(|_| AuditError::Timeout)?;
         permit.forget();
         if !i.committer.queue.push(
             Msg::Rec {

@@ -63,6 +63,9 @@ pub struct Record {
     /// Free-form, secret-free detail (e.g. an error class, a token TTL in seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Refusals a `denied_summary` stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl Record {
@@ -87,6 +90,7 @@ impl Record {
             source: None,
             old_key_version: None,
             detail: None,
+            count: None,
         }
     }
 }

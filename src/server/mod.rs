@@ -4,6 +4,7 @@
 //! `drain_delay`, then stop accepting and let in-flight streams finish for `shutdown_grace`).
 
 mod conn;
+mod peers;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::error::InitError;
 use crate::health;
 use conn::ConnSettings;
+use peers::PerIp;
 
 /// Bind `addr`; a failure names the setting it came from (exit 69).
 pub async fn bind(
@@ -96,7 +98,9 @@ pub async fn run(
     let graceful = GracefulShutdown::new();
     let settings = ConnSettings::new(&cfg.limits, tls);
     let connections = Arc::new(Semaphore::new(cfg.limits.max_connections));
-    let accept = |stop| accept_loop(&listener, &app, &settings, &graceful, &connections, stop);
+    let per_ip = PerIp::new(cfg.limits.max_connections_per_ip);
+    let limits = (&connections, &per_ip);
+    let accept = |stop| accept_loop(&listener, &app, &settings, &graceful, limits, stop);
     accept(Box::pin(shutdown)).await;
     // Draining: unready first, still accepting, so the load balancer moves away before the port
     // closes (Kubernetes removes the endpoint asynchronously).
@@ -119,6 +123,7 @@ pub async fn run(
         let _ = r.await;
     }
     let _ = admin_task.await;
+    app.denied_budget.write_summary(&audit).await;
     // Everything queued is written and synced; the writer thread ends with the process.
     let flushed = audit.flush().await;
     drop(writer);
@@ -132,7 +137,7 @@ async fn accept_loop(
     app: &Arc<App>,
     settings: &ConnSettings,
     graceful: &GracefulShutdown,
-    connections: &Arc<Semaphore>,
+    (connections, per_ip): (&Arc<Semaphore>, &Arc<PerIp>),
     mut stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>,
 ) {
     loop {
@@ -154,6 +159,12 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
+        // `limits.max_connections_per_ip`: one address cannot take the whole budget.
+        let Some(ip_permit) = per_ip.try_acquire(remote.ip()) else {
+            tracing::debug!(%remote, "max_connections_per_ip reached: connection refused");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(conn::serve(
             stream,
@@ -161,7 +172,7 @@ async fn accept_loop(
             app.service.clone(),
             settings.clone(),
             graceful.watcher(),
-            permit,
+            (permit, ip_permit),
         ));
     }
 }

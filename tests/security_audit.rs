@@ -1,0 +1,153 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
+//! Security suite, section 11: the audit trail under attack, and connection budgets in front of
+//! authentication.
+//!
+//! Part of the hostile-input security suite, split by section into tests/security_*.rs. An
+//! unauthenticated peer must not be able to turn fail-closed audit into an outage (issue 12,
+//! finding 1): its refusals are budgeted per address and summarised, the text it chooses is cut
+//! short or not recorded, and keyed requests keep working. Idle HTTP/2 connections and one
+//! address's connections are capped (finding 6).
+
+mod common;
+
+use common::h2frames::{self, Conn};
+use common::raw::{self, H1};
+use common::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn unauthenticated_flood_is_budgeted_summarised_and_keyed_requests_still_pass() {
+    let gw = start_with(Opts::default().limits("unauthenticated_rpm_per_ip = 5")).await;
+    let long = format!("/v1/{}", "A".repeat(4000));
+    let mut c = H1::connect(gw.addr).await;
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let req = format!(
+            "GET {long} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ngk_wrong\r\nX-Request-Id: attacker-chosen-id\r\n\r\n"
+        );
+        assert!(c.send(req.as_bytes()).await);
+        let r = c
+            .response(Duration::from_secs(5))
+            .await
+            .expect("a response");
+        if r.status == 429 {
+            assert_eq!(r.error_code(), "rate_limit_exceeded");
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        35,
+        "{statuses:?}"
+    );
+    // The same address with a valid key is not locked out (and its `use` record is written).
+    let (status, _) = gw.chat().await;
+    assert_eq!(status, 200);
+
+    let audit_file = gw.audit_file.clone();
+    let _dir = gw.stop().await;
+    let recs = read_audit(&audit_file);
+    let denied: Vec<_> = recs.iter().filter(|r| r["event"] == "denied").collect();
+    assert_eq!(
+        denied.len(),
+        5,
+        "one record per refusal only within the budget"
+    );
+    for d in &denied {
+        assert!(
+            d.get("request_id").is_none(),
+            "client request id recorded: {d}"
+        );
+        assert!(d["path"].as_str().unwrap().chars().count() <= 128, "{d}");
+    }
+    let text = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(!text.contains("attacker-chosen-id"));
+    // The flood is still in the trail: counts per address and reason.
+    let summed: u64 = recs
+        .iter()
+        .filter(|r| r["event"] == "denied_summary")
+        .inspect(|r| {
+            assert_eq!(r["remote_addr"], "127.0.0.1");
+            assert_eq!(r["reason"], "unknown_key");
+        })
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(summed, 35);
+    assert!(recs.iter().any(|r| r["event"] == "use"));
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let gw = start_with(Opts::default().limits("max_connections_per_ip = 2")).await;
+    let mut a = H1::connect(gw.addr).await;
+    let mut b = Conn::open(gw.addr).await; // an idle HTTP/2 connection counts too
+                                           // Both served (the h2 one answers our SETTINGS).
+    assert!(a.send(&raw::h1_get("/v1/models", "")).await);
+    assert_eq!(
+        a.response(Duration::from_secs(5)).await.unwrap().status,
+        200
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert!(b.next(deadline).await.is_some());
+    let mut third = H1::connect(gw.addr).await;
+    let _ = third.send(&raw::h1_get("/v1/models", "")).await;
+    assert!(
+        third.response(Duration::from_secs(3)).await.is_none(),
+        "a third connection from the same address was served"
+    );
+    assert!(third.closed_within(Duration::from_secs(5)).await);
+    // A slot comes back when a connection closes.
+    drop(a);
+    let mut ok = None;
+    for _ in 0..50 {
+        let mut c = H1::connect(gw.addr).await;
+        let _ = c.send(&raw::h1_get("/v1/models", "")).await;
+        if let Some(r) = c.response(Duration::from_secs(2)).await {
+            ok = Some(r.status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ok, Some(200));
+    drop(b);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn idle_h2_connection_is_closed_after_idle_timeout() {
+    let gw = start_with(Opts::default().limits("idle_timeout = \"300ms\"")).await;
+    let mut c = Conn::open(gw.addr).await;
+    // One request, then nothing (PINGs are answered by `next`): the connection must not stay.
+    assert!(
+        c.send(&h2frames::get(
+            1,
+            "/v1/models",
+            "gw",
+            &[("authorization", &format!("Bearer {CLIENT_KEY}"))]
+        ))
+        .await
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut status = None;
+    while let Some(f) = c.next(deadline).await {
+        if f.ty == h2frames::HEADERS && f.stream == 1 {
+            status = h2frames::status(&f.payload);
+        }
+    }
+    assert_eq!(status, Some(200));
+    assert!(
+        c.eof,
+        "idle HTTP/2 connection still open after 10 s (idle_timeout = 300ms)"
+    );
+    gw.stop().await;
+}
