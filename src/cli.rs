@@ -79,6 +79,9 @@ enum AuditCmd {
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The chain key file (`audit.chain_key_file`) of a keyed chain.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
@@ -134,11 +137,19 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify { files },
+            cmd: AuditCmd::Verify { files, key_file },
         } => {
             let paths: Vec<&std::path::Path> =
                 files.iter().map(std::path::PathBuf::as_path).collect();
-            match crate::audit::verify::verify_files(&paths) {
+            let key = match key_file.as_deref().map(crate::audit::ChainKey::from_file) {
+                None => crate::audit::ChainKey::none(),
+                Some(Ok(k)) => k,
+                Some(Err(e)) => {
+                    println!("cannot read --key-file: {e}");
+                    return ExitCode::from(66);
+                }
+            };
+            match crate::audit::verify::verify_files_keyed(&paths, &key) {
                 Ok(s) => {
                     println!(
                         "OK: {} records, seq {}..{}{}",

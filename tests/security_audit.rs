@@ -151,3 +151,107 @@ async fn idle_h2_connection_is_closed_after_idle_timeout() {
     );
     gw.stop().await;
 }
+
+fn verify(args: &[&str], files: &[&std::path::Path]) -> (bool, String) {
+    let mut a = vec!["audit", "verify"];
+    a.extend_from_slice(args);
+    let out = bin::run_bin(&a, files);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Finding 5: with `audit.chain_key_file`, links are HMAC-SHA256 under that key; an edited
+/// middle record with every later link re-hashed with plain SHA-256 (what anyone who can write
+/// the file can do) no longer verifies.
+#[tokio::test]
+async fn keyed_chain_resists_a_rewrite_with_plain_sha256() {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("chain.key");
+    let secret = "chain-key-0123456789abcdef-never-logged";
+    std::fs::write(&key_file, format!("{secret}\n")).unwrap();
+    let gw =
+        start_with(Opts::default().audit(format!("chain_key_file = \"{}\"", key_file.display())))
+            .await;
+    for _ in 0..3 {
+        assert_eq!(gw.chat().await.0, 200);
+    }
+    let audit = gw.audit_file.clone();
+    let dir = gw.stop().await;
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(!text.contains(secret));
+    let start: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(start["event"], "start");
+    assert!(start["chain_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("hmac-sha256:"));
+    let kf = key_file.to_str().unwrap();
+    let (ok, out) = verify(&["--key-file", kf], &[&audit]);
+    assert!(ok, "{out}");
+    let (ok, out) = verify(&[], &[&audit]);
+    assert!(!ok && out.contains("--key-file"), "{out}");
+
+    // The attacker's rewrite: change record 2, then re-link everything after it with SHA-256.
+    use sha2::Digest;
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    assert!(lines.len() > 4);
+    let v: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    let old_path = v["path"].as_str().unwrap().to_string();
+    lines[2] = lines[2].replacen(&old_path, "/v1/forged", 1);
+    for i in 3..lines.len() {
+        let v: serde_json::Value = serde_json::from_str(&lines[i]).unwrap();
+        let old = v["prev_hash"].as_str().unwrap().to_string();
+        let new = hex::encode(sha2::Sha256::digest(lines[i - 1].as_bytes()));
+        lines[i] = lines[i].replacen(&old, &new, 1);
+    }
+    let forged = dir.path().join("forged.jsonl");
+    std::fs::write(&forged, lines.join("\n") + "\n").unwrap();
+    let (ok, out) = verify(&["--key-file", kf], &[&forged]);
+    assert!(!ok, "a rewritten chain passed keyed verification: {out}");
+    assert!(out.contains("forged.jsonl:4"), "{out}");
+    // A wrong key is named as such.
+    let other = keys.path().join("other.key");
+    std::fs::write(&other, "another-key-0123456789abcdef").unwrap();
+    let (ok, out) = verify(&["--key-file", other.to_str().unwrap()], &[&audit]);
+    assert!(!ok && out.contains("another key"), "{out}");
+}
+
+/// Finding 5 (and 15): a garbage last line used to block the restart ("last audit line is not a
+/// record"). It is moved to `<path>.quarantine`, recorded, and the chain continues.
+#[tokio::test]
+async fn garbage_last_audit_line_is_quarantined_and_the_chain_continues() {
+    let keep = tempfile::tempdir().unwrap();
+    let audit = keep.path().join("audit.jsonl");
+    let gw = start_with(Opts::default().audit_path(&audit)).await;
+    assert_eq!(gw.chat().await.0, 200);
+    gw.stop().await;
+    let before = read_audit(&audit);
+    let last_seq = before.last().unwrap()["seq"].as_u64().unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&audit)
+            .unwrap();
+        f.write_all(b"{\"seq\": garbage written by a broken disk\n")
+            .unwrap();
+    }
+    let gw = start_with(Opts::default().audit_path(&audit)).await;
+    assert_eq!(gw.chat().await.0, 200);
+    gw.stop().await;
+    let q = std::fs::read_to_string(keep.path().join("audit.jsonl.quarantine")).unwrap();
+    assert!(q.contains("garbage written by a broken disk"));
+    let recs = read_audit(&audit);
+    let start2 = &recs[before.len()];
+    assert_eq!(start2["event"], "start");
+    assert_eq!(
+        start2["seq"].as_u64().unwrap(),
+        last_seq + 1,
+        "the chain continued"
+    );
+    assert_eq!(recs[before.len() + 1]["event"], "audit_quarantine");
+    let (ok, out) = verify(&[], &[&audit]);
+    assert!(ok, "{out}");
+}

@@ -16,6 +16,9 @@ pub enum Event {
     DeniedSummary,
     /// The audit trail was opened (a process start).
     Start,
+    /// At start, unreadable lines at the end of the audit file were moved to `<path>.quarantine`
+    /// and the chain continued from the last readable record.
+    AuditQuarantine,
     /// A write to the audit sink failed (recorded once it works again).
     AuditFailure,
     /// A secret source fetched the key it already had.
@@ -33,12 +36,13 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Use,
         Self::Done,
         Self::Denied,
         Self::DeniedSummary,
         Self::Start,
+        Self::AuditQuarantine,
         Self::AuditFailure,
         Self::SecretFetch,
         Self::SecretRotate,
@@ -56,6 +60,7 @@ impl Event {
             Self::Denied => "denied",
             Self::DeniedSummary => "denied_summary",
             Self::Start => "start",
+            Self::AuditQuarantine => "audit_quarantine",
             Self::AuditFailure => "audit_failure",
             Self::SecretFetch => "secret_fetch",
             Self::SecretRotate => "secret_rotate",

@@ -8,6 +8,7 @@
 //! - `record` (denied, source events) waits for queue room, bounded by `max_wait`;
 //! - `record_done` never waits (it is already accounted for by its `use`).
 
+mod chainkey;
 mod commit;
 mod event;
 mod queue;
@@ -15,6 +16,7 @@ pub mod record;
 pub mod verify;
 mod writer;
 
+pub use chainkey::ChainKey;
 pub use commit::on_thread_park;
 pub use event::Event;
 pub use record::{Record, Usage};

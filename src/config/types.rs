@@ -236,6 +236,9 @@ pub struct AuditConfig {
     pub max_wait: Duration,
     /// Records that may wait for the writer at once.
     pub queue: usize,
+    /// Key for an HMAC-SHA256 chain (read from this file at start; never from the environment).
+    /// Unset: plain SHA-256 links.
+    pub chain_key_file: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -249,6 +252,7 @@ impl Default for AuditConfig {
             keep: 10,
             max_wait: Duration::from_secs(2),
             queue: 8192,
+            chain_key_file: None,
         }
     }
 }

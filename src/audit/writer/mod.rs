@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::record::{encode_line, Record};
-use super::Event;
+use super::record::{encode_line_keyed, Record};
+use super::{ChainKey, Event};
 use crate::config::{AuditConfig, FsyncPolicy};
 use recover::open_and_recover;
 use sync::spawn_syncer;
@@ -76,6 +76,8 @@ struct Chain {
 pub(crate) struct Writer {
     sink: Sink,
     chain: Chain,
+    /// The chain's link function (HMAC-SHA256 under `audit.chain_key_file`, else SHA-256).
+    key: ChainKey,
     cfg: AuditConfig,
     shared: Arc<Shared>,
     dirty: bool,
@@ -89,6 +91,16 @@ pub(crate) struct Writer {
 /// Open the sink and recover the chain from the file's last line; the first record queued is
 /// `start`.
 pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer> {
+    let key = match &cfg.chain_key_file {
+        Some(p) => ChainKey::from_file(p).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("audit.chain_key_file {}: {e}", p.display()),
+            )
+        })?,
+        None => ChainKey::none(),
+    };
+    let mut quarantined = None;
     let (sink, chain) = if cfg.path == "-" {
         (
             Sink::Stdout,
@@ -99,7 +111,8 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         )
     } else {
         let path = PathBuf::from(&cfg.path);
-        let (file, len, chain) = open_and_recover(&path)?;
+        let (file, len, chain, q) = open_and_recover(&path, &key)?;
+        quarantined = q;
         (
             Sink::File {
                 path,
@@ -112,6 +125,7 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
     let mut w = Writer {
         sink,
         chain,
+        key,
         cfg: cfg.clone(),
         shared,
         dirty: false,
@@ -129,11 +143,21 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     ));
+    start.chain_key = w.key.fingerprint().map(Arc::from);
     w.pending.push(Msg::Rec {
         rec: start,
         ack: None,
         permit: false,
     });
+    if let Some(detail) = quarantined {
+        let mut q = Record::event(Event::AuditQuarantine);
+        q.detail = Some(detail);
+        w.pending.push(Msg::Rec {
+            rec: q,
+            ack: None,
+            permit: false,
+        });
+    }
     Ok(w)
 }
 
@@ -283,7 +307,13 @@ impl Writer {
 
     /// Serialise one record onto the chain (tentatively: `commit` rolls back on failure).
     fn append(&mut self, rec: &Record) {
-        self.chain.prev = encode_line(&mut self.buf, rec, self.chain.next_seq, &self.chain.prev);
+        self.chain.prev = encode_line_keyed(
+            &mut self.buf,
+            rec,
+            self.chain.next_seq,
+            &self.chain.prev,
+            &self.key,
+        );
         self.chain.next_seq += 1;
     }
 }
