@@ -255,3 +255,31 @@ async fn garbage_last_audit_line_is_quarantined_and_the_chain_continues() {
     let (ok, out) = verify(&[], &[&audit]);
     assert!(ok, "{out}");
 }
+
+/// Finding 1, disk headroom: below `audit.min_free_bytes` free on the audit volume, `denied`
+/// records are only counted (`denied_summary`) while `use` records are still written.
+#[tokio::test]
+async fn low_disk_headroom_sheds_denied_records_but_not_use() {
+    let gw = start_with(Opts::default().audit(format!("min_free_bytes = {}", i64::MAX))).await;
+    for _ in 0..3 {
+        assert_eq!(gw.chat().await.0, 200);
+        let (status, _, _) = send(get(&gw.url("/v1/models"), Some("ngk_wrong"))).await;
+        assert_eq!(status, 401);
+    }
+    let audit_file = gw.audit_file.clone();
+    let _dir = gw.stop().await;
+    let recs = read_audit(&audit_file);
+    let count = |e: &str| recs.iter().filter(|r| r["event"] == e).count();
+    assert_eq!(count("use"), 3);
+    assert_eq!(
+        count("denied"),
+        0,
+        "denied records written with no headroom"
+    );
+    let summed: u64 = recs
+        .iter()
+        .filter(|r| r["event"] == "denied_summary")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(summed, 3);
+}

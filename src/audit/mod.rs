@@ -79,6 +79,7 @@ impl Audit {
             write_errors: AtomicU64::new(0),
             thread_batches: AtomicU64::new(0),
             inline_batches: AtomicU64::new(0),
+            low_disk: AtomicBool::new(false),
         });
         let (committer, handle) = commit::Committer::start(writer::open(cfg, shared.clone())?)?;
         let inner = Arc::new(Inner {
@@ -181,11 +182,14 @@ impl Audit {
     }
 
     /// Queue a record an unauthenticated peer caused (`denied`): never waits, and refuses once
-    /// the queue is down to the quarter reserved for `use` records, so such records are shed
-    /// (and counted by the caller) before a keyed request could get 503.
+    /// the queue is down to the quarter reserved for `use` records or the audit volume has less
+    /// than `audit.min_free_bytes` free, so such records are shed (and counted by the caller)
+    /// before a keyed request could get 503.
     pub fn record_unreserved(&self, rec: Record) -> Result<(), AuditError> {
         let Some(i) = &self.inner else { return Ok(()) };
-        if i.shared.permits.available_permits() <= i.reserve {
+        if i.shared.permits.available_permits() <= i.reserve
+            || i.shared.low_disk.load(Ordering::Acquire)
+        {
             return Err(AuditError::Timeout);
         }
         let permit = i

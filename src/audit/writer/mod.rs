@@ -57,6 +57,9 @@ pub struct Shared {
     /// Batches written by the writer thread and by runtime threads (`commit(.., inline)`).
     pub thread_batches: AtomicU64,
     pub inline_batches: AtomicU64,
+    /// Free space on the audit volume is below `audit.min_free_bytes` (checked at most once a
+    /// second by whoever commits): `record_unreserved` then refuses.
+    pub low_disk: AtomicBool,
 }
 
 enum Sink {
@@ -78,6 +81,7 @@ pub(crate) struct Writer {
     chain: Chain,
     /// The chain's link function (HMAC-SHA256 under `audit.chain_key_file`, else SHA-256).
     key: ChainKey,
+    headroom_checked: Option<Instant>,
     cfg: AuditConfig,
     shared: Arc<Shared>,
     dirty: bool,
@@ -126,6 +130,7 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         sink,
         chain,
         key,
+        headroom_checked: None,
         cfg: cfg.clone(),
         shared,
         dirty: false,
@@ -134,6 +139,7 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         buf: Vec::with_capacity(64 * 1024),
         syncer: None,
     };
+    w.check_headroom();
     if cfg.fsync == FsyncPolicy::Interval && cfg.path != "-" {
         w.syncer = spawn_syncer(w.shared.clone());
     }
@@ -197,6 +203,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        self.check_headroom();
         if inline && !self.pending.is_empty() {
             // Keep file order: what the writer thread still holds goes first.
             self.pending.extend(batch);
@@ -301,6 +308,35 @@ impl Writer {
             self.sync();
             for f in flushes {
                 let _ = f.send(ok && self.shared.healthy.load(Ordering::Acquire));
+            }
+        }
+    }
+
+    /// `statvfs` of the audit file's volume, at most once a second.
+    fn check_headroom(&mut self) {
+        let Sink::File { path, .. } = &self.sink else {
+            return;
+        };
+        if self
+            .headroom_checked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.headroom_checked = Some(Instant::now());
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or_else(|| std::path::Path::new("."));
+        if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
+            // 64-bit Linux: both are u64.
+            let free: u64 = st.blocks_available().saturating_mul(st.fragment_size());
+            let low = free < self.cfg.min_free_bytes;
+            if low != self.shared.low_disk.swap(low, Ordering::AcqRel) {
+                tracing::warn!(
+                    free_bytes = free,
+                    min_free_bytes = self.cfg.min_free_bytes,
+                    low,
+                    "audit volume headroom changed: denied records are only counted while low"
+                );
             }
         }
     }
