@@ -1,7 +1,7 @@
 //! The ONE place the request stack is built. The whole path of one client request:
 //!
-//! **Connection** (`server/`): accept (beyond `limits.max_connections` the socket is closed at
-//! once) → TLS handshake with ALPN, or the HTTP/2-preface sniff, both within
+//! **Connection** (`server/`): accept (beyond `limits.max_connections`, or
+//! `limits.max_connections_per_ip` from one address, the socket is closed at once) → TLS handshake with ALPN, or the HTTP/2-preface sniff, both within
 //! `limits.header_read_timeout` → hyper HTTP/1.1 (head size/count limits → 431) or HTTP/2
 //! (stream limits, reset-flood limits, keep-alive pings) → the stall timeout on writes
 //! (`limits.send_timeout`) → `RemoteAddr` inserted into each request's extensions.
@@ -14,7 +14,8 @@
 //! 2. `RequestIdLayer` (`request/`) — keeps a valid client `X-Request-Id` or makes one;
 //!    produces `RequestId`;
 //! 3. `AuthLayer` (`auth/layer.rs`) — client key digest lookup; produces `Principal`, or answers
-//!    401 with a `denied` record; consumes `RequestId`, `RemoteAddr`;
+//!    401 with a `denied` record within the address's unauthenticated budget, else 429 counted
+//!    into a `denied_summary` (`auth/flood.rs`); consumes `RequestId`, `RemoteAddr`;
 //! 4. `ProxyService` (`proxy/`) — the phases of `Proxy::forward`: admit → limit → read_prefix →
 //!    route → load_key → build_upstream_request → send_with_retry → wrap_response (the table in
 //!    `proxy/mod.rs` says why each sits where it does); consumes all three extensions.
@@ -29,6 +30,7 @@ use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 use crate::audit::Audit;
+use crate::auth::flood::DeniedBudget;
 use crate::auth::{AuthLayer, AuthService, ClientRegistry};
 use crate::config::{Config, SecretConfig};
 use crate::error::InitError;
@@ -50,6 +52,8 @@ pub struct App {
     pub clients: usize,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight requests drain.
     pub draining: AtomicBool,
+    /// Unauthenticated refusals per address; pending counts are written at shutdown too.
+    pub denied_budget: Arc<DeniedBudget>,
 }
 
 impl App {
@@ -85,6 +89,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         body_timeout: cfg.limits.body_timeout,
         max_concurrent: cfg.limits.max_concurrent_requests,
     };
+    let denied_budget = Arc::new(DeniedBudget::new(cfg.limits.unauthenticated_rpm_per_ip));
     let proxy = ProxyService::new(routes.clone(), audit.clone(), metrics.clone(), settings);
     let stack = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -98,6 +103,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
             registry: registry.clone(),
             audit: audit.clone(),
             metrics: metrics.clone(),
+            budget: denied_budget.clone(),
         })
         .service(proxy);
     let app = App {
@@ -107,6 +113,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         metrics,
         clients: registry.len(),
         draining: AtomicBool::new(false),
+        denied_budget,
     };
     Ok((app, vec![(store, source)]))
 }

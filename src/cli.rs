@@ -1,7 +1,7 @@
 //! CLI (clap): `serve`, `check`, `keys new`, `audit verify`, `demo`. Exit codes follow
 //! sysexits.h (`error::InitError`): 64 bad config, 69 unavailable, 70 software, 74 audit I/O.
 //! Printing to stdout is this module's job (the intended output of `check`, `keys`, `verify`).
-#![allow(clippy::print_stdout, reason = "the CLI's intended output")]
+#![expect(clippy::print_stdout, reason = "the CLI's intended output")]
 
 use clap::{Parser, Subcommand};
 #[cfg(feature = "demo")]
@@ -79,6 +79,9 @@ enum AuditCmd {
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The chain key file (`audit.chain_key_file`) of a keyed chain.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
@@ -134,11 +137,19 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify { files },
+            cmd: AuditCmd::Verify { files, key_file },
         } => {
             let paths: Vec<&std::path::Path> =
                 files.iter().map(std::path::PathBuf::as_path).collect();
-            match crate::audit::verify::verify_files(&paths) {
+            let key = match key_file.as_deref().map(crate::audit::ChainKey::from_file) {
+                None => crate::audit::ChainKey::none(),
+                Some(Ok(k)) => k,
+                Some(Err(e)) => {
+                    println!("cannot read --key-file: {e}");
+                    return ExitCode::from(66);
+                }
+            };
+            match crate::audit::verify::verify_files_keyed(&paths, &key) {
                 Ok(s) => {
                     println!(
                         "OK: {} records, seq {}..{}{}",

@@ -16,11 +16,20 @@ use crate::app::App;
 use crate::secret::store::Unavailable;
 
 pub async fn serve_admin(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    // Out of descriptors, `accept` fails at once every time: back off, log rarely.
+    let mut backoff = crate::server::AcceptBackoff::default();
     loop {
         let (stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    backoff.failed("admin.listen", &e).await;
+                    continue;
+                }
+            },
             _ = stop.changed() => return,
         };
+        backoff.ok();
         let app = app.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {

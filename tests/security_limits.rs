@@ -123,3 +123,64 @@ async fn per_client_rate_limit_answers_429_with_retry_after_and_audit() {
     assert!(denied[0].get("key_fingerprint").is_none());
     gw.stop().await;
 }
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Issue 12, finding 14: with no descriptor left, `accept` fails at once every time; the admin
+/// loop used to `continue` without a pause (a core at 100 %). Both loops must back off and log
+/// the failure rarely.
+#[tokio::test]
+async fn descriptor_exhaustion_does_not_spin_the_accept_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], std::time::Duration::ZERO).await;
+    std::fs::write(dir.path().join("key"), NIM_KEY).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{nim_addr}\"\n[secret]\nsource = \"file\"\npath = \"{}\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\n[audit]\npath = \"{}\"\n",
+            dir.path().join("key").display(),
+            nimgate::auth::key_digest_hex(CLIENT_KEY),
+            dir.path().join("audit.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let p = bin::spawn_serve(&cfg, Some("info"));
+    bin::wait_ready(p.admin).await;
+    let pid = p.child.id();
+    // No descriptor left: the limit is what it has open now.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={open}:{open}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Connections the kernel completes but the process cannot accept, on both listeners.
+    let mut held = Vec::new();
+    for addr in [p.admin, p.gw, p.admin, p.gw] {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    // A spinning loop uses the whole 2 s (200 ticks); a backed-off one next to nothing.
+    assert!(used < 100, "{used} ticks of CPU in 2 s with accept failing");
+    let log = p.stderr.lock().unwrap().clone();
+    let lines = log.matches("accept failed").count();
+    assert!(
+        (1..=4).contains(&lines),
+        "{lines} 'accept failed' lines in 2 s:\n{log}"
+    );
+    drop(held);
+}

@@ -12,8 +12,13 @@ pub enum Event {
     Done,
     /// A request was refused before any key was used.
     Denied,
+    /// Refusals beyond an address's unauthenticated budget, counted per address and reason.
+    DeniedSummary,
     /// The audit trail was opened (a process start).
     Start,
+    /// At start, unreadable lines at the end of the audit file were moved to `<path>.quarantine`
+    /// and the chain continued from the last readable record.
+    AuditQuarantine,
     /// A write to the audit sink failed (recorded once it works again).
     AuditFailure,
     /// A secret source fetched the key it already had.
@@ -31,11 +36,13 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Use,
         Self::Done,
         Self::Denied,
+        Self::DeniedSummary,
         Self::Start,
+        Self::AuditQuarantine,
         Self::AuditFailure,
         Self::SecretFetch,
         Self::SecretRotate,
@@ -51,7 +58,9 @@ impl Event {
             Self::Use => "use",
             Self::Done => "done",
             Self::Denied => "denied",
+            Self::DeniedSummary => "denied_summary",
             Self::Start => "start",
+            Self::AuditQuarantine => "audit_quarantine",
             Self::AuditFailure => "audit_failure",
             Self::SecretFetch => "secret_fetch",
             Self::SecretRotate => "secret_rotate",

@@ -8,6 +8,7 @@
 //! - `record` (denied, source events) waits for queue room, bounded by `max_wait`;
 //! - `record_done` never waits (it is already accounted for by its `use`).
 
+mod chainkey;
 mod commit;
 mod event;
 mod queue;
@@ -15,6 +16,7 @@ pub mod record;
 pub mod verify;
 mod writer;
 
+pub use chainkey::ChainKey;
 pub use commit::on_thread_park;
 pub use event::Event;
 pub use record::{Record, Usage};
@@ -45,6 +47,8 @@ struct Inner {
     committer: Arc<commit::Committer>,
     shared: Arc<Shared>,
     max_wait: Duration,
+    /// Queue permits only `use` (and `record`) may take: `record_unreserved` leaves them.
+    reserve: usize,
 }
 
 impl Drop for Inner {
@@ -75,12 +79,14 @@ impl Audit {
             write_errors: AtomicU64::new(0),
             thread_batches: AtomicU64::new(0),
             inline_batches: AtomicU64::new(0),
+            low_disk: AtomicBool::new(false),
         });
         let (committer, handle) = commit::Committer::start(writer::open(cfg, shared.clone())?)?;
         let inner = Arc::new(Inner {
             committer,
             shared,
             max_wait: cfg.max_wait,
+            reserve: cfg.queue / 4,
         });
         Ok((Self { inner: Some(inner) }, Some(handle)))
     }
@@ -160,6 +166,37 @@ impl Audit {
             .await
             .map_err(|_| AuditError::Timeout)?
             .map_err(|_| AuditError::WriteFailed)?;
+        permit.forget();
+        if !i.committer.queue.push(
+            Msg::Rec {
+                rec,
+                ack: None,
+                permit: true,
+            },
+            false,
+        ) {
+            i.shared.permits.add_permits(1);
+            return Err(AuditError::WriteFailed);
+        }
+        Ok(())
+    }
+
+    /// Queue a record an unauthenticated peer caused (`denied`): never waits, and refuses once
+    /// the queue is down to the quarter reserved for `use` records or the audit volume has less
+    /// than `audit.min_free_bytes` free, so such records are shed (and counted by the caller)
+    /// before a keyed request could get 503.
+    pub fn record_unreserved(&self, rec: Record) -> Result<(), AuditError> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        if i.shared.permits.available_permits() <= i.reserve
+            || i.shared.low_disk.load(Ordering::Acquire)
+        {
+            return Err(AuditError::Timeout);
+        }
+        let permit = i
+            .shared
+            .permits
+            .try_acquire()
+            .map_err(|_| AuditError::Timeout)?;
         permit.forget();
         if !i.committer.queue.push(
             Msg::Rec {

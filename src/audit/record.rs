@@ -63,6 +63,12 @@ pub struct Record {
     /// Free-form, secret-free detail (e.g. an error class, a token TTL in seconds).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub detail: Option<String>,
+    /// On `start`: the fingerprint of the chain key (`hmac-sha256:…`) when the chain is keyed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_key: Option<Arc<str>>,
+    /// Refusals a `denied_summary` stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl Record {
@@ -87,6 +93,8 @@ impl Record {
             source: None,
             old_key_version: None,
             detail: None,
+            count: None,
+            chain_key: None,
         }
     }
 }
@@ -118,7 +126,17 @@ fn capped<S: serde::Serializer, T: AsRef<str>>(v: &Option<T>, s: S) -> Result<S:
 /// Append one chained audit line (`{"ts":…,"seq":…,"prev_hash":…,<record fields>}` + `\n`) to
 /// `buf`; returns the hex SHA-256 of the line (without `\n`), the next record's `prev_hash`.
 pub fn encode_line(buf: &mut Vec<u8>, rec: &Record, seq: u64, prev_hash: &str) -> String {
-    use sha2::{Digest, Sha256};
+    encode_line_keyed(buf, rec, seq, prev_hash, &super::ChainKey::none())
+}
+
+/// `encode_line` with the chain's link function (HMAC-SHA256 when the chain is keyed).
+pub fn encode_line_keyed(
+    buf: &mut Vec<u8>,
+    rec: &Record,
+    seq: u64,
+    prev_hash: &str,
+    key: &super::ChainKey,
+) -> String {
     use std::io::Write;
     let start = buf.len();
     buf.extend_from_slice(b"{\"ts\":\"");
@@ -132,7 +150,7 @@ pub fn encode_line(buf: &mut Vec<u8>, rec: &Record, seq: u64, prev_hash: &str) -
     // The record's own opening brace becomes the separator after the chain fields.
     buf[brace] = b',';
     escape_invisible(buf, brace);
-    let hash = hex::encode(Sha256::digest(&buf[start..]));
+    let hash = key.link(&buf[start..]);
     buf.push(b'\n');
     hash
 }

@@ -1,11 +1,12 @@
 //! `nimgate audit verify FILE…`: walk the hash chain across files (oldest first) and report the
-//! first gap, edit or reordering with its file and line number.
+//! first gap, edit or reordering with its file and line number. With `--key-file`, the links are
+//! HMAC-SHA256 under that key (`audit.chain_key_file`) and every `start` record must name the
+//! key's fingerprint; without it, a keyed chain is reported as such, never passed.
 
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use super::GENESIS;
+use super::{ChainKey, GENESIS};
 
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -20,10 +21,20 @@ pub struct Summary {
 struct Link {
     seq: u64,
     prev_hash: String,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    chain_key: Option<String>,
 }
 
 /// Verify files in the order given. `Err` names the first break: `FILE:LINE: what`.
 pub fn verify_files(files: &[&Path]) -> Result<Summary, String> {
+    verify_files_keyed(files, &ChainKey::none())
+}
+
+/// `verify_files` for a chain linked with `key` (unkeyed: `ChainKey::none()`).
+pub fn verify_files_keyed(files: &[&Path], key: &ChainKey) -> Result<Summary, String> {
+    let want_fp = key.fingerprint();
     let mut s = Summary::default();
     let mut prev: Option<(u64, String, String)> = None;
     for path in files {
@@ -49,6 +60,13 @@ pub fn verify_files(files: &[&Path]) -> Result<Summary, String> {
             let link: Link = serde_json::from_slice(&line).map_err(|e| {
                 format!("{at}: not an audit record ({e}); the line was edited or corrupted")
             })?;
+            if link.event.as_deref() == Some("start") && link.chain_key != want_fp {
+                return Err(match (&link.chain_key, &want_fp) {
+                    (Some(fp), None) => format!("{at}: the chain is keyed ({fp}): verify with --key-file"),
+                    (Some(fp), Some(w)) => format!("{at}: the chain is keyed with another key ({fp}, not {w})"),
+                    (None, _) => format!("{at}: this start record names no chain key, but --key-file was given: the chain is not keyed (or the record was rewritten)"),
+                });
+            }
             match &prev {
                 None => {
                     s.first_seq = Some(link.seq);
@@ -81,7 +99,7 @@ pub fn verify_files(files: &[&Path]) -> Result<Summary, String> {
                     }
                 }
             }
-            prev = Some((link.seq, hex::encode(Sha256::digest(&line)), at));
+            prev = Some((link.seq, key.link(&line), at));
             s.records += 1;
             s.last_seq = Some(link.seq);
         }

@@ -1,5 +1,8 @@
 //! `AuthLayer`: authenticate every request (there are no open routes on the client listener);
-//! put the `Principal` in the request's extensions, or answer 401 with a `denied` audit record.
+//! put the `Principal` in the request's extensions, or answer 401 with a `denied` audit record —
+//! within the remote address's unauthenticated budget (`flood.rs`); beyond it a 429, counted into
+//! a `denied_summary` record. A `denied` record never holds the client's `X-Request-Id` and keeps
+//! at most `DENIED_PATH_CHARS` of the path: an unauthenticated peer chooses that text.
 //! Generic over the request body, so it is unit-tested around an echo service without sockets.
 
 use futures_util::future::{BoxFuture, Either};
@@ -10,18 +13,31 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
 
+use super::flood::{ip_of, DeniedBudget};
 use super::ClientRegistry;
 use crate::audit::{Audit, Event, Record};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::request::{method_name, truncated_path, RemoteAddr, RequestId};
+use crate::request::{method_name, RemoteAddr, RequestId};
 use crate::telemetry::Metrics;
+
+/// Characters of an unauthenticated request's path kept in its `denied` record.
+pub const DENIED_PATH_CHARS: usize = 128;
+
+fn short_path(p: &str) -> Arc<str> {
+    match p.char_indices().nth(DENIED_PATH_CHARS) {
+        Some((i, _)) => Arc::from(&p[..i]),
+        None => Arc::from(p),
+    }
+}
 
 #[derive(Clone)]
 pub struct AuthLayer {
     pub registry: Arc<ClientRegistry>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
+    /// Per-address budget of individually recorded refusals.
+    pub budget: Arc<DeniedBudget>,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -64,23 +80,35 @@ where
             Err(why) => {
                 let start = Instant::now();
                 let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+                let remote = req.extensions().get::<RemoteAddr>().map(|a| a.0.clone());
+                let ip = remote.as_deref().and_then(ip_of);
+                let reason = why.reason();
+                let within = self.cfg.budget.allow(ip);
                 let mut r = Record::event(Event::Denied);
-                r.request_id = id.as_ref().and_then(|v| v.to_str().ok()).map(Arc::from);
-                r.remote_addr = req.extensions().get::<RemoteAddr>().map(|a| a.0.clone());
+                r.remote_addr = remote;
                 r.method = Some(method_name(req.method()));
-                r.path = Some(truncated_path(req.uri().path()));
+                r.path = Some(short_path(req.uri().path()));
                 r.status = Some(401);
-                r.reason = Some(why.reason().to_string());
+                r.reason = Some(reason.to_string());
                 let audit = self.cfg.audit.clone();
                 let metrics = self.cfg.metrics.clone();
+                let budget = self.cfg.budget.clone();
                 Either::Left(Box::pin(async move {
                     drop(req);
-                    if audit.record(r).await.is_err() {
-                        tracing::error!("audit queue full: denied record not written");
+                    // Over budget, or the queue down to the room reserved for `use` records:
+                    // counted for the next `denied_summary` instead of recorded one by one.
+                    if !(within && audit.record_unreserved(r).is_ok()) {
+                        budget.shed(ip, reason, &audit);
                     }
-                    let e = GatewayError::Unauthenticated;
+                    let e = if within {
+                        GatewayError::Unauthenticated
+                    } else {
+                        GatewayError::RateLimited {
+                            retry_after_secs: 60,
+                        }
+                    };
                     metrics.denied(e);
-                    metrics.response(401, start.elapsed());
+                    metrics.response(e.status_code().as_u16(), start.elapsed());
                     Ok(e.into_response(id.as_ref()))
                 }))
             }
@@ -115,6 +143,7 @@ mod tests {
                 registry: registry(),
                 audit: audit.clone(),
                 metrics: Arc::new(Metrics::default()),
+                budget: Arc::new(DeniedBudget::new(60)),
             })
             .service_fn(|req: Request<String>| async move {
                 let id = req.extensions().get::<Principal>().map(|p| p.0.id.clone());

@@ -4,6 +4,7 @@
 //! means the time an attempt takes says nothing about how close a guess was: the attacker
 //! controls the key, not the digest bits the map compares. The raw key never leaves `authenticate`.
 
+pub mod flood;
 mod layer;
 pub mod ratelimit;
 

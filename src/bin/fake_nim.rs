@@ -1,6 +1,6 @@
 //! `fake-nim`: the project's fake NVIDIA NIM as a standalone server, for benchmarks and manual
 //! tests. `--key-file` (re-read at start) holds the key it accepts; without it any key passes.
-#![allow(clippy::print_stdout, reason = "prints its address for scripts")]
+#![expect(clippy::print_stdout, reason = "prints its address for scripts")]
 
 use std::time::Duration;
 

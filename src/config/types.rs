@@ -227,7 +227,7 @@ pub struct AuditConfig {
     pub fsync: FsyncPolicy,
     #[serde(with = "dur")]
     pub fsync_interval: Duration,
-    /// Rotate when the file would grow past this many bytes (0 = never).
+    /// Rotate when the file would grow past this many bytes (0 = never; default 100 MiB).
     pub max_bytes: u64,
     /// Rotated files kept (`audit.jsonl.1` … `.N`).
     pub keep: usize,
@@ -236,6 +236,12 @@ pub struct AuditConfig {
     pub max_wait: Duration,
     /// Records that may wait for the writer at once.
     pub queue: usize,
+    /// Key for an HMAC-SHA256 chain (read from this file at start; never from the environment).
+    /// Unset: plain SHA-256 links.
+    pub chain_key_file: Option<PathBuf>,
+    /// Free space the audit volume keeps for `use` records: below it, records an
+    /// unauthenticated peer causes (`denied`) are only counted (`denied_summary`).
+    pub min_free_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -245,10 +251,12 @@ impl Default for AuditConfig {
             path: "-".into(),
             fsync: FsyncPolicy::Interval,
             fsync_interval: Duration::from_secs(1),
-            max_bytes: 0,
+            max_bytes: 100 * 1024 * 1024,
             keep: 10,
             max_wait: Duration::from_secs(2),
             queue: 8192,
+            chain_key_file: None,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -279,6 +287,14 @@ pub struct LimitsConfig {
     /// reading) is closed.
     #[serde(with = "dur")]
     pub send_timeout: Duration,
+    /// Open client connections from one IP address; one beyond this is closed at once (0 = off).
+    pub max_connections_per_ip: usize,
+    /// Refused (unauthenticated) requests one IP address may make per minute with a `denied`
+    /// record each (also the burst); beyond it 429 and a `denied_summary` count (0 = off).
+    pub unauthenticated_rpm_per_ip: u32,
+    /// An HTTP/2 connection with no open stream this long is sent GOAWAY and closed.
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -293,6 +309,9 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             body_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 256,
+            unauthenticated_rpm_per_ip: 60,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -222,6 +222,9 @@ impl Config {
         if l.max_h2_streams == 0 {
             err("limits.max_h2_streams", "must be at least 1".into());
         }
+        if l.idle_timeout.is_zero() {
+            err("limits.idle_timeout", "must be greater than 0".into());
+        }
         if l.header_read_timeout.is_zero() {
             err(
                 "limits.header_read_timeout",

@@ -15,7 +15,7 @@ use super::{validate_key, Fetched, SecretError};
 pub struct KeyMaterial {
     /// Never read: kept so the key is zeroized when the last request holding this version
     /// drops it.
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "held only so the key is zeroized on drop")]
     secret: SecretString,
     /// The complete upstream header value (`auth_value` with `{key}` filled in), marked
     /// sensitive so it is never printed by `Debug`/tracing.

@@ -1,6 +1,8 @@
 //! One client connection: TLS handshake (if configured) or the HTTP/2-preface sniff, both within
 //! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
 //! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request.
+//! An HTTP/2 connection with no open stream for `limits.idle_timeout` is closed (hyper has no such
+//! timeout; `peers::Activity` counts the streams).
 
 use hyper::body::Incoming;
 use hyper::Request;
@@ -17,6 +19,8 @@ use crate::config::LimitsConfig;
 use crate::request::RemoteAddr;
 use crate::stall::StallTimeout;
 
+use super::peers::{Activity, IpPermit, Tracked};
+
 /// Everything a connection task needs, cloned once per connection.
 #[derive(Clone)]
 pub struct ConnSettings {
@@ -25,6 +29,7 @@ pub struct ConnSettings {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub first_bytes: Duration,
     pub send_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl ConnSettings {
@@ -35,6 +40,7 @@ impl ConnSettings {
             tls,
             first_bytes: l.header_read_timeout,
             send_timeout: l.send_timeout,
+            idle_timeout: l.idle_timeout,
         }
     }
 }
@@ -46,13 +52,17 @@ pub async fn serve(
     svc: GatewayService,
     s: ConnSettings,
     watcher: Watcher,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, IpPermit),
 ) {
     let _permit = permit;
     let remote = RemoteAddr::new(remote);
+    let activity = Activity::new();
+    let streams = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(remote.clone());
-        svc.clone().call(req)
+        let guard = streams.begin();
+        let fut = svc.clone().call(req);
+        async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| Tracked::new(b, guard))) }
     });
     // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
     // path applies the http1 builder's `max_buf_size` (431 on oversized heads; see
@@ -60,9 +70,11 @@ pub async fn serve(
     macro_rules! serve {
         ($io:expr, $is_h2:expr) => {
             if $is_h2 {
-                let _ = watcher
-                    .watch(s.h2.serve_connection($io, svc).into_owned())
-                    .await;
+                let conn = watcher.watch(s.h2.serve_connection($io, svc).into_owned());
+                tokio::select! {
+                    _ = conn => {},
+                    () = activity.idle(s.idle_timeout) => {},
+                }
             } else {
                 let conn = s.h1.serve_connection_with_upgrades($io, svc).into_owned();
                 let _ = watcher.watch(conn).await;

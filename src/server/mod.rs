@@ -4,6 +4,7 @@
 //! `drain_delay`, then stop accepting and let in-flight streams finish for `shutdown_grace`).
 
 mod conn;
+mod peers;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::error::InitError;
 use crate::health;
 use conn::ConnSettings;
+use peers::PerIp;
 
 /// Bind `addr`; a failure names the setting it came from (exit 69).
 pub async fn bind(
@@ -60,6 +62,7 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), InitError> {
+    check_nofile(cfg.limits.max_connections);
     let (audit, writer) = Audit::start(&cfg.audit).map_err(|source| InitError::AuditIo {
         path: cfg.audit.path.clone().into(),
         source,
@@ -96,7 +99,9 @@ pub async fn run(
     let graceful = GracefulShutdown::new();
     let settings = ConnSettings::new(&cfg.limits, tls);
     let connections = Arc::new(Semaphore::new(cfg.limits.max_connections));
-    let accept = |stop| accept_loop(&listener, &app, &settings, &graceful, &connections, stop);
+    let per_ip = PerIp::new(cfg.limits.max_connections_per_ip);
+    let limits = (&connections, &per_ip);
+    let accept = |stop| accept_loop(&listener, &app, &settings, &graceful, limits, stop);
     accept(Box::pin(shutdown)).await;
     // Draining: unready first, still accepting, so the load balancer moves away before the port
     // closes (Kubernetes removes the endpoint asynchronously).
@@ -119,11 +124,97 @@ pub async fn run(
         let _ = r.await;
     }
     let _ = admin_task.await;
+    app.denied_budget.write_summary(&audit).await;
     // Everything queued is written and synced; the writer thread ends with the process.
     let flushed = audit.flush().await;
     drop(writer);
     tracing::info!(audit_flushed = flushed, "stopped");
     Ok(())
+}
+
+/// What an accept loop does when `accept(2)` fails: out of descriptors (`EMFILE`, `ENFILE`) or
+/// memory, the pending connection stays queued and `accept` would fail again at once, so sleep
+/// (doubling from 10 ms to 1 s while it keeps failing) instead of spinning; log the first failure
+/// and then at most one line per `LOG_EVERY` with the count suppressed in between.
+#[derive(Default)]
+pub struct AcceptBackoff {
+    delay: Duration,
+    last_log: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl AcceptBackoff {
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    /// The sleep after this failure (also advances the backoff).
+    pub fn next_delay(&mut self, e: &std::io::Error) -> Duration {
+        use nix::errno::Errno;
+        let exhausted = e.raw_os_error().is_some_and(|n| {
+            [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+                .contains(&Errno::from_raw(n))
+        });
+        self.delay = if exhausted {
+            (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        } else {
+            Duration::from_millis(10)
+        };
+        self.delay
+    }
+
+    /// Whether to log this failure now; `Some(n)`: n failures were not logged since the last.
+    pub fn should_log(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < Self::LOG_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last_log = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    pub async fn failed(&mut self, listener: &'static str, e: &std::io::Error) {
+        let delay = self.next_delay(e);
+        if let Some(suppressed) = self.should_log(std::time::Instant::now()) {
+            tracing::warn!(listener, error = %e, suppressed, backoff = ?delay, "accept failed");
+        }
+        tokio::time::sleep(delay).await;
+    }
+
+    /// A successful accept ends the backoff.
+    pub fn ok(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
+/// At start: a soft `RLIMIT_NOFILE` below what `max_connections` needs (each connection one
+/// descriptor, plus headroom for upstream connections and files) is raised to the hard limit;
+/// still short, warn.
+fn check_nofile(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let need = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(256);
+    let mut have = soft;
+    if soft < need && hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        tracing::info!(
+            from = soft,
+            to = hard,
+            "raised the soft RLIMIT_NOFILE to the hard limit"
+        );
+        have = hard;
+    }
+    if have < need {
+        tracing::warn!(
+            rlimit_nofile = have,
+            max_connections,
+            "RLIMIT_NOFILE is below limits.max_connections + 256: descriptors may run out before max_connections is reached"
+        );
+    }
 }
 
 /// Accept connections until `stop` resolves; each is served on its own task.
@@ -132,25 +223,35 @@ async fn accept_loop(
     app: &Arc<App>,
     settings: &ConnSettings,
     graceful: &GracefulShutdown,
-    connections: &Arc<Semaphore>,
+    (connections, per_ip): (&Arc<Semaphore>, &Arc<PerIp>),
     mut stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>,
 ) {
+    let mut accept_failed = AcceptBackoff::default();
+    let mut full_log = AcceptBackoff::default();
     loop {
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failed.failed("server.listen", &e).await;
                     continue;
                 }
             },
             () = &mut stop => return,
         };
+        accept_failed.ok();
         // `limits.max_connections`: beyond it a new connection is closed at once, so idle
         // connections (an HTTP/2 peer that only answers pings) cannot exhaust descriptors.
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "max_connections reached: connection refused");
+            if let Some(suppressed) = full_log.should_log(std::time::Instant::now()) {
+                tracing::warn!(%remote, suppressed, "max_connections reached: connection refused");
+            }
+            drop(stream);
+            continue;
+        };
+        // `limits.max_connections_per_ip`: one address cannot take the whole budget.
+        let Some(ip_permit) = per_ip.try_acquire(remote.ip()) else {
+            tracing::debug!(%remote, "max_connections_per_ip reached: connection refused");
             drop(stream);
             continue;
         };
@@ -161,7 +262,29 @@ async fn accept_loop(
             app.service.clone(),
             settings.clone(),
             graceful.watcher(),
-            permit,
+            (permit, ip_permit),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AcceptBackoff;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn accept_backoff_grows_on_emfile_and_logs_rarely() {
+        let mut b = AcceptBackoff::default();
+        let emfile = std::io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay(&emfile)).collect();
+        assert_eq!(delays[0], Duration::from_millis(10));
+        assert!(delays.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(delays[9], Duration::from_secs(1));
+        b.ok();
+        assert_eq!(b.next_delay(&emfile), Duration::from_millis(10));
+        let now = Instant::now();
+        assert_eq!(b.should_log(now), Some(0));
+        assert_eq!(b.should_log(now), None);
+        assert_eq!(b.should_log(now + Duration::from_secs(11)), Some(1));
     }
 }

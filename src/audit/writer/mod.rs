@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::record::{encode_line, Record};
-use super::Event;
+use super::record::{encode_line_keyed, Record};
+use super::{ChainKey, Event};
 use crate::config::{AuditConfig, FsyncPolicy};
 use recover::open_and_recover;
 use sync::spawn_syncer;
@@ -32,7 +32,10 @@ const MAX_BATCH: usize = 4096;
 const RETRY_TICK: Duration = Duration::from_millis(250);
 
 // Records are moved once into the queue; `Flush` is rare, so boxing would only add an allocation.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once; boxing would add an allocation"
+)]
 pub(crate) enum Msg {
     Rec {
         rec: Record,
@@ -54,6 +57,9 @@ pub struct Shared {
     /// Batches written by the writer thread and by runtime threads (`commit(.., inline)`).
     pub thread_batches: AtomicU64,
     pub inline_batches: AtomicU64,
+    /// Free space on the audit volume is below `audit.min_free_bytes` (checked at most once a
+    /// second by whoever commits): `record_unreserved` then refuses.
+    pub low_disk: AtomicBool,
 }
 
 enum Sink {
@@ -73,6 +79,9 @@ struct Chain {
 pub(crate) struct Writer {
     sink: Sink,
     chain: Chain,
+    /// The chain's link function (HMAC-SHA256 under `audit.chain_key_file`, else SHA-256).
+    key: ChainKey,
+    headroom_checked: Option<Instant>,
     cfg: AuditConfig,
     shared: Arc<Shared>,
     dirty: bool,
@@ -86,6 +95,16 @@ pub(crate) struct Writer {
 /// Open the sink and recover the chain from the file's last line; the first record queued is
 /// `start`.
 pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer> {
+    let key = match &cfg.chain_key_file {
+        Some(p) => ChainKey::from_file(p).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("audit.chain_key_file {}: {e}", p.display()),
+            )
+        })?,
+        None => ChainKey::none(),
+    };
+    let mut quarantined = None;
     let (sink, chain) = if cfg.path == "-" {
         (
             Sink::Stdout,
@@ -96,7 +115,8 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         )
     } else {
         let path = PathBuf::from(&cfg.path);
-        let (file, len, chain) = open_and_recover(&path)?;
+        let (file, len, chain, q) = open_and_recover(&path, &key)?;
+        quarantined = q;
         (
             Sink::File {
                 path,
@@ -109,6 +129,8 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
     let mut w = Writer {
         sink,
         chain,
+        key,
+        headroom_checked: None,
         cfg: cfg.clone(),
         shared,
         dirty: false,
@@ -117,6 +139,7 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         buf: Vec::with_capacity(64 * 1024),
         syncer: None,
     };
+    w.check_headroom();
     if cfg.fsync == FsyncPolicy::Interval && cfg.path != "-" {
         w.syncer = spawn_syncer(w.shared.clone());
     }
@@ -126,11 +149,21 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     ));
+    start.chain_key = w.key.fingerprint().map(Arc::from);
     w.pending.push(Msg::Rec {
         rec: start,
         ack: None,
         permit: false,
     });
+    if let Some(detail) = quarantined {
+        let mut q = Record::event(Event::AuditQuarantine);
+        q.detail = Some(detail);
+        w.pending.push(Msg::Rec {
+            rec: q,
+            ack: None,
+            permit: false,
+        });
+    }
     Ok(w)
 }
 
@@ -170,6 +203,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        self.check_headroom();
         if inline && !self.pending.is_empty() {
             // Keep file order: what the writer thread still holds goes first.
             self.pending.extend(batch);
@@ -278,9 +312,44 @@ impl Writer {
         }
     }
 
+    /// `statvfs` of the audit file's volume, at most once a second.
+    fn check_headroom(&mut self) {
+        let Sink::File { path, .. } = &self.sink else {
+            return;
+        };
+        if self
+            .headroom_checked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.headroom_checked = Some(Instant::now());
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or_else(|| std::path::Path::new("."));
+        if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
+            // 64-bit Linux: both are u64.
+            let free: u64 = st.blocks_available().saturating_mul(st.fragment_size());
+            let low = free < self.cfg.min_free_bytes;
+            if low != self.shared.low_disk.swap(low, Ordering::AcqRel) {
+                tracing::warn!(
+                    free_bytes = free,
+                    min_free_bytes = self.cfg.min_free_bytes,
+                    low,
+                    "audit volume headroom changed: denied records are only counted while low"
+                );
+            }
+        }
+    }
+
     /// Serialise one record onto the chain (tentatively: `commit` rolls back on failure).
     fn append(&mut self, rec: &Record) {
-        self.chain.prev = encode_line(&mut self.buf, rec, self.chain.next_seq, &self.chain.prev);
+        self.chain.prev = encode_line_keyed(
+            &mut self.buf,
+            rec,
+            self.chain.next_seq,
+            &self.chain.prev,
+            &self.key,
+        );
         self.chain.next_seq += 1;
     }
 }

@@ -1,12 +1,29 @@
 //! Opening the audit file and recovering the chain head from its last complete line (or from the
 //! newest rotated file when the current one is empty); a torn final line from a crash is cut off.
+//! Complete lines at the end that are not records (garbage) do not block a restart, nor does the
+//! chain silently restart from genesis: they are moved to `<path>.quarantine`, the caller writes
+//! an `audit_quarantine` record, and the chain continues from the last readable record.
 
-use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use super::{rotated_name, Chain, GENESIS};
+use crate::audit::ChainKey;
+
+/// Garbage lines quarantined at most before start-up gives up.
+const MAX_QUARANTINE_LINES: usize = 64;
+
+#[derive(serde::Deserialize)]
+struct Seq {
+    seq: u64,
+}
+
+fn quarantine_name(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".quarantine");
+    PathBuf::from(s)
+}
 
 pub(super) fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
@@ -16,9 +33,13 @@ pub(super) fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Open for append; find `seq` and hash of the last complete line (in this file or, if it is
-/// empty, in `path.1`), truncating a torn final line left by a crash.
-pub(super) fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
+/// Open for append; find `seq` and link of the last complete line (in this file or, if it is
+/// empty, in `path.1`), truncating a torn final line left by a crash and quarantining garbage
+/// complete lines. The `String` (if any) describes what was quarantined, for the record.
+pub(super) fn open_and_recover(
+    path: &Path,
+    key: &ChainKey,
+) -> io::Result<(File, u64, Chain, Option<String>)> {
     let mut file = open_append(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -29,6 +50,7 @@ pub(super) fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
                 next_seq: 0,
                 prev: GENESIS.into(),
             },
+            None,
         ));
     }
     let mut len = meta.len();
@@ -43,6 +65,42 @@ pub(super) fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
             last = None;
         }
     }
+    let mut quarantined: Vec<Vec<u8>> = Vec::new();
+    while let Some((line, _)) = &last {
+        if line.is_empty() || serde_json::from_slice::<Seq>(line).is_ok() {
+            break;
+        }
+        if quarantined.len() >= MAX_QUARANTINE_LINES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {MAX_QUARANTINE_LINES} unreadable lines at the end of the audit file"),
+            ));
+        }
+        let start = len - line.len() as u64 - 1;
+        quarantined.push(line.clone());
+        len = start;
+        last = last_line(&mut file, len)?;
+    }
+    let detail = if quarantined.is_empty() {
+        None
+    } else {
+        let qpath = quarantine_name(path);
+        let mut q = OpenOptions::new().create(true).append(true).open(&qpath)?;
+        let bytes: usize = quarantined.iter().map(|l| l.len() + 1).sum();
+        for l in quarantined.iter().rev() {
+            q.write_all(l)?;
+            q.write_all(b"\n")?;
+        }
+        q.sync_all()?;
+        file.set_len(len)?;
+        tracing::warn!(path = %path.display(), quarantine = %qpath.display(), lines = quarantined.len(), bytes, "audit file ends in unreadable lines; moved them aside");
+        Some(format!(
+            "{} unreadable line(s), {bytes} bytes, moved from the end of {} to {}",
+            quarantined.len(),
+            path.display(),
+            qpath.display()
+        ))
+    };
     if last.is_none() {
         let rotated = rotated_name(path, 1);
         if let Ok(mut f) = File::open(&rotated) {
@@ -52,10 +110,6 @@ pub(super) fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
     }
     let chain = match last {
         Some((line, _)) if !line.is_empty() => {
-            #[derive(serde::Deserialize)]
-            struct Seq {
-                seq: u64,
-            }
             let seq: Seq = serde_json::from_slice(&line).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -64,7 +118,7 @@ pub(super) fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
             })?;
             Chain {
                 next_seq: seq.seq + 1,
-                prev: hex::encode(Sha256::digest(&line)),
+                prev: key.link(&line),
             }
         }
         _ => Chain {
@@ -72,7 +126,7 @@ pub(super) fn open_and_recover(path: &Path) -> io::Result<(File, u64, Chain)> {
             prev: GENESIS.into(),
         },
     };
-    Ok((file, len, chain))
+    Ok((file, len, chain, detail))
 }
 
 /// The last complete line (without '\n') and the length of the file up to its end.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use vaultrs::client::Client as _;
 use zeroize::Zeroizing;
 
-use super::client::call;
+use super::client::{call, CallError};
 use super::schedule::{Action, TokenSchedule};
 use super::VaultSource;
 use crate::audit::Event;
@@ -158,14 +158,24 @@ impl VaultSource {
             None,
         )
         .await;
-        let (ttl, renewable) = match lookup {
-            Ok(v) => (
-                Duration::from_secs(v["data"]["ttl"].as_u64().unwrap_or(0)),
-                v["data"]["renewable"].as_bool().unwrap_or(false),
-            ),
-            Err(_) => (Duration::ZERO, false),
-        };
-        self.token = Some(TokenSchedule::granted(Instant::now(), ttl, renewable, true));
+        match lookup {
+            Ok(v) => {
+                let ttl = Duration::from_secs(v["data"]["ttl"].as_u64().unwrap_or(0));
+                let renewable = v["data"]["renewable"].as_bool().unwrap_or(false);
+                self.token = Some(TokenSchedule::granted(Instant::now(), ttl, renewable, true));
+            }
+            // A server that refuses lookup-self (RustyVault has none): no renewal schedule.
+            Err(CallError::Forbidden | CallError::Status(400..=499)) => {
+                self.token = Some(TokenSchedule::granted(
+                    Instant::now(),
+                    Duration::ZERO,
+                    false,
+                    true,
+                ));
+            }
+            // Unreachable, sealed or frozen: leave the token unknown, look it up again next time.
+            Err(_) => self.token = None,
+        }
     }
 
     async fn renew(&mut self) -> Result<(), ()> {
@@ -204,13 +214,25 @@ impl VaultSource {
                 Ok(())
             }
             Err(e) => {
+                // Only Vault's own refusal (4xx) ends renewal; a timeout or a 5xx (a sealed or
+                // frozen server) leaves the token renewable, and the next fetch tries again. A
+                // token from a file has no login to fall back to, so giving up would let it
+                // expire although Vault is back.
+                let refused = matches!(e, CallError::Forbidden | CallError::Status(400..=499));
+                let next = if refused || !sched.from_file {
+                    "logging in again"
+                } else {
+                    "retrying at the next fetch"
+                };
                 self.event(
                     Event::VaultRenew,
-                    format!("renewal refused: {e}; logging in again"),
+                    format!("renewal failed: {e}; {next}"),
                     Some("failure".into()),
                 );
-                if let Some(t) = self.token.as_mut() {
-                    t.renewal_refused(Instant::now());
+                if refused {
+                    if let Some(t) = self.token.as_mut() {
+                        t.renewal_refused(Instant::now());
+                    }
                 }
                 Err(())
             }
