@@ -1798,3 +1798,139 @@ async fn binary_at_trace_level_shows_no_openbao_credential() {
         assert!(!has_token_shape(text), "a token-shaped string in {name}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Auth methods: Vault Proxy auto-auth, jwt, wrapped AppRole secret-id; Vault request ids
+
+/// A loopback port free a moment ago (bound and released; for `bao proxy`'s listener).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until `addr` answers `sys/health` through whatever listens there.
+async fn wait_listening(addr: &str, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() <= limit {
+        if common::openbao::http(addr, None, None, "GET", "sys/health", None)
+            .await
+            .0
+            != 0
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The audit device's response entries for `path` (exact request path).
+fn bao_entries(bao: &Bao, path: &str) -> Vec<Value> {
+    bao.audit()
+        .into_iter()
+        .filter(|e| e["request"]["path"] == path)
+        .collect()
+}
+
+/// nimgate talks to a `bao proxy` that injects its own auto-auth (AppRole) token: nimgate
+/// holds no credential, sends no token, reads and rotates the key, and OpenBao's audit device
+/// shows every read made with the proxy's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_method_reads_and_rotates_through_bao_proxy_auto_auth() {
+    let Some(bao) = Bao::dev().await else { return };
+    let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("role-id"), &ar.role_id).unwrap();
+    std::fs::write(creds.path().join("secret-id"), &ar.secret_id).unwrap();
+    let port = free_port();
+    let proxy = bao.proxy(&format!(
+        r#"auto_auth {{
+  method "approle" {{
+    config = {{
+      role_id_file_path = "{d}/role-id"
+      secret_id_file_path = "{d}/secret-id"
+      remove_secret_id_file_after_reading = false
+    }}
+  }}
+}}
+api_proxy {{
+  use_auto_auth_token = "force"
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  tls_disable = true
+}}
+"#,
+        d = creds.path().display(),
+    ));
+    let paddr = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_listening(&paddr, Duration::from_secs(10)).await,
+        "bao proxy not listening; its log:\n{}",
+        proxy.log()
+    );
+    // The proxy logs in asynchronously; wait for its AppRole login in the audit device.
+    assert!(
+        within(Duration::from_secs(10), || !bao_entries(
+            &bao,
+            "auth/approle/login"
+        )
+        .is_empty())
+        .await
+        .is_some(),
+        "proxy never logged in; its log:\n{}",
+        proxy.log()
+    );
+    let mut table = vault_table(&bao, "", "[secret.auth]\nmethod = \"agent\"\n");
+    table = table.replace(&format!("\"{}\"", bao.addr), &format!("\"{paddr}\""));
+    let gw = gateway(table).await;
+    gw.nim.set_keys(vec![K1.into(), K2.into()]);
+    let t = traffic(&gw, Duration::from_millis(25));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bao.kv2_put("nim/prod", json!({"api_key": K2})).await, 2);
+    let took = within(Duration::from_secs(5), || last_key_is(&gw, K2)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let samples = t.finish().await;
+    assert!(
+        took.is_some_and(|d| d <= Duration::from_millis(300) + SLACK),
+        "rotation through the proxy took {took:?}"
+    );
+    assert_no_failures(&samples, "proxy auto-auth rotation");
+    let rot = events(&gw, "secret_rotate");
+    assert_eq!(rot.len(), 2, "{rot:?}");
+    assert_eq!(rot[1]["key_version"], "2");
+    assert!(
+        events(&gw, "vault_login").is_empty(),
+        "agent mode never logs in"
+    );
+    // Every read of the secret was made with the proxy's auto-auth token.
+    let logins = bao_entries(&bao, "auth/approle/login");
+    let proxy_accessors: Vec<&str> = logins
+        .iter()
+        .filter_map(|e| e["auth"]["accessor"].as_str())
+        .collect();
+    assert!(!proxy_accessors.is_empty());
+    let reads = bao_reads(&bao);
+    assert!(reads.len() >= 2, "{reads:?}");
+    assert!(
+        reads
+            .iter()
+            .all(|(_, acc)| proxy_accessors.contains(&acc.as_str())),
+        "a read not made with the proxy's token: {reads:?} vs {proxy_accessors:?}"
+    );
+    // The request ids nimgate recorded are the proxy-forwarded reads in the audit device.
+    let ids: Vec<String> = bao_entries(&bao, "secret/data/nim/prod")
+        .iter()
+        .filter_map(|e| e["request"]["id"].as_str().map(str::to_owned))
+        .collect();
+    for r in rot {
+        let id = r["vault_request_id"].as_str().expect("vault_request_id");
+        assert!(ids.iter().any(|i| i == id), "{id} not in the audit device");
+    }
+    assert_no_secrets(&gw, &bao, &[&ar.secret_id]);
+    drop(proxy);
+    gw.stop().await;
+}

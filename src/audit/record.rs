@@ -63,6 +63,13 @@ pub struct Record {
     /// Free-form, secret-free detail (e.g. an error class, a token TTL in seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Vault's `request_id` of the call behind a `secret_*` / `vault_*` record, to join it with
+    /// the Vault audit device's entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault_request_id: Option<Arc<str>>,
+    /// Accessor of the Vault token used (not a credential: it cannot authenticate a request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault_accessor: Option<Arc<str>>,
 }
 
 impl Record {
@@ -87,6 +94,8 @@ impl Record {
             source: None,
             old_key_version: None,
             detail: None,
+            vault_request_id: None,
+            vault_accessor: None,
         }
     }
 }
