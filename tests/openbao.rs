@@ -1934,3 +1934,158 @@ listener "tcp" {{
     drop(proxy);
     gw.stop().await;
 }
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An RSA key pair made with the openssl CLI: (private key path, public key PEM).
+fn rsa_keypair(dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("jwt-signing.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey");
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl pkey -pubout");
+    (key, String::from_utf8(out.stdout).unwrap())
+}
+
+/// An RS256 JWT with `claims`, signed with `key` by `openssl dgst -sha256 -sign`.
+fn sign_rs256(key: &Path, claims: &Value) -> String {
+    use std::io::Write;
+    let input = format!(
+        "{}.{}",
+        b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl dgst -sign");
+    format!("{input}.{}", b64url(&out.stdout))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Vault's jwt auth method with a PEM validation key and tokens signed in the test: an expired
+/// token is refused at login (not ready, a `vault_login` failure record, no JWT anywhere); a
+/// valid one written to the same file is read at the next login and the key loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_method_expired_token_fails_login_and_a_valid_one_works() {
+    let Some(bao) = Bao::dev().await else { return };
+    assert_eq!(bao.kv2_put("nim/prod", json!({"api_key": K1})).await, 1);
+    bao.policy("nim-read", POLICY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pubkey) = rsa_keypair(dir.path());
+    bao.must("POST", "sys/auth/jwt", Some(json!({"type": "jwt"})))
+        .await;
+    bao.must(
+        "POST",
+        "auth/jwt/config",
+        Some(json!({"jwt_validation_pubkeys": [pubkey], "bound_issuer": "https://k8s.test"})),
+    )
+    .await;
+    bao.must(
+        "POST",
+        "auth/jwt/role/nimgate",
+        Some(json!({
+            "role_type": "jwt",
+            "bound_audiences": ["vault"],
+            "user_claim": "sub",
+            "bound_subject": "system:serviceaccount:nimgate:nimgate",
+            "token_policies": ["nim-read"],
+            "token_ttl": "1h",
+        })),
+    )
+    .await;
+    let now = unix_now();
+    let claims = |iat: u64, exp: u64| {
+        json!({
+            "iss": "https://k8s.test",
+            "sub": "system:serviceaccount:nimgate:nimgate",
+            "aud": ["vault"],
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+        })
+    };
+    let expired = sign_rs256(&key, &claims(now - 3600, now - 1200));
+    let valid = sign_rs256(&key, &claims(now - 10, now + 600));
+    let jwt_file = dir.path().join("token");
+    std::fs::write(&jwt_file, &expired).unwrap();
+    let auth = format!(
+        "[secret.auth]\nmethod = \"jwt\"\nrole = \"nimgate\"\njwt_file = \"{}\"\n",
+        jwt_file.display()
+    );
+    let gw = gateway_not_ready(vault_table(&bao, "", &auth)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(readyz(&gw).await.0, 503);
+    let fails: Vec<Value> = flushed(&gw, "vault_login")
+        .await
+        .into_iter()
+        .filter(|r| r["reason"] == "failure")
+        .collect();
+    assert!(!fails.is_empty(), "no vault_login failure record");
+    assert!(detail(&fails[0]).contains("jwt login failed"), "{fails:?}");
+    assert!(ok_events(&gw, "secret_fetch").is_empty() && events(&gw, "secret_rotate").is_empty());
+    // The projected token is rotated: the next login reads the new one.
+    std::fs::write(&jwt_file, &valid).unwrap();
+    assert!(
+        wait_readyz(&gw, 200, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "valid JWT never loaded the key"
+    );
+    let ok = ok_events(&gw, "vault_login");
+    assert!(detail(&ok[0]).contains("jwt login ok"), "{ok:?}");
+    let acc = ok[0]["vault_accessor"].as_str().expect("accessor");
+    assert!(bao_reads(&bao).iter().any(|(_, a)| a == acc));
+    let logins = bao_entries(&bao, "auth/jwt/login");
+    assert!(logins
+        .iter()
+        .any(|e| e["request"]["id"] == ok[0]["vault_request_id"]));
+    assert_no_secrets(&gw, &bao, &[&expired, &valid]);
+    gw.stop().await;
+}
