@@ -2089,3 +2089,95 @@ async fn jwt_method_expired_token_fails_login_and_a_valid_one_works() {
     assert_no_secrets(&gw, &bao, &[&expired, &valid]);
     gw.stop().await;
 }
+
+/// A response-wrapped AppRole secret-id (`bao write -wrap-ttl=60s -f …/secret-id`) in
+/// `secret_id_file`: unwrapped once, kept for the re-logins at max TTL (OpenBao's audit device
+/// sees one unwrap); a second gateway given the same, now used, wrapping token says clearly that
+/// someone else unwrapped it (audit reason `wrapping_token_used`), stays not ready, and does not
+/// send the used token again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapped_secret_id_is_unwrapped_once_and_a_used_one_is_reported() {
+    let Some(bao) = Bao::dev().await else { return };
+    let ar = kv2_approle(&bao, json!({"token_ttl": "2s", "token_max_ttl": "3s"})).await;
+    let out = bao
+        .cli(&[
+            "write",
+            "-format=json",
+            "-wrap-ttl=60s",
+            "-f",
+            "auth/approle/role/nimgate/secret-id",
+        ])
+        .await;
+    let v: Value = serde_json::from_str(&out).expect("bao write -format=json");
+    let wrapping = v["wrap_info"]["token"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("role-id"), &ar.role_id).unwrap();
+    std::fs::write(dir.path().join("secret-id"), format!("{wrapping}\n")).unwrap();
+    let auth = format!(
+        "[secret.auth]\nmethod = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"\nsecret_id_wrapped = true\n",
+        d = dir.path().display()
+    );
+    let gw = gateway(vault_table(&bao, "", &auth)).await;
+    gw.nim.set_keys(vec![K1.into()]);
+    let t = traffic(&gw, Duration::from_millis(50));
+    // Long enough for at least one re-login at max TTL (3 s) with the kept secret-id.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let samples = t.finish().await;
+    assert_no_failures(&samples, "wrapped secret-id");
+    let logins = ok_events(&gw, "vault_login");
+    let unwrapped = logins
+        .iter()
+        .filter(|r| detail(r).contains("unwrapped"))
+        .count();
+    let approle_ok = logins
+        .iter()
+        .filter(|r| detail(r).contains("approle login ok"))
+        .count();
+    assert_eq!(unwrapped, 1, "{logins:?}");
+    assert!(
+        approle_ok >= 2,
+        "no re-login with the kept secret-id: {logins:?}"
+    );
+    assert_eq!(bao_entries(&bao, "sys/wrapping/unwrap").len(), 1);
+
+    // A second gateway with the same (used) wrapping token.
+    let gw2 = gateway_not_ready(vault_table(&bao, "", &auth)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(readyz(&gw2).await.0, 503);
+    let used: Vec<Value> = flushed(&gw2, "vault_login")
+        .await
+        .into_iter()
+        .filter(|r| r["reason"] == "wrapping_token_used")
+        .collect();
+    assert_eq!(used.len(), 1, "reported once: {used:?}");
+    assert!(
+        detail(&used[0]).contains("someone else may have"),
+        "{}",
+        detail(&used[0])
+    );
+    let fails = flushed(&gw2, "secret_failure").await;
+    assert!(!fails.is_empty());
+    assert!(
+        fails.iter().all(|r| detail(r).contains("wrapping token")),
+        "{fails:?}"
+    );
+    // The used token is sent once, not at every refresh.
+    // (OpenBao audits a refused unwrap as a request entry with the error, no response.)
+    let unwraps: Vec<Value> = std::fs::read_to_string(&bao.audit_log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "request" && v["request"]["path"] == "sys/wrapping/unwrap")
+        .collect();
+    assert_eq!(unwraps.len(), 2, "{unwraps:?}");
+    assert_eq!(
+        unwraps[1]["error"], "wrapping token is not valid or does not exist",
+        "{unwraps:?}"
+    );
+
+    assert!(gw2.nim.seen().is_empty());
+    assert_no_secrets(&gw, &bao, &[&ar.secret_id, &wrapping]);
+    assert_no_secrets(&gw2, &bao, &[&ar.secret_id, &wrapping]);
+    gw2.stop().await;
+    gw.stop().await;
+}
