@@ -2181,3 +2181,73 @@ async fn wrapped_secret_id_is_unwrapped_once_and_a_used_one_is_reported() {
     gw2.stop().await;
     gw.stop().await;
 }
+
+/// Every `vault_login`, `vault_renew`, `secret_fetch` and `secret_rotate` record nimgate writes
+/// (AppRole login, renewals, a re-login at max TTL, reads and a rotation) names Vault's
+/// `request_id` and the token's accessor, and each one matches OpenBao's audit device entry
+/// for that request: the two trails join record by record. No token in nimgate's trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_vault_record_joins_openbao_audit_device_by_request_id_and_accessor() {
+    let Some(bao) = Bao::dev().await else { return };
+    let ar = kv2_approle(&bao, json!({"token_ttl": "3s", "token_max_ttl": "5s"})).await;
+    let creds = tempfile::tempdir().unwrap();
+    let gw = gateway(vault_table(
+        &bao,
+        "refresh = \"500ms\"",
+        &approle_auth(creds.path(), &ar),
+    ))
+    .await;
+    gw.nim.set_keys(vec![K1.into(), K2.into()]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bao.kv2_put("nim/prod", json!({"api_key": K2})).await;
+    // Renewals at ~2 s and a re-login near the 5 s max TTL.
+    let relogged = within(Duration::from_secs(8), || {
+        ok_events(&gw, "vault_login").len() >= 2
+    })
+    .await;
+    assert!(relogged.is_some(), "no re-login near max TTL");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let by_id: std::collections::HashMap<String, Value> = bao
+        .audit()
+        .into_iter()
+        .filter_map(|e| Some((e["request"]["id"].as_str()?.to_string(), e)))
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for ev in [
+        "vault_login",
+        "vault_renew",
+        "secret_fetch",
+        "secret_rotate",
+    ] {
+        let recs = ok_events(&gw, ev);
+        counts.insert(ev, recs.len());
+        for r in recs {
+            let id = r["vault_request_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ev} without vault_request_id: {r}"));
+            let acc = r["vault_accessor"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ev} without vault_accessor: {r}"));
+            let e = by_id
+                .get(id)
+                .unwrap_or_else(|| panic!("{ev} {id} not in OpenBao's audit device"));
+            let path = e["request"]["path"].as_str().unwrap();
+            let want = match ev {
+                "vault_login" => "auth/approle/login",
+                "vault_renew" => "auth/token/renew-self",
+                _ => "secret/data/nim/prod",
+            };
+            assert_eq!(path, want, "{ev} joined to the wrong entry");
+            assert_eq!(e["auth"]["accessor"], acc, "{ev} {id}: accessor differs");
+        }
+    }
+    assert!(
+        counts["vault_login"] >= 2
+            && counts["vault_renew"] >= 1
+            && counts["secret_fetch"] >= 3
+            && counts["secret_rotate"] == 2,
+        "{counts:?}"
+    );
+    assert_no_secrets(&gw, &bao, &[&ar.secret_id, &ar.role_id]);
+    gw.stop().await;
+}

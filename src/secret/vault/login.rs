@@ -248,6 +248,8 @@ impl VaultSource {
             return Err(SecretError::unavailable(msg));
         };
         self.last_request_id = request_id;
+        // The unwrap was made with the wrapping token, not with a login token.
+        self.accessor = None;
         self.event(
             Event::VaultLogin,
             "approle secret-id unwrapped from the wrapping token in secret_id_file".into(),
