@@ -2002,6 +2002,29 @@ fn sign_rs256(key: &Path, claims: &Value) -> String {
     format!("{input}.{}", b64url(&out.stdout))
 }
 
+/// A throw-away self-signed certificate (PEM), made with the openssl CLI.
+fn self_signed_cert(dir: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=k8s-test",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("k8s-ca.key"))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl req -x509");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -2249,5 +2272,194 @@ async fn every_vault_record_joins_openbao_audit_device_by_request_id_and_accesso
         "{counts:?}"
     );
     assert_no_secrets(&gw, &bao, &[&ar.secret_id, &ar.role_id]);
+    gw.stop().await;
+}
+
+/// A minimal Kubernetes TokenReview API on loopback (plain HTTP/1.1, one request per
+/// connection): `authenticated` only for `valid_jwt`, as the ServiceAccount `nimgate/nimgate`.
+/// Returns the address and a counter of reviews.
+async fn token_review_api(valid_jwt: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    let reviews = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r2 = reviews.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let valid = valid_jwt.clone();
+            let reviews = r2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Headers, then Content-Length bytes of body.
+                let (head_end, len) = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (i + 4, len);
+                    }
+                };
+                while buf.len() < head_end + len {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let body: Value =
+                    serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
+                let resp = if head.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews") {
+                    reviews.fetch_add(1, Ordering::SeqCst);
+                    let ok = body["spec"]["token"].as_str() == Some(valid.as_str());
+                    let status = if ok {
+                        json!({
+                            "authenticated": true,
+                            "user": {
+                                "username": "system:serviceaccount:nimgate:nimgate",
+                                "uid": "0b4c1f0e-uid-nimgate",
+                                "groups": ["system:serviceaccounts", "system:serviceaccounts:nimgate", "system:authenticated"],
+                            },
+                            "audiences": ["vault"],
+                        })
+                    } else {
+                        json!({"authenticated": false, "error": "invalid bearer token"})
+                    };
+                    json!({
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "TokenReview",
+                        "metadata": {"creationTimestamp": null},
+                        "spec": {"token": "", "audiences": body["spec"]["audiences"]},
+                        "status": status,
+                    })
+                    .to_string()
+                } else {
+                    String::new()
+                };
+                let code = if resp.is_empty() {
+                    "404 Not Found"
+                } else {
+                    "201 Created"
+                };
+                let out = format!(
+                    "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{resp}",
+                    resp.len()
+                );
+                let _ = s.write_all(out.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, reviews)
+}
+
+/// Kubernetes auth without a cluster: OpenBao's kubernetes method pointed at an in-test
+/// TokenReview API. A token the API does not authenticate fails login (not ready, failure
+/// record); the ServiceAccount token it accepts logs in and loads the key, reviewed by the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_method_logs_in_through_a_token_review_api() {
+    let Some(bao) = Bao::dev().await else { return };
+    assert_eq!(bao.kv2_put("nim/prod", json!({"api_key": K1})).await, 1);
+    bao.policy("nim-read", POLICY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = rsa_keypair(dir.path());
+    let now = unix_now();
+    let claims = |uid: &str| {
+        json!({
+            "iss": "https://kubernetes.default.svc",
+            "sub": "system:serviceaccount:nimgate:nimgate",
+            "aud": ["vault"],
+            "iat": now - 10,
+            "nbf": now - 10,
+            "exp": now + 600,
+            "kubernetes.io": {
+                "namespace": "nimgate",
+                "serviceaccount": {"name": "nimgate", "uid": uid},
+            },
+        })
+    };
+    let valid = sign_rs256(&key, &claims("0b4c1f0e-uid-nimgate"));
+    let rejected = sign_rs256(&key, &claims("another-uid"));
+    let (api, reviews) = token_review_api(valid.clone()).await;
+    bao.must(
+        "POST",
+        "sys/auth/kubernetes",
+        Some(json!({"type": "kubernetes"})),
+    )
+    .await;
+    bao.must(
+        "POST",
+        "auth/kubernetes/config",
+        Some(json!({
+            "kubernetes_host": api,
+            "disable_local_ca_jwt": true,
+            // Required with disable_local_ca_jwt; unused over plain http.
+            "kubernetes_ca_cert": self_signed_cert(dir.path()),
+        })),
+    )
+    .await;
+    bao.must(
+        "POST",
+        "auth/kubernetes/role/nimgate",
+        Some(json!({
+            "bound_service_account_names": ["nimgate"],
+            "bound_service_account_namespaces": ["nimgate"],
+            "token_policies": ["nim-read"],
+            "token_ttl": "1h",
+        })),
+    )
+    .await;
+    let jwt_file = dir.path().join("token");
+    std::fs::write(&jwt_file, &rejected).unwrap();
+    let auth = format!(
+        "[secret.auth]\nmethod = \"kubernetes\"\nrole = \"nimgate\"\njwt_file = \"{}\"\n",
+        jwt_file.display()
+    );
+    let gw = gateway_not_ready(vault_table(&bao, "", &auth)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(readyz(&gw).await.0, 503);
+    let fails: Vec<Value> = flushed(&gw, "vault_login")
+        .await
+        .into_iter()
+        .filter(|r| r["reason"] == "failure")
+        .collect();
+    assert!(
+        fails
+            .iter()
+            .any(|r| detail(r).contains("kubernetes login failed")),
+        "{fails:?}"
+    );
+    assert!(
+        reviews.load(Ordering::SeqCst) >= 1,
+        "OpenBao never asked the TokenReview API"
+    );
+    std::fs::write(&jwt_file, &valid).unwrap();
+    assert!(
+        wait_readyz(&gw, 200, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the accepted ServiceAccount token never loaded the key"
+    );
+    let ok = ok_events(&gw, "vault_login");
+    assert!(detail(&ok[0]).contains("kubernetes login ok"), "{ok:?}");
+    let acc = ok[0]["vault_accessor"].as_str().expect("accessor");
+    assert!(bao_reads(&bao).iter().any(|(_, a)| a == acc));
+    assert_no_secrets(&gw, &bao, &[&valid, &rejected]);
     gw.stop().await;
 }
