@@ -156,11 +156,9 @@ pub enum VaultAuthConfig {
     Token(TokenAuthConfig),
     Approle(AppRoleAuthConfig),
     Kubernetes(KubernetesAuthConfig),
-    /// Vault's `jwt` auth method: a JWT (e.g. a projected service-account token) validated by
-    /// Vault against configured keys or a JWKS, re-read from `jwt_file` at each login.
+    /// Vault's `jwt` auth method (e.g. a projected token Vault checks against a JWKS).
     Jwt(JwtAuthConfig),
-    /// No token at all: `address` is a local Vault Proxy / Agent listener with
-    /// `use_auto_auth_token`, which adds its own auto-auth token to every request.
+    /// No token: `address` is a Vault Proxy/Agent listener adding its auto-auth token.
     Agent(AgentAuthConfig),
 }
 
