@@ -1837,7 +1837,7 @@ fn bao_entries(bao: &Bao, path: &str) -> Vec<Value> {
 
 /// nimgate talks to a `bao proxy` that injects its own auto-auth (AppRole) token: nimgate
 /// holds no credential, sends no token, reads and rotates the key, and OpenBao's audit device
-/// shows every read made with the proxy's token.
+/// shows every read made with the proxy's token; a 403 through the proxy still evicts the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_method_reads_and_rotates_through_bao_proxy_auto_auth() {
     let Some(bao) = Bao::dev().await else { return };
@@ -1930,6 +1930,28 @@ listener "tcp" {{
         let id = r["vault_request_id"].as_str().expect("vault_request_id");
         assert!(ids.iter().any(|i| i == id), "{id} not in the audit device");
     }
+    // A 403 through the proxy still evicts: the proxy's token loses the policy.
+    bao.cli(&["policy", "delete", "nim-read"]).await;
+    assert!(
+        wait_readyz(&gw, 503, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "403 through the proxy did not evict"
+    );
+    let ev = flushed(&gw, "secret_evict").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["reason"], "forbidden");
+    let pfile = creds.path().join("nim-read.hcl");
+    std::fs::write(&pfile, POLICY).unwrap();
+    bao.cli(&["policy", "write", "nim-read", pfile.to_str().unwrap()])
+        .await;
+    assert!(
+        wait_readyz(&gw, 200, Duration::from_secs(4))
+            .await
+            .is_some(),
+        "no recovery through the proxy after the policy came back"
+    );
+    assert!(events(&gw, "vault_login").is_empty());
     assert_no_secrets(&gw, &bao, &[&ar.secret_id]);
     drop(proxy);
     gw.stop().await;
