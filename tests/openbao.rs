@@ -2485,3 +2485,206 @@ async fn kubernetes_method_logs_in_through_a_token_review_api() {
     assert_no_secrets(&gw, &bao, &[&valid, &rejected]);
     gw.stop().await;
 }
+
+/// `nimgate serve` (the binary) at RUST_LOG=trace with `secret` (a `[secret]` table) until
+/// `/readyz` answers `want` (then `linger` more): (stderr, stdout, audit trail text).
+async fn binary_run(secret: String, want: u16, linger: Duration) -> (String, String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nim_addr = l.local_addr().unwrap();
+    let nim = nimgate::fakenim::FakeNim::new(vec![K1.into()], Duration::from_millis(5), true);
+    tokio::spawn(nim.clone().serve(l));
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = dir.path().join("nimgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{nim_addr}\"\n{secret}[[clients]]\nid = \"team-a\"\nkey_sha256 = \"{digest}\"\n[audit]\npath = \"{audit}\"\n",
+            digest = nimgate::auth::key_digest_hex(CLIENT_KEY),
+            audit = audit.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nimgate"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_clear()
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err_t = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("nimgate serving") {
+                let admin = line.split_whitespace().find_map(|w| {
+                    w.strip_prefix("admin=")?
+                        .parse::<std::net::SocketAddr>()
+                        .ok()
+                });
+                let _ = tx.send(admin);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let admin = rx.recv_timeout(Duration::from_secs(20)).ok().flatten();
+    let mut reached = false;
+    if let Some(admin) = admin {
+        for _ in 0..250 {
+            if get_admin(admin, "/readyz").await.map(|r| r.0) == Ok(want) {
+                reached = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(linger).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = err_t.join().unwrap();
+    let stdout = out_t.join().unwrap();
+    assert!(
+        reached,
+        "readyz never answered {want}; stderr lines: {}",
+        stderr.lines().count()
+    );
+    (
+        stderr,
+        stdout,
+        std::fs::read_to_string(&audit).unwrap_or_default(),
+    )
+}
+
+/// The hygiene check for the newer auth paths, on the binary at trace level: a wrapped AppRole
+/// secret-id (unwrapped, then a second process refused the used wrapping token) and jwt logins
+/// (an expired and a valid JWT). No wrapping token, secret-id, JWT or anything token-shaped in
+/// stderr, stdout or the audit trail; the refused wrapping token is reported in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_at_trace_level_shows_no_wrapping_token_secret_id_or_jwt() {
+    let Some(bao) = Bao::dev().await else { return };
+    let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
+    // A known secret-id, delivered wrapped, so the test can look for it.
+    let secret_id = format!("sid-{}", &ar.secret_id[..18]);
+    let out = bao
+        .cli(&[
+            "write",
+            "-format=json",
+            "-wrap-ttl=60s",
+            "auth/approle/role/nimgate/custom-secret-id",
+            &format!("secret_id={secret_id}"),
+        ])
+        .await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let wrapping = v["wrap_info"]["token"].as_str().unwrap().to_string();
+    assert!(
+        has_token_shape(&wrapping),
+        "the shape check finds wrapping tokens"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("role-id"), &ar.role_id).unwrap();
+    std::fs::write(dir.path().join("secret-id"), &wrapping).unwrap();
+    let auth = format!(
+        "[secret.auth]\nmethod = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"\nsecret_id_wrapped = true\n",
+        d = dir.path().display()
+    );
+    let first = binary_run(
+        vault_table(&bao, "", &auth),
+        200,
+        Duration::from_millis(300),
+    )
+    .await;
+    let second = binary_run(
+        vault_table(&bao, "", &auth),
+        503,
+        Duration::from_millis(800),
+    )
+    .await;
+    assert!(
+        second.0.contains("wrapping token refused"),
+        "the used wrapping token is reported in the log"
+    );
+    assert!(second.2.contains("wrapping_token_used"));
+
+    let (key, pubkey) = rsa_keypair(dir.path());
+    bao.must("POST", "sys/auth/jwt", Some(json!({"type": "jwt"})))
+        .await;
+    bao.must(
+        "POST",
+        "auth/jwt/config",
+        Some(json!({"jwt_validation_pubkeys": [pubkey]})),
+    )
+    .await;
+    bao.must(
+        "POST",
+        "auth/jwt/role/nimgate",
+        Some(json!({"role_type": "jwt", "bound_audiences": ["vault"], "user_claim": "sub", "token_policies": ["nim-read"]})),
+    )
+    .await;
+    let now = unix_now();
+    let claims =
+        |exp: u64| json!({"sub": "nimgate", "aud": "vault", "iat": now - 3600, "exp": exp});
+    let expired = sign_rs256(&key, &claims(now - 1200));
+    let valid = sign_rs256(&key, &claims(now + 600));
+    let jwt_file = dir.path().join("jwt");
+    let jauth = format!(
+        "[secret.auth]\nmethod = \"jwt\"\nrole = \"nimgate\"\njwt_file = \"{}\"\n",
+        jwt_file.display()
+    );
+    std::fs::write(&jwt_file, &expired).unwrap();
+    let third = binary_run(
+        vault_table(&bao, "", &jauth),
+        503,
+        Duration::from_millis(800),
+    )
+    .await;
+    assert!(third.2.contains("jwt login failed"));
+    std::fs::write(&jwt_file, &valid).unwrap();
+    let fourth = binary_run(
+        vault_table(&bao, "", &jauth),
+        200,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(fourth.2.contains("jwt login ok"));
+
+    let secrets = [
+        bao.root_token(),
+        wrapping.as_str(),
+        secret_id.as_str(),
+        ar.secret_id.as_str(),
+        ar.role_id.as_str(),
+        expired.as_str(),
+        valid.as_str(),
+        K1,
+        CLIENT_KEY,
+    ];
+    for (run, (stderr, stdout, trail_text)) in [first, second, third, fourth].iter().enumerate() {
+        for (name, text) in [
+            ("stderr", stderr),
+            ("stdout", stdout),
+            ("audit", trail_text),
+        ] {
+            for (i, s) in secrets.iter().enumerate() {
+                assert!(!text.contains(s), "secret #{i} in run {run} {name}");
+            }
+            assert!(
+                !has_token_shape(text),
+                "a token-shaped string in run {run} {name}"
+            );
+        }
+    }
+}
