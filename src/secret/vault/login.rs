@@ -1,6 +1,7 @@
-//! Getting and keeping a Vault token: read from `token_file`, or log in (AppRole, Kubernetes) with
-//! credentials read from files at each login, renew on the `TokenSchedule`, log in again when a
-//! renewal is refused or the token nears its max TTL. Every step is an audit event.
+//! Getting and keeping a Vault token: read from `token_file`, or log in (AppRole, Kubernetes, jwt)
+//! with credentials read from files at each login (a wrapped AppRole secret-id is unwrapped once
+//! and kept), renew on the `TokenSchedule`, log in again when a renewal is refused or the token
+//! nears its max TTL; `agent` does none of it. Every step is an audit event.
 
 use rustify::enums::RequestMethod;
 use std::path::Path;

@@ -1,7 +1,9 @@
 //! `source = "vault"`: the key in a Vault KV (v1 or v2) secret, through a `vaultrs` client.
 //!
-//! `login` gets and keeps a token (token file, AppRole, Kubernetes — every credential read from a
-//! file, never from the environment or config text) on the pure `schedule`; `client` makes the
+//! `login` gets and keeps a token (token file, AppRole with a plain or response-wrapped
+//! secret-id, Kubernetes, jwt — every credential read from a file, never from the environment or
+//! config text; `agent` holds none, a local Vault Proxy adds its own) on the pure `schedule`;
+//! every record names Vault's `request_id` and the token's accessor; `client` makes the
 //! raw calls. Reads use a tolerant raw endpoint so that servers returning KV v2 data without
 //! `metadata` still work. A 403 on the read triggers one fresh login and retry, then eviction.
 //!
