@@ -2123,6 +2123,11 @@ async fn jwt_method_expired_token_fails_login_and_a_valid_one_works() {
             .is_some(),
         "valid JWT never loaded the key"
     );
+    // The audit writer is up to 25 ms behind /readyz.
+    within(Duration::from_secs(2), || {
+        !ok_events(&gw, "vault_login").is_empty()
+    })
+    .await;
     let ok = ok_events(&gw, "vault_login");
     assert!(detail(&ok[0]).contains("jwt login ok"), "{ok:?}");
     let acc = ok[0]["vault_accessor"].as_str().expect("accessor");
@@ -2478,6 +2483,11 @@ async fn kubernetes_method_logs_in_through_a_token_review_api() {
             .is_some(),
         "the accepted ServiceAccount token never loaded the key"
     );
+    // The audit writer is up to 25 ms behind /readyz.
+    within(Duration::from_secs(2), || {
+        !ok_events(&gw, "vault_login").is_empty()
+    })
+    .await;
     let ok = ok_events(&gw, "vault_login");
     assert!(detail(&ok[0]).contains("kubernetes login ok"), "{ok:?}");
     let acc = ok[0]["vault_accessor"].as_str().expect("accessor");
