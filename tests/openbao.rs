@@ -1798,3 +1798,903 @@ async fn binary_at_trace_level_shows_no_openbao_credential() {
         assert!(!has_token_shape(text), "a token-shaped string in {name}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Auth methods: Vault Proxy auto-auth, jwt, wrapped AppRole secret-id; Vault request ids
+
+/// A loopback port free a moment ago (bound and released; for `bao proxy`'s listener).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until `addr` answers `sys/health` through whatever listens there.
+async fn wait_listening(addr: &str, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() <= limit {
+        if common::openbao::http(addr, None, None, "GET", "sys/health", None)
+            .await
+            .0
+            != 0
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The audit device's response entries for `path` (exact request path).
+fn bao_entries(bao: &Bao, path: &str) -> Vec<Value> {
+    bao.audit()
+        .into_iter()
+        .filter(|e| e["request"]["path"] == path)
+        .collect()
+}
+
+/// nimgate talks to a `bao proxy` that injects its own auto-auth (AppRole) token: nimgate
+/// holds no credential, sends no token, reads and rotates the key, and OpenBao's audit device
+/// shows every read made with the proxy's token; a 403 through the proxy still evicts the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_method_reads_and_rotates_through_bao_proxy_auto_auth() {
+    let Some(bao) = Bao::dev().await else { return };
+    let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("role-id"), &ar.role_id).unwrap();
+    std::fs::write(creds.path().join("secret-id"), &ar.secret_id).unwrap();
+    let port = free_port();
+    let proxy = bao.proxy(&format!(
+        r#"auto_auth {{
+  method "approle" {{
+    config = {{
+      role_id_file_path = "{d}/role-id"
+      secret_id_file_path = "{d}/secret-id"
+      remove_secret_id_file_after_reading = false
+    }}
+  }}
+}}
+api_proxy {{
+  use_auto_auth_token = "force"
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  tls_disable = true
+}}
+"#,
+        d = creds.path().display(),
+    ));
+    let paddr = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_listening(&paddr, Duration::from_secs(10)).await,
+        "bao proxy not listening; its log:\n{}",
+        proxy.log()
+    );
+    // The proxy logs in asynchronously; wait for its AppRole login in the audit device.
+    assert!(
+        within(Duration::from_secs(10), || !bao_entries(
+            &bao,
+            "auth/approle/login"
+        )
+        .is_empty())
+        .await
+        .is_some(),
+        "proxy never logged in; its log:\n{}",
+        proxy.log()
+    );
+    let mut table = vault_table(&bao, "", "[secret.auth]\nmethod = \"agent\"\n");
+    table = table.replace(&format!("\"{}\"", bao.addr), &format!("\"{paddr}\""));
+    let gw = gateway(table).await;
+    gw.nim.set_keys(vec![K1.into(), K2.into()]);
+    let t = traffic(&gw, Duration::from_millis(25));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bao.kv2_put("nim/prod", json!({"api_key": K2})).await, 2);
+    let took = within(Duration::from_secs(5), || last_key_is(&gw, K2)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let samples = t.finish().await;
+    assert!(
+        took.is_some_and(|d| d <= Duration::from_millis(300) + SLACK),
+        "rotation through the proxy took {took:?}"
+    );
+    assert_no_failures(&samples, "proxy auto-auth rotation");
+    let rot = events(&gw, "secret_rotate");
+    assert_eq!(rot.len(), 2, "{rot:?}");
+    assert_eq!(rot[1]["key_version"], "2");
+    assert!(
+        events(&gw, "vault_login").is_empty(),
+        "agent mode never logs in"
+    );
+    // Every read of the secret was made with the proxy's auto-auth token.
+    let logins = bao_entries(&bao, "auth/approle/login");
+    let proxy_accessors: Vec<&str> = logins
+        .iter()
+        .filter_map(|e| e["auth"]["accessor"].as_str())
+        .collect();
+    assert!(!proxy_accessors.is_empty());
+    let reads = bao_reads(&bao);
+    assert!(reads.len() >= 2, "{reads:?}");
+    assert!(
+        reads
+            .iter()
+            .all(|(_, acc)| proxy_accessors.contains(&acc.as_str())),
+        "a read not made with the proxy's token: {reads:?} vs {proxy_accessors:?}"
+    );
+    // The request ids nimgate recorded are the proxy-forwarded reads in the audit device.
+    let ids: Vec<String> = bao_entries(&bao, "secret/data/nim/prod")
+        .iter()
+        .filter_map(|e| e["request"]["id"].as_str().map(str::to_owned))
+        .collect();
+    for r in rot {
+        let id = r["vault_request_id"].as_str().expect("vault_request_id");
+        assert!(ids.iter().any(|i| i == id), "{id} not in the audit device");
+    }
+    // A 403 through the proxy still evicts: the proxy's token loses the policy.
+    bao.cli(&["policy", "delete", "nim-read"]).await;
+    assert!(
+        wait_readyz(&gw, 503, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "403 through the proxy did not evict"
+    );
+    let ev = flushed(&gw, "secret_evict").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["reason"], "forbidden");
+    let pfile = creds.path().join("nim-read.hcl");
+    std::fs::write(&pfile, POLICY).unwrap();
+    bao.cli(&["policy", "write", "nim-read", pfile.to_str().unwrap()])
+        .await;
+    assert!(
+        wait_readyz(&gw, 200, Duration::from_secs(4))
+            .await
+            .is_some(),
+        "no recovery through the proxy after the policy came back"
+    );
+    assert!(events(&gw, "vault_login").is_empty());
+    assert_no_secrets(&gw, &bao, &[&ar.secret_id]);
+    drop(proxy);
+    gw.stop().await;
+}
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An RSA key pair made with the openssl CLI: (private key path, public key PEM).
+fn rsa_keypair(dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("jwt-signing.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genpkey");
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl pkey -pubout");
+    (key, String::from_utf8(out.stdout).unwrap())
+}
+
+/// An RS256 JWT with `claims`, signed with `key` by `openssl dgst -sha256 -sign`.
+fn sign_rs256(key: &Path, claims: &Value) -> String {
+    use std::io::Write;
+    let input = format!(
+        "{}.{}",
+        b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl dgst -sign");
+    format!("{input}.{}", b64url(&out.stdout))
+}
+
+/// A throw-away self-signed certificate (PEM), made with the openssl CLI.
+fn self_signed_cert(dir: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=k8s-test",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("k8s-ca.key"))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl req -x509");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Vault's jwt auth method with a PEM validation key and tokens signed in the test: an expired
+/// token is refused at login (not ready, a `vault_login` failure record, no JWT anywhere); a
+/// valid one written to the same file is read at the next login and the key loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_method_expired_token_fails_login_and_a_valid_one_works() {
+    let Some(bao) = Bao::dev().await else { return };
+    assert_eq!(bao.kv2_put("nim/prod", json!({"api_key": K1})).await, 1);
+    bao.policy("nim-read", POLICY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, pubkey) = rsa_keypair(dir.path());
+    bao.must("POST", "sys/auth/jwt", Some(json!({"type": "jwt"})))
+        .await;
+    bao.must(
+        "POST",
+        "auth/jwt/config",
+        Some(json!({"jwt_validation_pubkeys": [pubkey], "bound_issuer": "https://k8s.test"})),
+    )
+    .await;
+    bao.must(
+        "POST",
+        "auth/jwt/role/nimgate",
+        Some(json!({
+            "role_type": "jwt",
+            "bound_audiences": ["vault"],
+            "user_claim": "sub",
+            "bound_subject": "system:serviceaccount:nimgate:nimgate",
+            "token_policies": ["nim-read"],
+            "token_ttl": "1h",
+        })),
+    )
+    .await;
+    let now = unix_now();
+    let claims = |iat: u64, exp: u64| {
+        json!({
+            "iss": "https://k8s.test",
+            "sub": "system:serviceaccount:nimgate:nimgate",
+            "aud": ["vault"],
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+        })
+    };
+    let expired = sign_rs256(&key, &claims(now - 3600, now - 1200));
+    let valid = sign_rs256(&key, &claims(now - 10, now + 600));
+    let jwt_file = dir.path().join("token");
+    std::fs::write(&jwt_file, &expired).unwrap();
+    let auth = format!(
+        "[secret.auth]\nmethod = \"jwt\"\nrole = \"nimgate\"\njwt_file = \"{}\"\n",
+        jwt_file.display()
+    );
+    let gw = gateway_not_ready(vault_table(&bao, "", &auth)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(readyz(&gw).await.0, 503);
+    let fails: Vec<Value> = flushed(&gw, "vault_login")
+        .await
+        .into_iter()
+        .filter(|r| r["reason"] == "failure")
+        .collect();
+    assert!(!fails.is_empty(), "no vault_login failure record");
+    assert!(detail(&fails[0]).contains("jwt login failed"), "{fails:?}");
+    assert!(ok_events(&gw, "secret_fetch").is_empty() && events(&gw, "secret_rotate").is_empty());
+    // The projected token is rotated: the next login reads the new one.
+    std::fs::write(&jwt_file, &valid).unwrap();
+    assert!(
+        wait_readyz(&gw, 200, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "valid JWT never loaded the key"
+    );
+    // The audit writer is up to 25 ms behind /readyz.
+    within(Duration::from_secs(2), || {
+        !ok_events(&gw, "vault_login").is_empty()
+    })
+    .await;
+    let ok = ok_events(&gw, "vault_login");
+    assert!(detail(&ok[0]).contains("jwt login ok"), "{ok:?}");
+    let acc = ok[0]["vault_accessor"].as_str().expect("accessor");
+    assert!(bao_reads(&bao).iter().any(|(_, a)| a == acc));
+    let logins = bao_entries(&bao, "auth/jwt/login");
+    assert!(logins
+        .iter()
+        .any(|e| e["request"]["id"] == ok[0]["vault_request_id"]));
+    assert_no_secrets(&gw, &bao, &[&expired, &valid]);
+    gw.stop().await;
+}
+
+/// A response-wrapped AppRole secret-id (`bao write -wrap-ttl=60s -f …/secret-id`) in
+/// `secret_id_file`: unwrapped once, kept for the re-logins at max TTL (OpenBao's audit device
+/// sees one unwrap); a second gateway given the same, now used, wrapping token says clearly that
+/// someone else unwrapped it (audit reason `wrapping_token_used`), stays not ready, and does not
+/// send the used token again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapped_secret_id_is_unwrapped_once_and_a_used_one_is_reported() {
+    let Some(bao) = Bao::dev().await else { return };
+    let ar = kv2_approle(&bao, json!({"token_ttl": "2s", "token_max_ttl": "3s"})).await;
+    let out = bao
+        .cli(&[
+            "write",
+            "-format=json",
+            "-wrap-ttl=60s",
+            "-f",
+            "auth/approle/role/nimgate/secret-id",
+        ])
+        .await;
+    let v: Value = serde_json::from_str(&out).expect("bao write -format=json");
+    let wrapping = v["wrap_info"]["token"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("role-id"), &ar.role_id).unwrap();
+    std::fs::write(dir.path().join("secret-id"), format!("{wrapping}\n")).unwrap();
+    let auth = format!(
+        "[secret.auth]\nmethod = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"\nsecret_id_wrapped = true\n",
+        d = dir.path().display()
+    );
+    let gw = gateway(vault_table(&bao, "", &auth)).await;
+    gw.nim.set_keys(vec![K1.into()]);
+    let t = traffic(&gw, Duration::from_millis(50));
+    // Long enough for at least one re-login at max TTL (3 s) with the kept secret-id.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let samples = t.finish().await;
+    assert_no_failures(&samples, "wrapped secret-id");
+    let logins = ok_events(&gw, "vault_login");
+    let unwrapped = logins
+        .iter()
+        .filter(|r| detail(r).contains("unwrapped"))
+        .count();
+    let approle_ok = logins
+        .iter()
+        .filter(|r| detail(r).contains("approle login ok"))
+        .count();
+    assert_eq!(unwrapped, 1, "{logins:?}");
+    assert!(
+        approle_ok >= 2,
+        "no re-login with the kept secret-id: {logins:?}"
+    );
+    assert_eq!(bao_entries(&bao, "sys/wrapping/unwrap").len(), 1);
+
+    // A second gateway with the same (used) wrapping token.
+    let gw2 = gateway_not_ready(vault_table(&bao, "", &auth)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(readyz(&gw2).await.0, 503);
+    let used: Vec<Value> = flushed(&gw2, "vault_login")
+        .await
+        .into_iter()
+        .filter(|r| r["reason"] == "wrapping_token_used")
+        .collect();
+    assert_eq!(used.len(), 1, "reported once: {used:?}");
+    assert!(
+        detail(&used[0]).contains("someone else may have"),
+        "{}",
+        detail(&used[0])
+    );
+    let fails = flushed(&gw2, "secret_failure").await;
+    assert!(!fails.is_empty());
+    assert!(
+        fails.iter().all(|r| detail(r).contains("wrapping token")),
+        "{fails:?}"
+    );
+    // The used token is sent once, not at every refresh.
+    // (OpenBao audits a refused unwrap as a request entry with the error, no response.)
+    let unwraps: Vec<Value> = std::fs::read_to_string(&bao.audit_log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "request" && v["request"]["path"] == "sys/wrapping/unwrap")
+        .collect();
+    assert_eq!(unwraps.len(), 2, "{unwraps:?}");
+    assert_eq!(
+        unwraps[1]["error"], "wrapping token is not valid or does not exist",
+        "{unwraps:?}"
+    );
+
+    assert!(gw2.nim.seen().is_empty());
+    assert_no_secrets(&gw, &bao, &[&ar.secret_id, &wrapping]);
+    assert_no_secrets(&gw2, &bao, &[&ar.secret_id, &wrapping]);
+    gw2.stop().await;
+    gw.stop().await;
+}
+
+/// Every `vault_login`, `vault_renew`, `secret_fetch` and `secret_rotate` record nimgate writes
+/// (AppRole login, renewals, a re-login at max TTL, reads and a rotation) names Vault's
+/// `request_id` and the token's accessor, and each one matches OpenBao's audit device entry
+/// for that request: the two trails join record by record. No token in nimgate's trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_vault_record_joins_openbao_audit_device_by_request_id_and_accessor() {
+    let Some(bao) = Bao::dev().await else { return };
+    let ar = kv2_approle(&bao, json!({"token_ttl": "3s", "token_max_ttl": "5s"})).await;
+    let creds = tempfile::tempdir().unwrap();
+    let gw = gateway(vault_table(
+        &bao,
+        "refresh = \"500ms\"",
+        &approle_auth(creds.path(), &ar),
+    ))
+    .await;
+    gw.nim.set_keys(vec![K1.into(), K2.into()]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bao.kv2_put("nim/prod", json!({"api_key": K2})).await;
+    // Renewals at ~2 s and a re-login near the 5 s max TTL.
+    let relogged = within(Duration::from_secs(8), || {
+        ok_events(&gw, "vault_login").len() >= 2
+    })
+    .await;
+    assert!(relogged.is_some(), "no re-login near max TTL");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let by_id: std::collections::HashMap<String, Value> = bao
+        .audit()
+        .into_iter()
+        .filter_map(|e| Some((e["request"]["id"].as_str()?.to_string(), e)))
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for ev in [
+        "vault_login",
+        "vault_renew",
+        "secret_fetch",
+        "secret_rotate",
+    ] {
+        let recs = ok_events(&gw, ev);
+        counts.insert(ev, recs.len());
+        for r in recs {
+            let id = r["vault_request_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ev} without vault_request_id: {r}"));
+            let acc = r["vault_accessor"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ev} without vault_accessor: {r}"));
+            let e = by_id
+                .get(id)
+                .unwrap_or_else(|| panic!("{ev} {id} not in OpenBao's audit device"));
+            let path = e["request"]["path"].as_str().unwrap();
+            let want = match ev {
+                "vault_login" => "auth/approle/login",
+                "vault_renew" => "auth/token/renew-self",
+                _ => "secret/data/nim/prod",
+            };
+            assert_eq!(path, want, "{ev} joined to the wrong entry");
+            assert_eq!(e["auth"]["accessor"], acc, "{ev} {id}: accessor differs");
+        }
+    }
+    assert!(
+        counts["vault_login"] >= 2
+            && counts["vault_renew"] >= 1
+            && counts["secret_fetch"] >= 3
+            && counts["secret_rotate"] == 2,
+        "{counts:?}"
+    );
+    assert_no_secrets(&gw, &bao, &[&ar.secret_id, &ar.role_id]);
+    gw.stop().await;
+}
+
+/// A minimal Kubernetes TokenReview API on loopback (plain HTTP/1.1, one request per
+/// connection): `authenticated` only for `valid_jwt`, as the ServiceAccount `nimgate/nimgate`.
+/// Returns the address and a counter of reviews.
+async fn token_review_api(valid_jwt: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    let reviews = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r2 = reviews.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let valid = valid_jwt.clone();
+            let reviews = r2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Headers, then Content-Length bytes of body.
+                let (head_end, len) = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (i + 4, len);
+                    }
+                };
+                while buf.len() < head_end + len {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let body: Value =
+                    serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
+                let resp = if head.starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews") {
+                    reviews.fetch_add(1, Ordering::SeqCst);
+                    let ok = body["spec"]["token"].as_str() == Some(valid.as_str());
+                    let status = if ok {
+                        json!({
+                            "authenticated": true,
+                            "user": {
+                                "username": "system:serviceaccount:nimgate:nimgate",
+                                "uid": "0b4c1f0e-uid-nimgate",
+                                "groups": ["system:serviceaccounts", "system:serviceaccounts:nimgate", "system:authenticated"],
+                            },
+                            "audiences": ["vault"],
+                        })
+                    } else {
+                        json!({"authenticated": false, "error": "invalid bearer token"})
+                    };
+                    json!({
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "TokenReview",
+                        "metadata": {"creationTimestamp": null},
+                        "spec": {"token": "", "audiences": body["spec"]["audiences"]},
+                        "status": status,
+                    })
+                    .to_string()
+                } else {
+                    String::new()
+                };
+                let code = if resp.is_empty() {
+                    "404 Not Found"
+                } else {
+                    "201 Created"
+                };
+                let out = format!(
+                    "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{resp}",
+                    resp.len()
+                );
+                let _ = s.write_all(out.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, reviews)
+}
+
+/// Kubernetes auth without a cluster: OpenBao's kubernetes method pointed at an in-test
+/// TokenReview API. A token the API does not authenticate fails login (not ready, failure
+/// record); the ServiceAccount token it accepts logs in and loads the key, reviewed by the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_method_logs_in_through_a_token_review_api() {
+    let Some(bao) = Bao::dev().await else { return };
+    assert_eq!(bao.kv2_put("nim/prod", json!({"api_key": K1})).await, 1);
+    bao.policy("nim-read", POLICY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = rsa_keypair(dir.path());
+    let now = unix_now();
+    let claims = |uid: &str| {
+        json!({
+            "iss": "https://kubernetes.default.svc",
+            "sub": "system:serviceaccount:nimgate:nimgate",
+            "aud": ["vault"],
+            "iat": now - 10,
+            "nbf": now - 10,
+            "exp": now + 600,
+            "kubernetes.io": {
+                "namespace": "nimgate",
+                "serviceaccount": {"name": "nimgate", "uid": uid},
+            },
+        })
+    };
+    let valid = sign_rs256(&key, &claims("0b4c1f0e-uid-nimgate"));
+    let rejected = sign_rs256(&key, &claims("another-uid"));
+    let (api, reviews) = token_review_api(valid.clone()).await;
+    bao.must(
+        "POST",
+        "sys/auth/kubernetes",
+        Some(json!({"type": "kubernetes"})),
+    )
+    .await;
+    bao.must(
+        "POST",
+        "auth/kubernetes/config",
+        Some(json!({
+            "kubernetes_host": api,
+            "disable_local_ca_jwt": true,
+            // Required with disable_local_ca_jwt; unused over plain http.
+            "kubernetes_ca_cert": self_signed_cert(dir.path()),
+        })),
+    )
+    .await;
+    bao.must(
+        "POST",
+        "auth/kubernetes/role/nimgate",
+        Some(json!({
+            "bound_service_account_names": ["nimgate"],
+            "bound_service_account_namespaces": ["nimgate"],
+            "token_policies": ["nim-read"],
+            "token_ttl": "1h",
+        })),
+    )
+    .await;
+    let jwt_file = dir.path().join("token");
+    std::fs::write(&jwt_file, &rejected).unwrap();
+    let auth = format!(
+        "[secret.auth]\nmethod = \"kubernetes\"\nrole = \"nimgate\"\njwt_file = \"{}\"\n",
+        jwt_file.display()
+    );
+    let gw = gateway_not_ready(vault_table(&bao, "", &auth)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(readyz(&gw).await.0, 503);
+    let fails: Vec<Value> = flushed(&gw, "vault_login")
+        .await
+        .into_iter()
+        .filter(|r| r["reason"] == "failure")
+        .collect();
+    assert!(
+        fails
+            .iter()
+            .any(|r| detail(r).contains("kubernetes login failed")),
+        "{fails:?}"
+    );
+    assert!(
+        reviews.load(Ordering::SeqCst) >= 1,
+        "OpenBao never asked the TokenReview API"
+    );
+    std::fs::write(&jwt_file, &valid).unwrap();
+    assert!(
+        wait_readyz(&gw, 200, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the accepted ServiceAccount token never loaded the key"
+    );
+    // The audit writer is up to 25 ms behind /readyz.
+    within(Duration::from_secs(2), || {
+        !ok_events(&gw, "vault_login").is_empty()
+    })
+    .await;
+    let ok = ok_events(&gw, "vault_login");
+    assert!(detail(&ok[0]).contains("kubernetes login ok"), "{ok:?}");
+    let acc = ok[0]["vault_accessor"].as_str().expect("accessor");
+    assert!(bao_reads(&bao).iter().any(|(_, a)| a == acc));
+    assert_no_secrets(&gw, &bao, &[&valid, &rejected]);
+    gw.stop().await;
+}
+
+/// `nimgate serve` (the binary) at RUST_LOG=trace with `secret` (a `[secret]` table) until
+/// `/readyz` answers `want` (then `linger` more): (stderr, stdout, audit trail text).
+async fn binary_run(secret: String, want: u16, linger: Duration) -> (String, String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nim_addr = l.local_addr().unwrap();
+    let nim = nimgate::fakenim::FakeNim::new(vec![K1.into()], Duration::from_millis(5), true);
+    tokio::spawn(nim.clone().serve(l));
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = dir.path().join("nimgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{nim_addr}\"\n{secret}[[clients]]\nid = \"team-a\"\nkey_sha256 = \"{digest}\"\n[audit]\npath = \"{audit}\"\n",
+            digest = nimgate::auth::key_digest_hex(CLIENT_KEY),
+            audit = audit.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nimgate"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_clear()
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err_t = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("nimgate serving") {
+                let admin = line.split_whitespace().find_map(|w| {
+                    w.strip_prefix("admin=")?
+                        .parse::<std::net::SocketAddr>()
+                        .ok()
+                });
+                let _ = tx.send(admin);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let admin = rx.recv_timeout(Duration::from_secs(20)).ok().flatten();
+    let mut reached = false;
+    if let Some(admin) = admin {
+        for _ in 0..250 {
+            if get_admin(admin, "/readyz").await.map(|r| r.0) == Ok(want) {
+                reached = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(linger).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = err_t.join().unwrap();
+    let stdout = out_t.join().unwrap();
+    assert!(
+        reached,
+        "readyz never answered {want}; stderr lines: {}",
+        stderr.lines().count()
+    );
+    (
+        stderr,
+        stdout,
+        std::fs::read_to_string(&audit).unwrap_or_default(),
+    )
+}
+
+/// The hygiene check for the newer auth paths, on the binary at trace level: a wrapped AppRole
+/// secret-id (unwrapped, then a second process refused the used wrapping token) and jwt logins
+/// (an expired and a valid JWT). No wrapping token, secret-id, JWT or anything token-shaped in
+/// stderr, stdout or the audit trail; the refused wrapping token is reported in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_at_trace_level_shows_no_wrapping_token_secret_id_or_jwt() {
+    let Some(bao) = Bao::dev().await else { return };
+    let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
+    // A known secret-id, delivered wrapped, so the test can look for it.
+    let secret_id = format!("sid-{}", &ar.secret_id[..18]);
+    let out = bao
+        .cli(&[
+            "write",
+            "-format=json",
+            "-wrap-ttl=60s",
+            "auth/approle/role/nimgate/custom-secret-id",
+            &format!("secret_id={secret_id}"),
+        ])
+        .await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let wrapping = v["wrap_info"]["token"].as_str().unwrap().to_string();
+    assert!(
+        has_token_shape(&wrapping),
+        "the shape check finds wrapping tokens"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("role-id"), &ar.role_id).unwrap();
+    std::fs::write(dir.path().join("secret-id"), &wrapping).unwrap();
+    let auth = format!(
+        "[secret.auth]\nmethod = \"approle\"\nrole_id_file = \"{d}/role-id\"\nsecret_id_file = \"{d}/secret-id\"\nsecret_id_wrapped = true\n",
+        d = dir.path().display()
+    );
+    let first = binary_run(
+        vault_table(&bao, "", &auth),
+        200,
+        Duration::from_millis(300),
+    )
+    .await;
+    let second = binary_run(
+        vault_table(&bao, "", &auth),
+        503,
+        Duration::from_millis(800),
+    )
+    .await;
+    assert!(
+        second.0.contains("wrapping token refused"),
+        "the used wrapping token is reported in the log"
+    );
+    assert!(second.2.contains("wrapping_token_used"));
+
+    let (key, pubkey) = rsa_keypair(dir.path());
+    bao.must("POST", "sys/auth/jwt", Some(json!({"type": "jwt"})))
+        .await;
+    bao.must(
+        "POST",
+        "auth/jwt/config",
+        Some(json!({"jwt_validation_pubkeys": [pubkey]})),
+    )
+    .await;
+    bao.must(
+        "POST",
+        "auth/jwt/role/nimgate",
+        Some(json!({"role_type": "jwt", "bound_audiences": ["vault"], "user_claim": "sub", "token_policies": ["nim-read"]})),
+    )
+    .await;
+    let now = unix_now();
+    let claims =
+        |exp: u64| json!({"sub": "nimgate", "aud": "vault", "iat": now - 3600, "exp": exp});
+    let expired = sign_rs256(&key, &claims(now - 1200));
+    let valid = sign_rs256(&key, &claims(now + 600));
+    let jwt_file = dir.path().join("jwt");
+    let jauth = format!(
+        "[secret.auth]\nmethod = \"jwt\"\nrole = \"nimgate\"\njwt_file = \"{}\"\n",
+        jwt_file.display()
+    );
+    std::fs::write(&jwt_file, &expired).unwrap();
+    let third = binary_run(
+        vault_table(&bao, "", &jauth),
+        503,
+        Duration::from_millis(800),
+    )
+    .await;
+    assert!(third.2.contains("jwt login failed"));
+    std::fs::write(&jwt_file, &valid).unwrap();
+    let fourth = binary_run(
+        vault_table(&bao, "", &jauth),
+        200,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(fourth.2.contains("jwt login ok"));
+
+    let secrets = [
+        bao.root_token(),
+        wrapping.as_str(),
+        secret_id.as_str(),
+        ar.secret_id.as_str(),
+        ar.role_id.as_str(),
+        expired.as_str(),
+        valid.as_str(),
+        K1,
+        CLIENT_KEY,
+    ];
+    for (run, (stderr, stdout, trail_text)) in [first, second, third, fourth].iter().enumerate() {
+        for (name, text) in [
+            ("stderr", stderr),
+            ("stdout", stdout),
+            ("audit", trail_text),
+        ] {
+            for (i, s) in secrets.iter().enumerate() {
+                assert!(!text.contains(s), "secret #{i} in run {run} {name}");
+            }
+            assert!(
+                !has_token_shape(text),
+                "a token-shaped string in run {run} {name}"
+            );
+        }
+    }
+}

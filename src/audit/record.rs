@@ -69,6 +69,13 @@ pub struct Record {
     /// Refusals a `denied_summary` stands for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// Vault's `request_id` of the call behind a `secret_*` / `vault_*` record, to join it with
+    /// the Vault audit device's entry.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
+    pub vault_request_id: Option<Arc<str>>,
+    /// Accessor of the Vault token used (not a credential: it cannot authenticate a request).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
+    pub vault_accessor: Option<Arc<str>>,
 }
 
 impl Record {
@@ -95,6 +102,8 @@ impl Record {
             detail: None,
             count: None,
             chain_key: None,
+            vault_request_id: None,
+            vault_accessor: None,
         }
     }
 }

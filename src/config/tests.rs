@@ -146,6 +146,38 @@ secret_id_file = "/vault/approle/secret-id""#,
 }
 
 #[test]
+fn vault_jwt_agent_and_wrapped_approle_parse_and_validate() {
+    let vault = |auth: &str| {
+        base().replace(
+            "[secret]\nsource = \"file\"\npath = \"/secrets/nim-api-key\"",
+            &format!("[secret]\nsource = \"vault\"\naddress = \"http://127.0.0.1:8100\"\npath = \"nim\"\nfield = \"k\"\n[secret.auth]\n{auth}"),
+        )
+    };
+    let auth_of = |text: &str| match parse(text).unwrap().secret {
+        SecretConfig::Vault(vc) => vc.auth,
+        SecretConfig::File(_) => panic!("not vault"),
+    };
+    let jwt = vault("method = \"jwt\"\nrole = \"nimgate\"\njwt_file = \"/run/jwt\"");
+    assert!(parse(&jwt).unwrap().validate().is_empty());
+    assert!(matches!(auth_of(&jwt), VaultAuthConfig::Jwt(j) if j.mount == "jwt"));
+    let e = errors(&jwt.replace("role = \"nimgate\"", "role = \"\""));
+    assert_eq!(e[0].field, "secret.auth.role", "{e:?}");
+    let e = errors(&jwt.replace("jwt_file = \"/run/jwt\"", ""));
+    assert!(e[0].message.contains("jwt_file"), "{e:?}");
+    let agent = vault("method = \"agent\"");
+    assert!(parse(&agent).unwrap().validate().is_empty());
+    assert!(matches!(auth_of(&agent), VaultAuthConfig::Agent(_)));
+    let e = errors(&vault("method = \"agent\"\ntoken_file = \"/t\""));
+    assert!(e[0].message.contains("unknown field"), "{e:?}");
+    let wrapped = vault(
+        "method = \"approle\"\nrole_id_file = \"/r\"\nsecret_id_file = \"/w\"\nsecret_id_wrapped = true",
+    );
+    assert!(matches!(auth_of(&wrapped), VaultAuthConfig::Approle(a) if a.secret_id_wrapped));
+    let plain = wrapped.replace("\nsecret_id_wrapped = true", "");
+    assert!(matches!(auth_of(&plain), VaultAuthConfig::Approle(a) if !a.secret_id_wrapped));
+}
+
+#[test]
 fn userinfo_in_urls_is_refused_without_repeating_it() {
     let text = base().replace(
         "url = \"http://127.0.0.1:8000\"",

@@ -156,7 +156,24 @@ pub enum VaultAuthConfig {
     Token(TokenAuthConfig),
     Approle(AppRoleAuthConfig),
     Kubernetes(KubernetesAuthConfig),
+    /// Vault's `jwt` auth method (e.g. a projected token Vault checks against a JWKS).
+    Jwt(JwtAuthConfig),
+    /// No token: `address` is a Vault Proxy/Agent listener adding its auto-auth token.
+    Agent(AgentAuthConfig),
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthConfig {
+    pub role: String,
+    pub jwt_file: PathBuf,
+    #[serde(default = "default_jwt_mount")]
+    pub mount: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAuthConfig {}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +186,9 @@ pub struct TokenAuthConfig {
 pub struct AppRoleAuthConfig {
     pub role_id_file: PathBuf,
     pub secret_id_file: PathBuf,
+    /// `secret_id_file` holds a response-wrapping token (`-wrap-ttl`): unwrapped once.
+    #[serde(default)]
+    pub secret_id_wrapped: bool,
     #[serde(default = "default_approle_mount")]
     pub mount: String,
 }
@@ -363,6 +383,9 @@ fn default_kv_version() -> u8 {
 }
 fn default_approle_mount() -> String {
     "approle".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
 }
 fn default_k8s_mount() -> String {
     "kubernetes".into()

@@ -295,6 +295,17 @@ impl Config {
                     VaultAuthConfig::Kubernetes(k) if k.role.is_empty() => {
                         err("secret.auth.role", "must be set".into());
                     }
+                    VaultAuthConfig::Jwt(j) => {
+                        if j.role.is_empty() {
+                            err("secret.auth.role", "must be set".into());
+                        }
+                        if j.jwt_file.as_os_str().is_empty() {
+                            err("secret.auth.jwt_file", "must be set".into());
+                        }
+                        if j.mount.trim_matches('/').is_empty() {
+                            err("secret.auth.mount", "must not be empty".into());
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -63,7 +63,12 @@ impl FileSource {
         };
         let secret = SecretString::from(key);
         let version = content_version(&secret);
-        Ok(Fetched { secret, version })
+        Ok(Fetched {
+            secret,
+            version,
+            vault_request_id: None,
+            vault_accessor: None,
+        })
     }
 }
 

@@ -22,6 +22,10 @@ pub struct Fetched {
     pub secret: SecretString,
     /// Source-defined version: KV v2 version number, or a content hash.
     pub version: String,
+    /// Vault's `request_id` of the read (Vault sources), for the audit record.
+    pub vault_request_id: Option<std::sync::Arc<str>>,
+    /// Accessor of the Vault token that read it (Vault sources; not a credential).
+    pub vault_accessor: Option<std::sync::Arc<str>>,
 }
 
 impl std::fmt::Debug for Fetched {
@@ -29,6 +33,8 @@ impl std::fmt::Debug for Fetched {
         f.debug_struct("Fetched")
             .field("secret", &"[REDACTED]")
             .field("version", &self.version)
+            .field("vault_request_id", &self.vault_request_id)
+            .field("vault_accessor", &self.vault_accessor)
             .finish()
     }
 }

@@ -60,9 +60,10 @@ pub async fn run(
         }
         let delay = match result.and_then(|f| {
             let version = f.version.clone();
-            store.offer(f).map(|r| (r, version))
+            let ids = (f.vault_request_id.clone(), f.vault_accessor.clone());
+            store.offer(f).map(|r| (r, version, ids))
         }) {
-            Ok((rotated, version)) => {
+            Ok((rotated, version, (vault_request_id, vault_accessor))) => {
                 backoff.reset();
                 last_failure = None;
                 let key = store.peek();
@@ -75,6 +76,8 @@ pub async fn run(
                         r.key_version = Some(version.into());
                         r.key_fingerprint = fp;
                         r.old_key_version = old;
+                        r.vault_request_id = vault_request_id;
+                        r.vault_accessor = vault_accessor;
                         let _ = audit.record(r).await;
                     }
                     None if kind != "file" => {
@@ -82,6 +85,8 @@ pub async fn run(
                         r.source = Some(kind);
                         r.key_version = Some(version.into());
                         r.key_fingerprint = fp;
+                        r.vault_request_id = vault_request_id;
+                        r.vault_accessor = vault_accessor;
                         let _ = audit.record(r).await;
                     }
                     None => {}

@@ -186,6 +186,8 @@ mod tests {
         Fetched {
             secret: SecretString::from(k.to_string()),
             version: v.into(),
+            vault_request_id: None,
+            vault_accessor: None,
         }
     }
 

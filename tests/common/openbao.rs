@@ -668,6 +668,16 @@ impl Bao {
 
     /// Start `bao agent` with `body` (HCL after the `vault { address }` block this adds).
     pub fn agent(&self, body: &str) -> Agent {
+        self.sub_process("agent", body)
+    }
+
+    /// Start `bao proxy` with `body` (HCL after the `vault { address }` block this adds):
+    /// auto_auth, api_proxy and listener blocks. Its output goes to the same `log()` file.
+    pub fn proxy(&self, body: &str) -> Agent {
+        self.sub_process("proxy", body)
+    }
+
+    fn sub_process(&self, sub: &str, body: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("agent.hcl");
         std::fs::write(
@@ -677,7 +687,7 @@ impl Bao {
         .unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let child = Command::new(&self.exe)
-            .arg("agent")
+            .arg(sub)
             .arg(format!("-config={}", cfg.display()))
             .env_clear()
             .env("HOME", dir.path())
@@ -685,7 +695,7 @@ impl Bao {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn bao agent");
+            .expect("spawn bao agent/proxy");
         Agent { child, dir }
     }
 }

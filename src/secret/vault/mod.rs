@@ -1,7 +1,9 @@
 //! `source = "vault"`: the key in a Vault KV (v1 or v2) secret, through a `vaultrs` client.
 //!
-//! `login` gets and keeps a token (token file, AppRole, Kubernetes — every credential read from a
-//! file, never from the environment or config text) on the pure `schedule`; `client` makes the
+//! `login` gets and keeps a token (token file, AppRole with a plain or response-wrapped
+//! secret-id, Kubernetes, jwt — every credential read from a file, never from the environment or
+//! config text; `agent` holds none, a local Vault Proxy adds its own) on the pure `schedule`;
+//! every record names Vault's `request_id` and the token's accessor; `client` makes the
 //! raw calls. Reads use a tolerant raw endpoint so that servers returning KV v2 data without
 //! `metadata` still work. A 403 on the read triggers one fresh login and retry, then eviction.
 //!
@@ -18,6 +20,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use zeroize::Zeroizing;
 
 use super::{content_version, Fetched, SecretError, SecretErrorKind, SecretSource};
 use crate::audit::{Event, Record};
@@ -30,6 +33,14 @@ pub struct VaultSource {
     client: VaultClient,
     token: Option<TokenSchedule>,
     token_file_digest: Option<String>,
+    /// Wrapped secret-id: (digest of the wrapping token it came from, the secret-id).
+    unwrapped: Option<(String, Zeroizing<String>)>,
+    /// Digest of a wrapping token Vault refused: not sent again until the file changes.
+    unwrap_refused: Option<String>,
+    /// Vault's `request_id` of the last call, for the next record (taken by `event`).
+    last_request_id: Option<String>,
+    /// Accessor of the current token (from the login or lookup-self response).
+    accessor: Option<String>,
     events: Vec<Record>,
 }
 
@@ -67,6 +78,10 @@ impl VaultSource {
             client,
             token: None,
             token_file_digest: None,
+            unwrapped: None,
+            unwrap_refused: None,
+            last_request_id: None,
+            accessor: None,
             events: Vec::new(),
         })
     }
@@ -76,6 +91,8 @@ impl VaultSource {
         r.source = Some("vault");
         r.detail = Some(detail);
         r.reason = reason;
+        r.vault_request_id = self.last_request_id.take().map(Into::into);
+        r.vault_accessor = self.accessor.as_deref().map(Into::into);
         self.events.push(r);
     }
 
@@ -92,6 +109,7 @@ impl VaultSource {
         };
         let mut v = call(&self.client, RequestMethod::GET, url, query, None).await?;
         let version = v["data"]["metadata"]["version"].as_u64();
+        let request_id: Option<std::sync::Arc<str>> = v["request_id"].as_str().map(Into::into);
         let data = if self.cfg.kv_version == 2 {
             &mut v["data"]["data"]
         } else {
@@ -119,7 +137,12 @@ impl VaultSource {
             Some(n) if self.cfg.kv_version == 2 => n.to_string(),
             _ => content_version(&secret),
         };
-        Ok(Fetched { secret, version })
+        Ok(Fetched {
+            secret,
+            version,
+            vault_request_id: request_id,
+            vault_accessor: self.accessor.as_deref().map(Into::into),
+        })
     }
 
     async fn fetch_inner(&mut self) -> Result<Fetched, SecretError> {
