@@ -1555,7 +1555,7 @@ async fn token_file_renewal_resumes_after_a_transient_failure() {
     let Some(bao) = Bao::dev().await else { return };
     kv2_approle(&bao, json!({})).await;
     let t1 = bao
-        .token(json!({"policies": ["nim-read"], "ttl": "4s", "explicit_max_ttl": "1h"}))
+        .token(json!({"policies": ["nim-read"], "ttl": "8s", "explicit_max_ttl": "1h"}))
         .await;
     let creds = tempfile::tempdir().unwrap();
     let gw = gateway(vault_table(
@@ -1566,10 +1566,11 @@ async fn token_file_renewal_resumes_after_a_transient_failure() {
     .await;
     gw.nim.set_keys(vec![K1.into()]);
     let t = traffic(&gw, Duration::from_millis(50));
-    // Freeze over the first renewal (due at ~2/3 of the 4 s TTL), thaw right after it failed.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Freeze over the first renewal (due at ~2/3 of the 8 s TTL), thaw right after it failed:
+    // about 2 s remain for the retry before the token would expire (margin for a loaded CI).
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     bao.freeze();
-    let failed = within(Duration::from_secs(4), || {
+    let failed = within(Duration::from_secs(6), || {
         events(&gw, "vault_renew")
             .iter()
             .any(|r| r["reason"] == "failure")
@@ -1578,7 +1579,7 @@ async fn token_file_renewal_resumes_after_a_transient_failure() {
     bao.thaw();
     assert!(failed.is_some(), "the renewal did not fall into the freeze");
     // Well past the token's TTL as of the failed renewal.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let samples = t.finish().await;
     let ok_renewals = ok_events(&gw, "vault_renew").len();
     assert!(
@@ -1600,7 +1601,7 @@ async fn token_file_lookup_failing_at_start_still_leads_to_renewal() {
     let Some(bao) = Bao::dev().await else { return };
     kv2_approle(&bao, json!({})).await;
     let t1 = bao
-        .token(json!({"policies": ["nim-read"], "ttl": "4s", "explicit_max_ttl": "1h"}))
+        .token(json!({"policies": ["nim-read"], "ttl": "8s", "explicit_max_ttl": "1h"}))
         .await;
     let creds = tempfile::tempdir().unwrap();
     bao.freeze();
@@ -1617,11 +1618,11 @@ async fn token_file_lookup_failing_at_start_still_leads_to_renewal() {
         .await
         .is_some());
     let t = traffic(&gw, Duration::from_millis(50));
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let samples = t.finish().await;
     assert!(
         events(&gw, "secret_evict").is_empty(),
-        "the 4 s token was never renewed and expired"
+        "the 8 s token was never renewed and expired"
     );
     assert!(!ok_events(&gw, "vault_renew").is_empty(), "never renewed");
     assert_no_failures(&samples, "token file, lookup-self failed at start");
