@@ -4,10 +4,10 @@
     clippy::pedantic,
     reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
 )]
-//! Vault secret source against the fault-injecting fake Vault (HashiCorp's documented JSON):
-//! KV v2/v1, AppRole / Kubernetes / token-file auth, renewal and re-login, rotation under load,
-//! outages shorter and longer than max_staleness, 403 eviction, NIM 401 → refresh → retry,
-//! zero Vault traffic per request.
+//! Vault secret source against the fault-injecting fake Vault (HashiCorp's documented JSON), for
+//! what a real server cannot be made to do on demand: KV v2 answers without `metadata`, a refused
+//! renewal of a still-valid token, slow answers and 503 bursts, a value stored with a trailing
+//! newline. Everything a real server does is tested against OpenBao in `tests/openbao.rs`.
 
 mod common;
 
@@ -15,7 +15,6 @@ use common::fake_vault::{FakeVault, Fault};
 use common::*;
 use http::header;
 use serde_json::json;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,16 +39,6 @@ async fn vault_with_key() -> (Arc<FakeVault>, tempfile::TempDir) {
 /// (Re-)define the AppRole `role-1` / `secret-id-1` with these token TTLs (renewable).
 fn add_role(fv: &FakeVault, ttl: Duration, max_ttl: Duration) {
     fv.add_approle("approle", "role-1", "secret-id-1", ttl, max_ttl, true);
-}
-
-/// An [`approle`] table with other `refresh` and `max_staleness` values.
-fn timing(table: String, refresh: &str, max_staleness: &str) -> String {
-    table
-        .replace("refresh = \"200ms\"", &format!("refresh = \"{refresh}\""))
-        .replace(
-            "max_staleness = \"5s\"",
-            &format!("max_staleness = \"{max_staleness}\""),
-        )
 }
 
 struct VaultSetup {
@@ -136,47 +125,6 @@ fn keys_seen(gw: &Gateway) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn kv2_approle_fetch_and_rotation_under_load() {
-    let (fv, dir) = vault_with(json!({"api_key": NIM_KEY, "other": "x"})).await;
-    let v = approle(&fv, dir.path(), "");
-    let gw = gateway(v.table).await;
-    gw.nim.set_keys(vec![NIM_KEY.into(), K2.into()]);
-    assert_eq!(gw.chat().await.0, 200);
-    let url = gw.url("/v1/chat/completions");
-    let load = chat_load(url, 200, Duration::from_millis(3), None);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(fv.put_kv2("secret", "nim/prod", json!({"api_key": K2})), 2);
-    let st = load.await.unwrap();
-    assert!(
-        st.iter().all(|s| *s == 200),
-        "failed requests during rotation: {st:?}"
-    );
-    let keys = keys_seen(&gw);
-    assert_eq!(keys.last().unwrap(), &format!("Bearer {K2}"));
-    assert!(keys.contains(&format!("Bearer {NIM_KEY}")));
-    let rot = gw.audit_events("secret_rotate").await;
-    assert_eq!(rot.len(), 2);
-    assert_eq!(
-        (
-            rot[0]["key_version"].as_str(),
-            rot[1]["key_version"].as_str(),
-            rot[1]["old_key_version"].as_str()
-        ),
-        (Some("1"), Some("2"), Some("1"))
-    );
-    let uses = gw.audit_events("use").await;
-    assert_eq!(uses.last().unwrap()["key_version"], "2");
-    assert!(!gw.audit_events("vault_login").await.is_empty());
-    assert!(!gw.audit_events("secret_fetch").await.is_empty());
-    // Role id / secret id never reach the audit trail.
-    let all = gw.audit_text();
-    for s in ["secret-id-1", "hvs.", NIM_KEY, K2] {
-        assert!(!all.contains(s), "{s} in audit");
-    }
-    gw.stop().await;
-}
-
-#[tokio::test]
 async fn kv2_without_metadata_pinned_version_and_kv1() {
     let (fv, dir) = vault_with_key().await;
     fv.put_kv2("secret", "nim/prod", json!({"api_key": K2}));
@@ -214,31 +162,6 @@ async fn kv2_without_metadata_pinned_version_and_kv1() {
     let gw = gateway(table).await;
     assert_eq!(gw.chat().await.0, 200);
     assert_eq!(keys_seen(&gw), vec![format!("Bearer {NIM_KEY}")]);
-    gw.stop().await;
-}
-
-#[tokio::test]
-async fn renews_at_two_thirds_of_ttl_and_logs_in_again_near_max_ttl() {
-    let (fv, _dir, v) = approle_vault("").await;
-    // ttl 3 s, max 5 s: renew at ~2 s, capped renewal → login before 5 s.
-    add_role(&fv, Duration::from_secs(3), Duration::from_secs(5));
-    let table = timing(v.table, "60s", "60s");
-    let gw = gateway(table).await;
-    let mut statuses = Vec::new();
-    for _ in 0..35 {
-        statuses.push(gw.chat().await.0);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert!(fv.count("renew") >= 1, "no renewal");
-    assert!(
-        fv.count("login") >= 2,
-        "no re-login near max TTL (logins {})",
-        fv.count("login")
-    );
-    // Every token the gateway used was valid: no 403 on reads.
-    let renew = gw.audit_events("vault_renew").await;
-    assert!(!renew.is_empty());
     gw.stop().await;
 }
 
@@ -293,130 +216,6 @@ async fn outage_shorter_than_max_staleness_keeps_serving() {
 }
 
 #[tokio::test]
-async fn outage_longer_than_max_staleness_fails_closed_then_recovers() {
-    let (fv, _dir, v) = approle_vault("").await;
-    let table = timing(v.table, "200ms", "1s");
-    let gw = gateway(table).await;
-    fv.set_fault(Fault::Down);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (s, v) = gw.chat().await;
-    assert_eq!(s, 503);
-    assert_eq!(error_code(&v), "credential_unavailable");
-    let (s, body) = get_admin(gw.admin, "/readyz").await.unwrap();
-    assert_eq!(s, 503);
-    assert!(body.contains("stale"), "{body}");
-    let before = gw.nim.requests.load(Ordering::Relaxed);
-    fv.set_fault(Fault::None);
-    gw.wait_ready().await;
-    assert_eq!(gw.chat().await.0, 200);
-    assert_eq!(
-        gw.nim.requests.load(Ordering::Relaxed),
-        before + 1,
-        "nothing was sent while stale"
-    );
-    gw.stop().await;
-}
-
-#[tokio::test]
-async fn forbidden_secret_evicts_the_key() {
-    let (fv, _dir, gw) = approle_gateway().await;
-    assert_eq!(gw.chat().await.0, 200);
-    fv.deny_secret("secret/nim/prod", true);
-    let gwr = &gw;
-    let mut evicted = false;
-    for _ in 0..50 {
-        if get_admin(gwr.admin, "/readyz").await.unwrap().0 == 503 {
-            evicted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(evicted, "403 on the secret must evict the cached key");
-    assert_eq!(gw.chat().await.0, 503);
-    let ev = gw.audit_events("secret_evict").await;
-    assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0]["key_version"], "1");
-    fv.deny_secret("secret/nim/prod", false);
-    gw.wait_ready().await;
-    assert_eq!(gw.chat().await.0, 200);
-    gw.stop().await;
-}
-
-#[tokio::test]
-async fn startup_with_vault_down_is_not_ready_until_vault_answers() {
-    let (fv, _dir, v) = approle_vault("").await;
-    fv.set_fault(Fault::Down);
-    let gw = start_with(Opts::default().secret_table(v.table).no_wait()).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 503);
-    assert_eq!(gw.chat().await.0, 503);
-    fv.set_fault(Fault::None);
-    gw.wait_ready().await;
-    assert_eq!(gw.chat().await.0, 200);
-    gw.stop().await;
-}
-
-#[tokio::test]
-async fn nim_401_triggers_one_refresh_and_one_retry() {
-    let (fv, _dir, v) = approle_vault("").await;
-    let v = timing(v.table, "60s", "120s");
-    let gw = gateway(v).await;
-    assert_eq!(gw.chat().await.0, 200);
-    // The key is rotated in Vault and the NIM already rejects the old one.
-    fv.put_kv2("secret", "nim/prod", json!({"api_key": K2}));
-    gw.nim.set_keys(vec![K2.into()]);
-    let reads = fv.count("read");
-    // Concurrent requests share one refresh.
-    let mut tasks = Vec::new();
-    for _ in 0..5 {
-        let url = gw.url("/v1/chat/completions");
-        tasks.push(tokio::spawn(async move {
-            send_json(post(&url, Some(CLIENT_KEY), &chat_body(false)))
-                .await
-                .0
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
-    }
-    assert!(
-        fv.count("read") - reads <= 2,
-        "refreshes were not coalesced: {} reads",
-        fv.count("read") - reads
-    );
-    let keys = keys_seen(&gw);
-    assert_eq!(keys.iter().filter(|k| k.ends_with(K2)).count(), 5);
-    let done = gw.audit_events("done").await;
-    assert!(done
-        .iter()
-        .any(|d| d["status"] == 401 && d["reason"] == "upstream_rejected_key_retrying"));
-    // When Vault has nothing newer, the 401 is passed back after one attempt (no loop).
-    gw.nim.set_keys(vec!["nvapi-something-else".into()]);
-    let n = gw.nim.requests.load(Ordering::Relaxed);
-    let (s, _) = gw.chat().await;
-    assert_eq!(s, 401);
-    assert_eq!(gw.nim.requests.load(Ordering::Relaxed), n + 1);
-    gw.stop().await;
-}
-
-#[tokio::test]
-async fn no_vault_traffic_per_request() {
-    let (fv, _dir, v) = approle_vault("namespace = \"team-a\"").await;
-    let v = timing(v.table, "60s", "120s");
-    let gw = gateway(v).await;
-    let before = fv.count("requests");
-    for _ in 0..50 {
-        assert_eq!(gw.chat().await.0, 200);
-    }
-    assert_eq!(fv.count("requests"), before, "requests must not call Vault");
-    assert!(fv.log().iter().all(|s| s
-        .headers
-        .get("x-vault-namespace")
-        .is_some_and(|v| v == "team-a")));
-    gw.stop().await;
-}
-
-#[tokio::test]
 async fn kubernetes_auth_rereads_the_jwt_at_each_login() {
     let (fv, dir) = vault_with_key().await;
     // The role accepts exactly this one JWT (calling again replaces the list).
@@ -436,24 +235,6 @@ async fn kubernetes_auth_rereads_the_jwt_at_each_login() {
     let last_login = fv.last_seen("/login").unwrap();
     assert!(String::from_utf8_lossy(&last_login.body).contains("jwt-two"));
     assert_eq!(gw.chat().await.0, 200);
-    gw.stop().await;
-}
-
-#[tokio::test]
-async fn token_file_is_reread_when_it_changes() {
-    let (fv, dir) = vault_with_key().await;
-    let issue = |token: &str| fv.add_token(token, TTL, MAX_TTL, true);
-    issue("hvs.agent-token-1");
-    let token_file = ("token_file", "token", "hvs.agent-token-1\n");
-    let (gw, token) = file_auth_gateway(&fv, &dir, "method = \"token\"\n", token_file).await;
-    assert_eq!(gw.chat().await.0, 200);
-    fv.revoke_all_tokens();
-    issue("hvs.agent-token-2");
-    std::fs::write(&token, "hvs.agent-token-2\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let last = fv.last_seen("/data/").unwrap();
-    assert_eq!(last.headers["x-vault-token"], "hvs.agent-token-2");
-    assert_eq!(get_admin(gw.admin, "/readyz").await.unwrap().0, 200);
     gw.stop().await;
 }
 
