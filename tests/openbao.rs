@@ -87,20 +87,33 @@ fn token_auth(dir: &Path, t: &Token) -> String {
 }
 
 async fn gateway(table: String) -> Gateway {
-    start_with(Opts {
-        secret_table: Some(table),
-        ..Opts::default()
-    })
-    .await
+    start_with(Opts::default().secret_table(table)).await
 }
 
 async fn gateway_not_ready(table: String) -> Gateway {
-    start_with(Opts {
-        secret_table: Some(table),
-        no_wait: true,
-        ..Opts::default()
-    })
-    .await
+    start_with(Opts::default().secret_table(table).no_wait()).await
+}
+
+/// A gateway reading `secret/nim/prod` ([`vault_table`] with `extra`) with AppRole `ar`, whose
+/// credential files live in the returned temp dir (keep it as long as the gateway); the fake NIM
+/// accepts `keys`. `ready`: wait for `/readyz` before returning.
+async fn approle_gateway(
+    bao: &Bao,
+    ar: &AppRole,
+    extra: &str,
+    keys: &[&str],
+    ready: bool,
+) -> (tempfile::TempDir, Gateway) {
+    let creds = tempfile::tempdir().unwrap();
+    let table = vault_table(bao, extra, &approle_auth(creds.path(), ar));
+    let gw = if ready {
+        gateway(table).await
+    } else {
+        gateway_not_ready(table).await
+    };
+    gw.nim
+        .set_keys(keys.iter().map(|k| k.to_string()).collect());
+    (creds, gw)
 }
 
 /// KV v2 `secret/nim/prod` = K1 (v1), policy `nim-read`, AppRole `nimgate` with `params`.
@@ -332,15 +345,8 @@ async fn kv2_rotation_under_traffic_shows_in_key_version_within_refresh() {
     let Some(bao) = Bao::dev().await else { return };
     eprintln!("bao -dev ready in {:?}", bao.startup);
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
-    let creds = tempfile::tempdir().unwrap();
     let refresh = Duration::from_millis(500);
-    let gw = gateway(vault_table(
-        &bao,
-        "refresh = \"500ms\"",
-        &approle_auth(creds.path(), &ar),
-    ))
-    .await;
-    gw.nim.set_keys(vec![K1.into(), K2.into(), K3.into()]);
+    let (_creds, gw) = approle_gateway(&bao, &ar, "refresh = \"500ms\"", &[K1, K2, K3], true).await;
     let t = traffic(&gw, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(400)).await;
     for (n, key) in [(2, K2), (3, K3)] {
@@ -393,14 +399,14 @@ async fn kv2_pinned_version_ignores_newer_versions() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
     assert_eq!(bao.kv2_put("nim/prod", json!({"api_key": K2})).await, 2);
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "version = 2\nrefresh = \"200ms\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1, K2, K3],
+        true,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into(), K2.into(), K3.into()]);
     let t = traffic(&gw, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(bao.kv2_put("nim/prod", json!({"api_key": K3})).await, 3);
@@ -619,14 +625,14 @@ async fn kv1_rotation_under_traffic_uses_content_versions() {
             json!({"token_policies": ["nim-read"], "token_ttl": "1h"}),
         )
         .await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "mount = \"kv\"\nkv_version = 1\nfield = \"token\"\nrefresh = \"300ms\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1, K2],
+        true,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into(), K2.into()]);
     let t = traffic(&gw, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(300)).await;
     bao.must("POST", "kv/nim/prod", Some(json!({"token": K2})))
@@ -660,14 +666,14 @@ async fn kv1_rotation_under_traffic_uses_content_versions() {
 async fn approle_renews_and_logs_in_again_near_max_ttl_under_traffic() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_ttl": "4s", "token_max_ttl": "10s"})).await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "refresh = \"60s\"\nmax_staleness = \"60s\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1],
+        true,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into()]);
     let t = traffic(&gw, Duration::from_millis(50));
     // The second login happens at ~9.3 s; wait for it (and one renewal of its token).
     let relogged = within(Duration::from_secs(14), || {
@@ -874,14 +880,14 @@ async fn periodic_tokens_are_renewed_indefinitely() {
 async fn batch_tokens_are_replaced_by_a_new_login_before_they_expire() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_type": "batch", "token_ttl": "3s"})).await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "refresh = \"60s\"\nmax_staleness = \"60s\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1],
+        true,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into()]);
     let t = traffic(&gw, Duration::from_millis(50));
     tokio::time::sleep(Duration::from_millis(5500)).await;
     let samples = t.finish().await;
@@ -912,9 +918,7 @@ async fn batch_tokens_are_replaced_by_a_new_login_before_they_expire() {
 async fn revoked_approle_token_leads_to_a_new_login_without_failures() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(&bao, "", &approle_auth(creds.path(), &ar))).await;
-    gw.nim.set_keys(vec![K1.into()]);
+    let (_creds, gw) = approle_gateway(&bao, &ar, "", &[K1], true).await;
     let t = traffic(&gw, Duration::from_millis(25));
     tokio::time::sleep(Duration::from_millis(300)).await;
     bao.cli(&["token", "revoke", "-mode=path", "auth/approle/login"])
@@ -999,9 +1003,7 @@ async fn revoked_token_file_token_evicts_until_a_new_token_is_written() {
 async fn removed_policy_evicts_the_key_and_restoring_it_recovers() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(&bao, "", &approle_auth(creds.path(), &ar))).await;
-    gw.nim.set_keys(vec![K1.into()]);
+    let (creds, gw) = approle_gateway(&bao, &ar, "", &[K1], true).await;
     let t = traffic(&gw, Duration::from_millis(25));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let removed_at = Instant::now();
@@ -1082,14 +1084,7 @@ async fn namespace_scopes_login_and_reads() {
             json!({"token_policies": ["nim-read"], "token_ttl": "1h"}),
         )
         .await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
-        &bao,
-        "namespace = \"team-a\"",
-        &approle_auth(creds.path(), &ar),
-    ))
-    .await;
-    gw.nim.set_keys(vec![K2.into(), K3.into()]);
+    let (_creds, gw) = approle_gateway(&bao, &ar, "namespace = \"team-a\"", &[K2, K3], true).await;
     let t = traffic(&gw, Duration::from_millis(25));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -1139,9 +1134,7 @@ async fn sealed_at_start_is_not_ready_until_unsealed() {
     eprintln!("bao persistent ready in {:?}", bao.startup);
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
     bao.seal().await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway_not_ready(vault_table(&bao, "", &approle_auth(creds.path(), &ar))).await;
-    gw.nim.set_keys(vec![K1.into()]);
+    let (_creds, gw) = approle_gateway(&bao, &ar, "", &[K1], false).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (s, body) = readyz(&gw).await;
     assert_eq!(s, 503);
@@ -1177,15 +1170,15 @@ async fn sealed_during_traffic_serves_cached_key_until_max_staleness() {
         return;
     };
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
-    let creds = tempfile::tempdir().unwrap();
     let max_staleness = Duration::from_secs(3);
-    let gw = gateway(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "refresh = \"250ms\"\nmax_staleness = \"3s\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1],
+        true,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into()]);
     let t = traffic(&gw, Duration::from_millis(25));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sealed_at = Instant::now();
@@ -1243,14 +1236,14 @@ async fn killed_and_restarted_server_keeps_serving_and_keeps_the_token() {
     };
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
     bao.kill();
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway_not_ready(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "refresh = \"250ms\"\nmax_staleness = \"6s\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1],
+        false,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into()]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(readyz(&gw).await.0, 503);
     assert_eq!(gw.chat().await.0, 503);
@@ -1298,14 +1291,14 @@ async fn killed_and_restarted_server_keeps_serving_and_keeps_the_token() {
 async fn frozen_server_shorter_than_max_staleness_keeps_serving() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "refresh = \"250ms\"\nmax_staleness = \"5s\"\ntimeout = \"500ms\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1],
+        true,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into()]);
     let t = traffic(&gw, Duration::from_millis(25));
     tokio::time::sleep(Duration::from_millis(300)).await;
     bao.freeze();
@@ -1358,14 +1351,14 @@ async fn frozen_server_shorter_than_max_staleness_keeps_serving() {
 async fn frozen_server_longer_than_max_staleness_fails_closed_then_recovers() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "refresh = \"250ms\"\nmax_staleness = \"2s\"\ntimeout = \"500ms\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1],
+        true,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into()]);
     let t = traffic(&gw, Duration::from_millis(25));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let frozen_at = Instant::now();
@@ -1486,14 +1479,14 @@ template {{
 async fn no_vault_calls_per_request_and_nim_401_refreshes_once() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_ttl": "1h"})).await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
+    let (_creds, gw) = approle_gateway(
         &bao,
+        &ar,
         "refresh = \"60s\"\nmax_staleness = \"120s\"",
-        &approle_auth(creds.path(), &ar),
-    ))
+        &[K1],
+        true,
+    )
     .await;
-    gw.nim.set_keys(vec![K1.into()]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = bao.audit().len();
     for _ in 0..40 {
@@ -2241,14 +2234,7 @@ async fn wrapped_secret_id_is_unwrapped_once_and_a_used_one_is_reported() {
 async fn every_vault_record_joins_openbao_audit_device_by_request_id_and_accessor() {
     let Some(bao) = Bao::dev().await else { return };
     let ar = kv2_approle(&bao, json!({"token_ttl": "3s", "token_max_ttl": "5s"})).await;
-    let creds = tempfile::tempdir().unwrap();
-    let gw = gateway(vault_table(
-        &bao,
-        "refresh = \"500ms\"",
-        &approle_auth(creds.path(), &ar),
-    ))
-    .await;
-    gw.nim.set_keys(vec![K1.into(), K2.into()]);
+    let (_creds, gw) = approle_gateway(&bao, &ar, "refresh = \"500ms\"", &[K1, K2], true).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     bao.kv2_put("nim/prod", json!({"api_key": K2})).await;
     // Renewals at ~2 s and a re-login near the 5 s max TTL.
