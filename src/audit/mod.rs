@@ -58,6 +58,36 @@ impl Drop for Inner {
     }
 }
 
+impl Inner {
+    /// Take one queue permit (held by the record until it is written or refused), waiting up to
+    /// `max_wait`.
+    async fn acquire(&self) -> Result<(), AuditError> {
+        tokio::time::timeout(self.max_wait, self.shared.permits.acquire())
+            .await
+            .map_err(|_| AuditError::Timeout)?
+            .map_err(|_| AuditError::WriteFailed)?
+            .forget();
+        Ok(())
+    }
+
+    /// Queue a record that holds a permit taken by the caller (`ack`: someone waits for it, so
+    /// it is urgent); a closed queue gives the permit back.
+    fn push_held(&self, rec: Record, ack: Option<oneshot::Sender<bool>>) -> Result<(), AuditError> {
+        let urgent = ack.is_some();
+        let m = Msg::Rec {
+            rec,
+            ack,
+            permit: true,
+        };
+        if self.committer.queue.push(m, urgent) {
+            Ok(())
+        } else {
+            self.shared.permits.add_permits(1);
+            Err(AuditError::WriteFailed)
+        }
+    }
+}
+
 impl Audit {
     /// No audit trail (`audit.enabled = false`, and tests of code that takes an `Audit`).
     pub fn off() -> Self {
@@ -125,23 +155,9 @@ impl Audit {
             return Err(AuditError::WriteFailed);
         }
         let deadline = Instant::now() + i.max_wait;
-        let permit = tokio::time::timeout(i.max_wait, i.shared.permits.acquire())
-            .await
-            .map_err(|_| AuditError::Timeout)?
-            .map_err(|_| AuditError::WriteFailed)?;
-        permit.forget();
+        i.acquire().await?;
         let (ack_tx, mut ack_rx) = oneshot::channel();
-        if !i.committer.queue.push(
-            Msg::Rec {
-                rec,
-                ack: Some(ack_tx),
-                permit: true,
-            },
-            true,
-        ) {
-            i.shared.permits.add_permits(1);
-            return Err(AuditError::WriteFailed);
-        }
+        i.push_held(rec, Some(ack_tx))?;
         // Normally the runtime's park hook commits it; if this thread stays busy (or the runtime
         // has no hook), commit it ourselves (or wake the writer thread) after a short wait.
         let first = tokio::time::timeout(queue::KICK_AFTER, &mut ack_rx).await;
@@ -162,23 +178,8 @@ impl Audit {
     /// events): waits for queue room up to `max_wait`.
     pub async fn record(&self, rec: Record) -> Result<(), AuditError> {
         let Some(i) = &self.inner else { return Ok(()) };
-        let permit = tokio::time::timeout(i.max_wait, i.shared.permits.acquire())
-            .await
-            .map_err(|_| AuditError::Timeout)?
-            .map_err(|_| AuditError::WriteFailed)?;
-        permit.forget();
-        if !i.committer.queue.push(
-            Msg::Rec {
-                rec,
-                ack: None,
-                permit: true,
-            },
-            false,
-        ) {
-            i.shared.permits.add_permits(1);
-            return Err(AuditError::WriteFailed);
-        }
-        Ok(())
+        i.acquire().await?;
+        i.push_held(rec, None)
     }
 
     /// Queue a record an unauthenticated peer caused (`denied`): never waits, and refuses once
@@ -192,24 +193,12 @@ impl Audit {
         {
             return Err(AuditError::Timeout);
         }
-        let permit = i
-            .shared
+        i.shared
             .permits
             .try_acquire()
-            .map_err(|_| AuditError::Timeout)?;
-        permit.forget();
-        if !i.committer.queue.push(
-            Msg::Rec {
-                rec,
-                ack: None,
-                permit: true,
-            },
-            false,
-        ) {
-            i.shared.permits.add_permits(1);
-            return Err(AuditError::WriteFailed);
-        }
-        Ok(())
+            .map_err(|_| AuditError::Timeout)?
+            .forget();
+        i.push_held(rec, None)
     }
 
     /// Queue a `done` record (never waits: its `use` already held queue room).
