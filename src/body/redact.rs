@@ -56,10 +56,6 @@ impl Redactor {
 
     /// The raw key (borrowed from the header value).
     pub fn key_bytes(&self) -> &[u8] {
-        self.key()
-    }
-
-    fn key(&self) -> &[u8] {
         self.value
             .as_bytes()
             .get(self.start..self.end)
@@ -68,24 +64,22 @@ impl Redactor {
 
     /// The bytes to send now for `chunk`; `last`: nothing follows.
     pub fn feed(&mut self, chunk: Bytes, last: bool) -> Bytes {
-        let k = self.key().len();
+        let k = self.key_bytes().len();
         if k == 0 || (self.budget == 0 && self.carry.is_empty()) {
             return chunk;
         }
         if !self.hold_back {
-            if memchr::memmem::find(&chunk, self.key()).is_none() {
+            if memchr::memmem::find(&chunk, self.key_bytes()).is_none() {
                 return chunk;
             }
             let mut b = BytesMut::from(&chunk[..]);
-            let key = self.value.clone();
-            self.count += overwrite(&mut b, &key.as_bytes()[self.start..self.end]);
+            self.count += overwrite(&mut b, self.key_bytes());
             return b.freeze();
         }
         self.budget = self.budget.saturating_sub(chunk.len() as u64);
         let mut b = std::mem::take(&mut self.carry);
         b.extend_from_slice(&chunk);
-        let key = self.value.clone();
-        self.count += overwrite(&mut b, &key.as_bytes()[self.start..self.end]);
+        self.count += overwrite(&mut b, self.key_bytes());
         if !last && self.budget > 0 {
             let keep = (k - 1).min(b.len());
             self.carry = b.split_off(b.len() - keep);
