@@ -40,6 +40,20 @@ pub fn overwrite(buf: &mut [u8], key: &[u8]) -> u64 {
     n
 }
 
+/// Length of the longest proper prefix of `key` that `buf` ends with (0: none): the bytes that
+/// must wait for the next chunk.
+fn partial_prefix_len(buf: &[u8], key: &[u8]) -> usize {
+    let window = key.len().saturating_sub(1).min(buf.len());
+    let start = buf.len() - window;
+    key.first()
+        .and_then(|&first| {
+            memchr::memchr_iter(first, &buf[start..])
+                .map(|i| window - i)
+                .find(|&l| key.starts_with(&buf[buf.len() - l..]))
+        })
+        .unwrap_or(0)
+}
+
 impl Redactor {
     /// `value[start..end]` is the raw key inside the injected header value.
     pub fn new(value: HeaderValue, start: usize, end: usize, sse: bool) -> Self {
@@ -77,10 +91,24 @@ impl Redactor {
             return b.freeze();
         }
         self.budget = self.budget.saturating_sub(chunk.len() as u64);
+        let hold = !last && self.budget > 0;
+        if self.carry.is_empty() && memchr::memmem::find(&chunk, self.key_bytes()).is_none() {
+            // The common case, a clean chunk: forwarded as is (no copy), holding back only a tail
+            // that could be the start of a key split across chunks.
+            let tail = if hold {
+                partial_prefix_len(&chunk, self.key_bytes())
+            } else {
+                0
+            };
+            if tail > 0 {
+                self.carry = BytesMut::from(&chunk[chunk.len() - tail..]);
+            }
+            return chunk.slice(..chunk.len() - tail);
+        }
         let mut b = std::mem::take(&mut self.carry);
         b.extend_from_slice(&chunk);
         self.count += overwrite(&mut b, self.key_bytes());
-        if !last && self.budget > 0 {
+        if hold {
             let keep = (k - 1).min(b.len());
             self.carry = b.split_off(b.len() - keep);
         }
@@ -142,6 +170,28 @@ mod tests {
             b"data: clean\n\n"
         );
         assert_eq!(s.count, 1);
+    }
+
+    #[test]
+    fn clean_chunks_pass_without_a_copy_and_only_a_possible_key_start_is_held() {
+        let mut red = r(false);
+        let clean = Bytes::from_static(b"{\"choices\":[]}");
+        let out = red.feed(clean.clone(), false);
+        assert_eq!(
+            out.as_ptr(),
+            clean.as_ptr(),
+            "a clean chunk is forwarded, not copied"
+        );
+        assert!(!red.holding());
+        // Ends with a prefix of the key: those bytes wait for the next chunk.
+        let out = red.feed(Bytes::from_static(b"abcSECR"), false);
+        assert_eq!(&out[..], b"abc");
+        assert!(red.holding());
+        let out = red.feed(Bytes::from_static(b"ETKEY!"), true);
+        assert_eq!(&out[..], b"*********!");
+        assert_eq!(partial_prefix_len(b"xxSESE", b"SECRETKEY"), 2);
+        assert_eq!(partial_prefix_len(b"xxSECRETKE", b"SECRETKEY"), 8);
+        assert_eq!(partial_prefix_len(b"xyz", b"SECRETKEY"), 0);
     }
 
     #[test]
