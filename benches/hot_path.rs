@@ -29,7 +29,7 @@ fn registry(n: usize) -> ClientRegistry {
             max_concurrent: None,
         })
         .collect();
-    ClientRegistry::new(&clients)
+    ClientRegistry::new(&clients, 1024)
 }
 
 fn client_headers() -> HeaderMap {

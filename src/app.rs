@@ -79,7 +79,10 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         }
     };
     let metrics = Arc::new(Metrics::default());
-    let registry = Arc::new(ClientRegistry::new(&cfg.clients));
+    let registry = Arc::new(ClientRegistry::new(
+        &cfg.clients,
+        cfg.limits.client_concurrency_default(),
+    ));
     let upstream =
         Upstream::new("default", &cfg.upstream, store.clone()).map_err(InitError::Config)?;
     let routes = Arc::new(Routes::single(upstream));

@@ -61,13 +61,16 @@ fn burst_default_is_the_documented_one() {
         cfg.contains("(default: rpm)"),
         "config/nimgate.toml lost the burst default"
     );
-    let reg = nimgate::auth::ClientRegistry::new(&[nimgate::config::ClientConfig {
-        id: "a".into(),
-        key_sha256: nimgate::auth::key_digest_hex("k"),
-        rpm: Some(6),
-        burst: None,
-        max_concurrent: None,
-    }]);
+    let reg = nimgate::auth::ClientRegistry::new(
+        &[nimgate::config::ClientConfig {
+            id: "a".into(),
+            key_sha256: nimgate::auth::key_digest_hex("k"),
+            rpm: Some(6),
+            burst: None,
+            max_concurrent: None,
+        }],
+        1024,
+    );
     let mut h = http::HeaderMap::new();
     h.insert("authorization", "Bearer k".parse().unwrap());
     let p = reg.authenticate(&h).unwrap();

@@ -247,3 +247,115 @@ async fn h2_oversized_header_list_is_refused_and_others_are_unaffected() {
     others_are_served(&gw, "after an oversized header list").await;
     gw.stop().await;
 }
+
+/// Issue 12, finding 2: a client that sets `SETTINGS_INITIAL_WINDOW_SIZE = 0` and answers PINGs
+/// never blocks the socket, so only the per-stream watchdog can take back the concurrency slots its
+/// unread responses hold. After `send_timeout` they are released (the `done` records say
+/// `client_stalled`), other clients are served again, and a stream the client later opens a window
+/// for is reset instead of resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_zero_window_streams_release_their_slots_after_send_timeout() {
+    let gw = start_with(
+        Opts::default()
+            .limits("max_concurrent_requests = 4\nclient_max_concurrent = 4\nsend_timeout = \"1s\"")
+            .sse_delay(Duration::from_millis(200)),
+    )
+    .await;
+    // Streams of 20 events 200 ms apart: still running at the NIM when the watchdog acts.
+    gw.nim.sse_events.store(20, Ordering::Relaxed);
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = s.set_nodelay(true);
+    s.write_all(&[h2::PREFACE, &h2::settings(&[(INITIAL_WINDOW_SIZE, 0)])].concat())
+        .await
+        .unwrap();
+    let mut c = h2::Conn {
+        s,
+        buf: Vec::new(),
+        eof: false,
+    };
+    let authority = gw.addr.to_string();
+    let bearer = format!("Bearer {CLIENT_KEY}");
+    let body = chat_body(true);
+    let len = body.len().to_string();
+    let hdrs = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+        ("content-length", len.as_str()),
+    ];
+    let mut out = Vec::new();
+    for id in [1u32, 3, 5, 7] {
+        let block = h2::request_block("POST", "/v1/chat/completions", &authority, &hdrs);
+        out.extend(h2::frame(h2::HEADERS, h2::END_HEADERS, id, &block));
+        out.extend(h2::frame(0, h2::END_STREAM, id, body.as_bytes()));
+    }
+    assert!(c.send(&out).await);
+    // All four responses start (headers need no window) and then wait for window forever.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut heads = 0;
+    while heads < 4 {
+        let f = c.next(deadline).await.expect("four response heads");
+        if f.ty == h2::HEADERS && h2::status(&f.payload) == Some(200) {
+            heads += 1;
+        }
+    }
+    let url = gw.url("/v1/models");
+    let other = || async { send(get(&url, Some(CLIENT_KEY_B))).await.0 };
+    assert_eq!(
+        other().await,
+        503,
+        "the four stalled streams hold every slot"
+    );
+    // Keep answering PINGs (the connection stays healthy) while the watchdog works.
+    let t = Instant::now();
+    let mut status = 503;
+    while t.elapsed() < Duration::from_secs(5) {
+        let _ = c
+            .next(tokio::time::Instant::now() + Duration::from_millis(200))
+            .await;
+        status = other().await;
+        if status == 200 {
+            break;
+        }
+    }
+    eprintln!("slots back after {:?}", t.elapsed());
+    assert_eq!(status, 200, "slots released after send_timeout");
+    let mut stalled = 0;
+    for _ in 0..30 {
+        stalled = gw
+            .audit_events("done")
+            .await
+            .iter()
+            .filter(|d| d["client_id"] == "team-a" && d["reason"] == "client_stalled")
+            .count();
+        if stalled == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stalled, 4, "each stalled stream ends with a done record");
+    assert!(
+        eventually(|| gw.nim.streams_cancelled.load(Ordering::Relaxed) == 4).await,
+        "the upstream streams are cancelled"
+    );
+    // Opening the window now gets a reset, not the rest of a response nobody is waiting for.
+    let mut wu = Vec::new();
+    for id in [0u32, 1] {
+        wu.extend(h2::frame(8, 0, id, &65_535u32.to_be_bytes()));
+    }
+    assert!(c.send(&wu).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut reset = false;
+    while let Some(f) = c.next(deadline).await {
+        if f.ty == h2::RST_STREAM && f.stream == 1 {
+            reset = true;
+            break;
+        }
+        assert!(
+            !(f.ty == 0 && f.stream == 1),
+            "stream 1 resumed after its slot was taken back"
+        );
+    }
+    assert!(reset, "stream 1 is reset");
+    gw.stop().await;
+}

@@ -30,7 +30,11 @@ fn get_with(url: &str, key: &str, extra: &[(&str, &str)]) -> Request<Full<Bytes>
 
 #[tokio::test]
 async fn global_concurrency_limit_answers_503_overloaded() {
-    let gw = start_with(Opts::default().limits("max_concurrent_requests = 2")).await;
+    // Each client may hold both slots: the global limit is what this test is about.
+    let gw = start_with(
+        Opts::default().limits("max_concurrent_requests = 2\nclient_max_concurrent = 2"),
+    )
+    .await;
     let url = gw.url("/v1/models");
     let slow: Vec<_> = [CLIENT_KEY, CLIENT_KEY_B]
         .into_iter()
@@ -88,6 +92,39 @@ async fn per_client_concurrency_limit_answers_429() {
         200,
         "slot released"
     );
+    gw.stop().await;
+}
+
+/// Issue 12, finding 2: without a `max_concurrent` of its own a client gets a quarter of the global
+/// limit, so one key cannot take every slot from the others.
+#[tokio::test]
+async fn a_client_without_its_own_max_concurrent_cannot_take_the_global_limit() {
+    let gw = start_with(Opts::default().limits("max_concurrent_requests = 8")).await;
+    let url = gw.url("/v1/models");
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let req = get_with(&url, CLIENT_KEY, &[("x-fake-delay-ms", "1000")]);
+            tokio::spawn(send(req))
+        })
+        .collect();
+    assert!(eventually(|| gw.nim.requests.load(Ordering::Relaxed) == 2).await);
+    let (s, _, b) = send(get(&url, Some(CLIENT_KEY))).await;
+    assert_eq!(
+        s,
+        429,
+        "a third request of one client: {}",
+        String::from_utf8_lossy(&b)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(error_code(&v), "concurrency_limit_exceeded");
+    assert_eq!(
+        send(get(&url, Some(CLIENT_KEY_B))).await.0,
+        200,
+        "others are served"
+    );
+    for t in slow {
+        assert_eq!(t.await.unwrap().0, 200);
+    }
     gw.stop().await;
 }
 

@@ -126,13 +126,16 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     fn registry() -> Arc<ClientRegistry> {
-        Arc::new(ClientRegistry::new(&[ClientConfig {
-            id: "team-a".into(),
-            key_sha256: key_digest_hex("ngk_good"),
-            rpm: None,
-            burst: None,
-            max_concurrent: None,
-        }]))
+        Arc::new(ClientRegistry::new(
+            &[ClientConfig {
+                id: "team-a".into(),
+                key_sha256: key_digest_hex("ngk_good"),
+                rpm: None,
+                burst: None,
+                max_concurrent: None,
+            }],
+            1024,
+        ))
     }
 
     /// The stack's outer layers around an echo service that answers with the principal's id.

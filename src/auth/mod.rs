@@ -58,8 +58,9 @@ impl AuthFailure {
 }
 
 impl ClientRegistry {
-    /// Build from validated config (digests are 64 hex chars).
-    pub fn new(clients: &[ClientConfig]) -> Self {
+    /// Build from validated config (digests are 64 hex chars); a client without its own
+    /// `max_concurrent` gets `default_concurrency` (`limits.client_concurrency_default()`).
+    pub fn new(clients: &[ClientConfig], default_concurrency: usize) -> Self {
         let by_digest = clients
             .iter()
             .filter_map(|c| {
@@ -68,9 +69,9 @@ impl ClientRegistry {
                 let limiter = c
                     .rpm
                     .map(|rpm| Gcra::per_minute(rpm, c.burst.unwrap_or(rpm)));
-                let concurrency = c
-                    .max_concurrent
-                    .map(|n| Arc::new(Semaphore::new(n as usize)));
+                let concurrency = Some(Arc::new(Semaphore::new(
+                    c.max_concurrent.map_or(default_concurrency, |n| n as usize),
+                )));
                 Some((
                     d,
                     Arc::new(ClientEntry {
@@ -144,13 +145,16 @@ mod tests {
     use http::HeaderValue;
 
     fn registry() -> ClientRegistry {
-        ClientRegistry::new(&[ClientConfig {
-            id: "team-a".into(),
-            key_sha256: key_digest_hex("ngk_secret"),
-            rpm: None,
-            burst: None,
-            max_concurrent: None,
-        }])
+        ClientRegistry::new(
+            &[ClientConfig {
+                id: "team-a".into(),
+                key_sha256: key_digest_hex("ngk_secret"),
+                rpm: None,
+                burst: None,
+                max_concurrent: None,
+            }],
+            1024,
+        )
     }
 
     fn headers(v: &[&str]) -> HeaderMap {

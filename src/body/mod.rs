@@ -81,6 +81,14 @@ impl GatewayBody {
     pub fn empty() -> Self {
         Self::Full { data: None }
     }
+
+    /// End an upstream body early for `reason` (its outcome is reported now, with that reason);
+    /// dropping it afterwards ends the upstream request.
+    pub fn abort(&mut self, reason: &'static str) {
+        if let Self::Upstream { track: Some(t), .. } = self {
+            t.finish(Some(reason));
+        }
+    }
     pub fn upstream(
         inner: Incoming,
         sse: bool,

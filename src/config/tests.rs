@@ -238,3 +238,26 @@ fn errors_inside_secret_name_their_own_section_and_a_missing_section_says_so() {
     assert_eq!(errs[0].field, "secret", "{errs:?}");
     assert_eq!(errs[0].message, "the [secret] section is missing");
 }
+
+#[test]
+fn client_concurrency_defaults_to_a_quarter_of_the_global_limit_and_is_bounded_by_it() {
+    let c = parse(&base()).unwrap();
+    assert_eq!(c.limits.client_concurrency_default(), 1024);
+    let c = parse(&format!(
+        "{}\n[limits]\nmax_concurrent_requests = 2\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(c.limits.client_concurrency_default(), 1);
+    let errs = errors(&format!(
+        "{}\n[limits]\nmax_concurrent_requests = 8\nclient_max_concurrent = 9\n",
+        base()
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "limits.client_max_concurrent");
+    let errs = errors(&format!(
+        "{}\n[limits]\nclient_max_concurrent = 0\n",
+        base()
+    ));
+    assert_eq!(errs[0].field, "limits.client_max_concurrent", "{errs:?}");
+}

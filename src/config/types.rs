@@ -197,6 +197,10 @@ pub struct LimitsConfig {
     pub header_read_timeout: Duration,
     /// Requests in flight across all clients; more get 503.
     pub max_concurrent_requests: usize,
+    /// Requests in flight for a client without its own `max_concurrent`; more get 429
+    /// `concurrency_limit_exceeded`. Unset: a quarter of `max_concurrent_requests` (at least 1),
+    /// so one key cannot take every slot.
+    pub client_max_concurrent: Option<usize>,
     /// HTTP/2 concurrent streams per connection.
     pub max_h2_streams: u32,
     /// Open client connections; a connection beyond this is closed at once.
@@ -218,6 +222,14 @@ pub struct LimitsConfig {
     pub idle_timeout: Duration,
 }
 
+impl LimitsConfig {
+    /// The concurrency of a client that sets no `max_concurrent` of its own.
+    pub fn client_concurrency_default(&self) -> usize {
+        self.client_max_concurrent
+            .unwrap_or((self.max_concurrent_requests / 4).max(1))
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
@@ -226,6 +238,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 16 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_requests: 4096,
+            client_max_concurrent: None,
             max_h2_streams: 128,
             max_connections: 10_000,
             body_timeout: Duration::from_secs(30),

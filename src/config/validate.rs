@@ -216,6 +216,18 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        match l.client_max_concurrent {
+            Some(0) => err("limits.client_max_concurrent", "must be at least 1".into()),
+            Some(n) if n > l.max_concurrent_requests => err(
+                "limits.client_max_concurrent",
+                format!(
+                    "{n} is more than limits.max_concurrent_requests ({}): one client could take \
+                     every slot",
+                    l.max_concurrent_requests
+                ),
+            ),
+            _ => {}
+        }
         if l.max_connections == 0 {
             err("limits.max_connections", "must be at least 1".into());
         }

@@ -2,7 +2,9 @@
 //! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
 //! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request.
 //! An HTTP/2 connection with no open stream for `limits.idle_timeout` is closed (hyper has no such
-//! timeout; `peers::Activity` counts the streams).
+//! timeout; `peers::Activity` counts the streams), and its response bodies are under the
+//! `send_timeout` watchdog (`peers::Watched`): flow control can stall a stream without ever
+//! blocking the socket.
 
 use hyper::body::Incoming;
 use hyper::Request;
@@ -19,7 +21,7 @@ use crate::config::LimitsConfig;
 use crate::request::RemoteAddr;
 use crate::stall::StallTimeout;
 
-use super::peers::{Activity, IpPermit, Tracked};
+use super::peers::{Activity, IpPermit};
 
 /// Everything a connection task needs, cloned once per connection.
 #[derive(Clone)]
@@ -58,11 +60,19 @@ pub async fn serve(
     let remote = RemoteAddr::new(remote);
     let activity = Activity::new();
     let streams = activity.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let h2_svc = {
+        let (svc, remote) = (svc.clone(), remote.clone());
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(remote.clone());
+            let guard = streams.begin();
+            let fut = svc.clone().call(req);
+            let streams = streams.clone();
+            async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| streams.watch(b, guard))) }
+        })
+    };
+    let h1_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(remote.clone());
-        let guard = streams.begin();
-        let fut = svc.clone().call(req);
-        async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| Tracked::new(b, guard))) }
+        svc.clone().call(req)
     });
     // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
     // path applies the http1 builder's `max_buf_size` (431 on oversized heads; see
@@ -70,13 +80,16 @@ pub async fn serve(
     macro_rules! serve {
         ($io:expr, $is_h2:expr) => {
             if $is_h2 {
-                let conn = watcher.watch(s.h2.serve_connection($io, svc).into_owned());
+                let conn = watcher.watch(s.h2.serve_connection($io, h2_svc).into_owned());
                 tokio::select! {
                     _ = conn => {},
                     () = activity.idle(s.idle_timeout) => {},
+                    () = activity.watchdog(s.send_timeout) => {},
                 }
             } else {
-                let conn = s.h1.serve_connection_with_upgrades($io, svc).into_owned();
+                let conn =
+                    s.h1.serve_connection_with_upgrades($io, h1_svc)
+                        .into_owned();
                 let _ = watcher.watch(conn).await;
             }
         };
