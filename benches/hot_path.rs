@@ -27,6 +27,8 @@ fn registry(n: usize) -> ClientRegistry {
             rpm: None,
             burst: None,
             max_concurrent: None,
+            tpm: None,
+            tokens_per_day: None,
         })
         .collect();
     ClientRegistry::new(&clients, 1024)

@@ -32,7 +32,7 @@ use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequ
 use crate::audit::Audit;
 use crate::auth::flood::DeniedBudget;
 use crate::auth::{AuthLayer, AuthService, ClientRegistry};
-use crate::config::{Config, SecretConfig};
+use crate::config::{Backend, Config, SecretConfig};
 use crate::error::InitError;
 use crate::names::{API_KEY, X_API_KEY};
 use crate::proxy::{ProxyService, ProxySettings, Routes, Upstream};
@@ -54,6 +54,8 @@ pub struct App {
     pub draining: AtomicBool,
     /// Unauthenticated refusals per address; pending counts are written at shutdown too.
     pub denied_budget: Arc<DeniedBudget>,
+    /// `[ratelimit] backend = "redis"` (for its metrics).
+    pub shared_limits: Option<Arc<crate::fleet::Shared>>,
 }
 
 impl App {
@@ -86,11 +88,19 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
     let upstream =
         Upstream::new("default", &cfg.upstream, store.clone()).map_err(InitError::Config)?;
     let routes = Arc::new(Routes::single(upstream));
+    let shared_limits = match cfg.ratelimit.backend {
+        Backend::Local => None,
+        Backend::Redis => Some(crate::fleet::Shared::new(
+            &cfg.ratelimit,
+            crate::fleet::target(&cfg.ratelimit).map_err(InitError::Config)?,
+        )),
+    };
     let settings = ProxySettings {
         route_prefixes: cfg.server.route_prefixes.clone(),
         max_body_bytes: cfg.limits.max_body_bytes,
         body_timeout: cfg.limits.body_timeout,
         max_concurrent: cfg.limits.max_concurrent_requests,
+        shared_limits: shared_limits.clone(),
     };
     let denied_budget = Arc::new(DeniedBudget::new(cfg.limits.unauthenticated_rpm_per_ip));
     let proxy = ProxyService::new(routes.clone(), audit.clone(), metrics.clone(), settings);
@@ -117,6 +127,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         clients: registry.len(),
         draining: AtomicBool::new(false),
         denied_budget,
+        shared_limits,
     };
     Ok((app, vec![(store, source)]))
 }

@@ -73,10 +73,13 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         "/metrics" => {
-            let text = match app.store() {
+            let mut text = match app.store() {
                 Some(store) => app.metrics.render(store, &app.audit),
                 None => String::new(),
             };
+            if let Some(s) = &app.shared_limits {
+                s.render(&mut text);
+            }
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

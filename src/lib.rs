@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 #[cfg(feature = "demo")]
 pub mod fakenim;
+pub mod fleet;
 pub mod hardening;
 pub mod health;
 pub mod names;

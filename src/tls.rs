@@ -1,4 +1,5 @@
-//! PEM loading and the server-side rustls config (ALPN h2 + http/1.1).
+//! PEM loading, the server-side rustls config (ALPN h2 + http/1.1), and the client-side config
+//! for outbound TLS (system roots plus an optional CA bundle).
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -29,4 +30,24 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     .map_err(|e| format!("server.tls_cert/tls_key: {e}"))?;
     c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(c))
+}
+
+/// A client config trusting the system roots plus `ca_file` (errors name `field`).
+pub fn client_config(ca_file: Option<&Path>, field: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Some(path) = ca_file {
+        for cert in load_certs(path).map_err(|e| format!("{field}: {e}"))? {
+            roots.add(cert).map_err(|e| format!("{field}: {e}"))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }

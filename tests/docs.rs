@@ -68,6 +68,8 @@ fn burst_default_is_the_documented_one() {
             rpm: Some(6),
             burst: None,
             max_concurrent: None,
+            tpm: None,
+            tokens_per_day: None,
         }],
         1024,
     );

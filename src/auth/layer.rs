@@ -133,6 +133,8 @@ mod tests {
                 rpm: None,
                 burst: None,
                 max_concurrent: None,
+                tpm: None,
+                tokens_per_day: None,
             }],
             1024,
         ))

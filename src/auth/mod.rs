@@ -4,6 +4,7 @@
 //! means the time an attempt takes says nothing about how close a guess was: the attacker
 //! controls the key, not the digest bits the map compares. The raw key never leaves `authenticate`.
 
+pub mod budget;
 pub mod flood;
 mod layer;
 pub mod ratelimit;
@@ -33,6 +34,10 @@ pub struct ClientEntry {
     pub id: Arc<str>,
     pub limiter: Option<Gcra>,
     pub concurrency: Option<Arc<Semaphore>>,
+    /// `tpm` / `tokens_per_day`, kept in this process (the floor with a shared backend).
+    pub budget: Option<budget::TokenBudget>,
+    /// The same limits in the shared backend's units (empty: the client never reaches it).
+    pub shared: crate::fleet::Spec,
 }
 
 /// Digest → client. Built once at start-up.
@@ -72,12 +77,21 @@ impl ClientRegistry {
                 let concurrency = Some(Arc::new(Semaphore::new(
                     c.max_concurrent.map_or(default_concurrency, |n| n as usize),
                 )));
+                let shared = crate::fleet::Spec {
+                    requests: limiter
+                        .as_ref()
+                        .map(|g| (g.interval / 1000, g.tolerance / 1000)),
+                    token_interval: c.tpm.map(|t| (60_000_000 / t.max(1)).max(1)),
+                    tokens_per_day: c.tokens_per_day,
+                };
                 Some((
                     d,
                     Arc::new(ClientEntry {
                         id: Arc::from(c.id.as_str()),
                         limiter,
                         concurrency,
+                        budget: budget::TokenBudget::new(c.tpm, c.tokens_per_day),
+                        shared,
                     }),
                 ))
             })
@@ -152,6 +166,8 @@ mod tests {
                 rpm: None,
                 burst: None,
                 max_concurrent: None,
+                tpm: None,
+                tokens_per_day: None,
             }],
             1024,
         )

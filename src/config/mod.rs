@@ -5,6 +5,7 @@
 
 mod env;
 mod preflight;
+mod ratelimit;
 mod secret;
 mod types;
 mod validate;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::ratelimit::*;
 pub use super::secret::*;
 use super::ConfigError;
 
@@ -25,6 +26,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,9 +120,15 @@ pub struct ClientConfig {
     /// minute's worth at once; `AuthConfig`'s clients get the same default).
     #[serde(default)]
     pub burst: Option<u32>,
-    /// Requests this client may have in flight at once; absent = unlimited.
+    /// Requests this client may have in flight at once; absent = `limits.client_max_concurrent`.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// Tokens per minute (prompt + completion, from each response's `usage`); absent = unlimited.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Tokens per UTC day; absent = unlimited.
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -56,6 +56,7 @@ impl Config {
         self.validate_clients(&mut err);
         self.validate_audit(&mut err);
         self.validate_limits(&mut err);
+        self.ratelimit.validate(&mut err);
         errs
     }
 
@@ -174,6 +175,14 @@ impl Config {
             }
             if c.max_concurrent == Some(0) {
                 err(&f("max_concurrent"), "must be at least 1".into());
+            }
+            for (name, v) in [("tpm", c.tpm), ("tokens_per_day", c.tokens_per_day)] {
+                if v == Some(0) {
+                    err(
+                        &f(name),
+                        "must be at least 1 (omit it for no budget)".into(),
+                    );
+                }
             }
         }
     }

@@ -46,11 +46,15 @@ pub enum GatewayError {
     UpstreamTimeout,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// The client's `tpm` or `tokens_per_day` is spent; carries the seconds until it refills.
+    TokensExhausted { retry_after_secs: u64 },
+    /// `[ratelimit] failure_mode = "closed"` and the shared backend cannot answer.
+    LimiterUnavailable,
 }
 
 impl GatewayError {
     /// Every variant once (`RateLimited` with a placeholder wait), in metric-label order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::Unauthenticated,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -67,6 +71,10 @@ impl GatewayError {
         Self::UpstreamUnreachable,
         Self::UpstreamTimeout,
         Self::ShuttingDown,
+        Self::TokensExhausted {
+            retry_after_secs: 0,
+        },
+        Self::LimiterUnavailable,
     ];
 
     /// Position in `ALL` (the metrics' counter index). Exhaustive: a new variant must be placed.
@@ -86,6 +94,8 @@ impl GatewayError {
             Self::UpstreamUnreachable => 11,
             Self::UpstreamTimeout => 12,
             Self::ShuttingDown => 13,
+            Self::TokensExhausted { .. } => 14,
+            Self::LimiterUnavailable => 15,
         }
     }
 
@@ -108,8 +118,11 @@ impl GatewayError {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::RateLimited { .. } | Self::ClientConcurrency => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::ClientConcurrency | Self::TokensExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Overloaded
+            | Self::LimiterUnavailable
             | Self::KeyUnavailable
             | Self::AuditUnavailable
             | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -183,6 +196,16 @@ impl GatewayError {
                 "server_error",
                 "shutting_down",
             ),
+            Self::TokensExhausted { .. } => (
+                "Token budget exhausted for this API key. Retry after the time in Retry-After.",
+                "rate_limit_error",
+                "tokens_exhausted",
+            ),
+            Self::LimiterUnavailable => (
+                "Rate limits cannot be checked right now. Retry shortly.",
+                "server_error",
+                "rate_limit_unavailable",
+            ),
         }
     }
 
@@ -203,7 +226,9 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Self::RateLimited { retry_after_secs } = self {
+        if let Self::RateLimited { retry_after_secs } | Self::TokensExhausted { retry_after_secs } =
+            self
+        {
             h.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs.max(1)),
@@ -223,134 +248,4 @@ impl GatewayError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    #[test]
-    fn all_lists_every_variant_once_with_a_unique_code() {
-        let mut codes = std::collections::HashSet::new();
-        for (i, e) in GatewayError::ALL.iter().enumerate() {
-            assert_eq!(e.index(), i, "{e:?} is out of place in ALL");
-            assert!(codes.insert(e.code()), "duplicate code {}", e.code());
-            assert!(e
-                .code()
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_'));
-        }
-        assert_eq!(codes.len(), GatewayError::ALL.len());
-    }
-
-    #[tokio::test]
-    async fn error_table() {
-        let table: [(GatewayError, u16, &str, &str); 14] = [
-            (
-                GatewayError::Unauthenticated,
-                401,
-                "invalid_request_error",
-                "invalid_api_key",
-            ),
-            (
-                GatewayError::NotFound,
-                404,
-                "invalid_request_error",
-                "not_found",
-            ),
-            (
-                GatewayError::MethodNotAllowed,
-                405,
-                "invalid_request_error",
-                "method_not_allowed",
-            ),
-            (
-                GatewayError::BodyTooLarge,
-                413,
-                "invalid_request_error",
-                "request_too_large",
-            ),
-            (
-                GatewayError::BadRequest,
-                400,
-                "invalid_request_error",
-                "bad_request",
-            ),
-            (
-                GatewayError::BodyTimeout,
-                408,
-                "invalid_request_error",
-                "request_timeout",
-            ),
-            (
-                GatewayError::RateLimited {
-                    retry_after_secs: 7,
-                },
-                429,
-                "rate_limit_error",
-                "rate_limit_exceeded",
-            ),
-            (
-                GatewayError::ClientConcurrency,
-                429,
-                "rate_limit_error",
-                "concurrency_limit_exceeded",
-            ),
-            (GatewayError::Overloaded, 503, "server_error", "overloaded"),
-            (
-                GatewayError::KeyUnavailable,
-                503,
-                "server_error",
-                "credential_unavailable",
-            ),
-            (
-                GatewayError::AuditUnavailable,
-                503,
-                "server_error",
-                "audit_unavailable",
-            ),
-            (
-                GatewayError::UpstreamUnreachable,
-                502,
-                "server_error",
-                "upstream_unreachable",
-            ),
-            (
-                GatewayError::UpstreamTimeout,
-                504,
-                "server_error",
-                "upstream_timeout",
-            ),
-            (
-                GatewayError::ShuttingDown,
-                503,
-                "server_error",
-                "shutting_down",
-            ),
-        ];
-        let id = HeaderValue::from_static("rid-1");
-        for (e, status, kind, code) in table {
-            let resp = e.into_response(Some(&id));
-            assert_eq!(resp.status().as_u16(), status, "{e:?}");
-            let h = resp.headers().clone();
-            assert_eq!(h["content-type"], "application/json");
-            assert_eq!(h["x-request-id"], "rid-1");
-            assert_eq!(
-                h.contains_key("retry-after"),
-                status == 429 && code == "rate_limit_exceeded"
-            );
-            assert_eq!(h.contains_key("www-authenticate"), status == 401);
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(v["error"]["type"], kind, "{e:?}");
-            assert_eq!(v["error"]["code"], code, "{e:?}");
-            assert!(v["error"]["param"].is_null());
-            assert!(v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()));
-        }
-        let r = GatewayError::RateLimited {
-            retry_after_secs: 0,
-        }
-        .into_response(None);
-        assert_eq!(r.headers()["retry-after"], "1");
-    }
-}
+mod tests;

@@ -190,6 +190,7 @@ pub(super) fn wrap_response(
 ) -> Response<GatewayBody> {
     let (mut rparts, incoming) = resp.into_parts();
     headers::rewrite_response(&mut rparts.headers, &attempt.info.request_id);
+    permits.write_headers(&mut rparts.headers);
     let sse = rparts
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -206,7 +207,7 @@ pub(super) fn wrap_response(
         status: rparts.status.as_u16(),
         attempt,
         key,
-        _permits: permits,
+        permits,
     };
     Response::from_parts(
         rparts,
@@ -258,7 +259,8 @@ struct Done {
     attempt: Attempt,
     key: Arc<KeyMaterial>,
     status: u16,
-    _permits: Permits,
+    /// Released when the record is written; charges the client's token budget first.
+    permits: Permits,
 }
 
 impl OnDone for Done {
@@ -275,6 +277,8 @@ impl OnDone for Done {
         m.response(self.status, self.attempt.info.start.elapsed());
         if let Some(u) = o.usage {
             m.tokens(u.prompt_tokens, u.completion_tokens);
+            self.permits
+                .charge(u.prompt_tokens.saturating_add(u.completion_tokens));
         }
         self.attempt.proxy.audit.record_done(r);
     }

@@ -74,25 +74,6 @@ impl Pool {
 }
 
 fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for c in native.certs {
-        let _ = roots.add(c);
-    }
-    if let Some(path) = &cfg.ca_file {
-        for cert in crate::tls::load_certs(path).map_err(|e| format!("upstream.ca_file: {e}"))? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("upstream.ca_file: {e}"))?;
-        }
-    }
     // ALPN is set by the hyper-rustls builder from the enabled HTTP versions.
-    let c = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(c)
+    crate::tls::client_config(cfg.ca_file.as_deref(), "upstream.ca_file")
 }

@@ -64,6 +64,8 @@ pub struct ProxySettings {
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
     pub max_concurrent: usize,
+    /// `[ratelimit] backend = "redis"`: limits shared by the fleet.
+    pub shared_limits: Option<Arc<crate::fleet::Shared>>,
 }
 
 pub struct Proxy {
@@ -151,7 +153,7 @@ impl Proxy {
     ) -> Result<Response<GatewayBody>, Failure> {
         let (mut parts, body) = req.into_parts();
         let path = self.admit(&parts, normalized)?;
-        let permits = self.limit(principal)?;
+        let permits = self.limit(principal).await?;
         let bytes_in = Arc::new(AtomicU64::new(0));
         let deadline = tokio::time::Instant::now() + self.settings.body_timeout;
         let prefix = tokio::time::timeout_at(

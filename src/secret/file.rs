@@ -91,7 +91,7 @@ pub fn extract_pointer(text: &str, ptr: &str) -> Result<String, String> {
 
 /// Open without blocking (a FIFO's open would wait for a writer), refuse anything but a regular
 /// file of at most `MAX_FILE_BYTES`; the contents and the file's mode.
-fn read_capped(path: &Path) -> Result<(Zeroizing<Vec<u8>>, u32), SecretError> {
+pub(crate) fn read_capped(path: &Path) -> Result<(Zeroizing<Vec<u8>>, u32), SecretError> {
     let cant = |e: std::io::Error| {
         SecretError::unavailable(format!("cannot read {}: {}", path.display(), e.kind()))
     };

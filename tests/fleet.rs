@@ -1,0 +1,430 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::pedantic,
+    reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
+)]
+//! Limits shared by a fleet (issue 19): two `nimgate` processes (the built binary) against one
+//! real `redis-server` (Debian package) share a client's request rate and token budget; Redis
+//! killed mid-traffic gives `failure_mode` open and closed as configured and recovery without a
+//! restart; the `x-ratelimit-*` headers; the official `openai` SDK backing off on a 429.
+
+mod common;
+
+use common::bin::{spawn_serve, wait_ready, Proc};
+use common::*;
+use nimgate::auth::key_digest_hex;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A `redis-server` on a loopback port, ended by its pid.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Start on a free port (a port taken between the probe and the start is retried).
+    fn start() -> Self {
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(r) = Self::start_on(port) {
+                return r;
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn start_on(port: u16) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        for _ in 0..100 {
+            if cli(port, &["PING"]).as_deref() == Some("PONG") {
+                return Some(Self {
+                    child,
+                    port,
+                    _dir: dir,
+                });
+            }
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The `[ratelimit]` keys for a gateway sharing this Redis.
+    fn table(&self) -> String {
+        format!(
+            "backend = \"redis\"\nredis_url = \"{}\"\ntimeout = \"500ms\"",
+            self.url()
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn config(dir: &Path, name: &str, nim: SocketAddr, client: &str, ratelimit: &str) -> PathBuf {
+    std::fs::write(dir.join("key"), format!("{NIM_KEY}\n")).unwrap();
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[upstream]
+url = "http://{nim}"
+[secret]
+source = "file"
+path = "{key}"
+[[clients]]
+id = "team-a"
+key_sha256 = "{d}"
+{client}
+[[clients]]
+id = "team-b"
+key_sha256 = "{db}"
+[audit]
+path = "{audit}"
+[ratelimit]
+{ratelimit}
+"#,
+            key = dir.join("key").display(),
+            d = key_digest_hex(CLIENT_KEY),
+            db = key_digest_hex(CLIENT_KEY_B),
+            audit = dir.join(format!("{name}.audit.jsonl")).display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+async fn spawn_ready(cfg: &Path) -> Proc {
+    let p = spawn_serve(cfg, Some("info"));
+    wait_ready(p.admin).await;
+    p
+}
+
+async fn chat(gw: SocketAddr, key: &str) -> (u16, http::HeaderMap, serde_json::Value) {
+    let url = format!("http://{gw}/v1/chat/completions");
+    let (s, h, b) = send(post(&url, Some(key), &chat_body(false))).await;
+    (s, h, serde_json::from_slice(&b).unwrap_or_default())
+}
+
+fn header<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_clients_request_limit_through_redis() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(1)).await;
+    let rl = redis.table();
+    // 60 a minute, burst 10: over the few seconds of this test the fleet may accept 10 plus
+    // about one a second, wherever the requests land.
+    let client = "rpm = 60\nburst = 10";
+    let a = spawn_ready(&config(dir.path(), "a", nim_addr, client, &rl)).await;
+    let b = spawn_ready(&config(dir.path(), "b", nim_addr, client, &rl)).await;
+    let t = std::time::Instant::now();
+    let mut accepted = 0;
+    let mut refused = 0;
+    let mut remaining = Vec::new();
+    for i in 0..40 {
+        let gw = if i % 2 == 0 { a.gw } else { b.gw };
+        let (s, h, v) = chat(gw, CLIENT_KEY).await;
+        match s {
+            200 => {
+                accepted += 1;
+                assert_eq!(header(&h, "x-ratelimit-limit-requests"), "60");
+                remaining.push(header(&h, "x-ratelimit-remaining-requests").to_string());
+                assert!(!header(&h, "x-ratelimit-reset-requests").is_empty());
+            }
+            429 => {
+                refused += 1;
+                assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+                assert!(!header(&h, "retry-after").is_empty());
+            }
+            other => panic!("status {other}: {v}"),
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "fleet of 2: {accepted} accepted, {refused} refused in {secs:.2}s; remaining {remaining:?}"
+    );
+    let allowed = 10.0 + secs.ceil();
+    assert!(
+        accepted >= 10 && f64::from(accepted) <= allowed * 1.1,
+        "{accepted} accepted by the fleet; the shared limit allows about {allowed}"
+    );
+    assert_eq!(
+        remaining.first().map(String::as_str),
+        Some("9"),
+        "one fleet-wide count"
+    );
+    // A client without limits never reaches Redis.
+    for gw in [a.gw, b.gw] {
+        assert_eq!(chat(gw, CLIENT_KEY_B).await.0, 200);
+    }
+    let keys = cli(redis.port, &["KEYS", "nimgate:*"]).unwrap();
+    assert!(keys.contains("nimgate:{team-a}:rq"), "{keys}");
+    assert!(!keys.contains("team-b"), "{keys}");
+    let (_, m) = get_admin(a.admin, "/metrics").await.unwrap();
+    assert!(m.contains("nimgate_ratelimit_backend_up 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_applies_failure_mode_and_recovery_needs_no_restart() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(1)).await;
+    let rl = |mode: &str| {
+        format!(
+            "backend = \"redis\"\nredis_url = \"{}\"\ntimeout = \"200ms\"\nfailure_mode = \"{mode}\"",
+            redis.url()
+        )
+    };
+    let client = "rpm = 6000";
+    let open = spawn_ready(&config(dir.path(), "open", nim_addr, client, &rl("open"))).await;
+    let closed = spawn_ready(&config(
+        dir.path(),
+        "closed",
+        nim_addr,
+        client,
+        &rl("closed"),
+    ))
+    .await;
+    assert_eq!(chat(open.gw, CLIENT_KEY).await.0, 200);
+    assert_eq!(chat(closed.gw, CLIENT_KEY).await.0, 200);
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(chat(open.gw, CLIENT_KEY).await.0, 200, "open: served");
+        let (s, _, v) = chat(closed.gw, CLIENT_KEY).await;
+        assert_eq!(s, 503, "closed: refused: {v}");
+        assert_eq!(v["error"]["code"], "rate_limit_unavailable");
+        // A client without limits does not depend on Redis in either mode.
+        assert_eq!(chat(closed.gw, CLIENT_KEY_B).await.0, 200);
+    }
+    let (_, m) = get_admin(closed.admin, "/metrics").await.unwrap();
+    assert!(m.contains("nimgate_ratelimit_backend_up 0"), "{m}");
+    assert!(m.contains("nimgate_ratelimit_backend_fallbacks_total{mode=\"closed\"}"));
+    let restarted = Redis::start_on(redis.port).expect("redis restarts on its port");
+    let mut back = false;
+    for _ in 0..50 {
+        if chat(closed.gw, CLIENT_KEY).await.0 == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back,
+        "closed mode serves again once Redis is back, without a restart"
+    );
+    let keys = cli(restarted.port, &["KEYS", "nimgate:*"]).unwrap();
+    assert!(keys.contains("team-a"), "limits are shared again: {keys}");
+    for p in [&open, &closed] {
+        let log = p.stderr.lock().unwrap().clone();
+        assert!(log.contains("rate-limit backend unreachable"), "{log}");
+        assert_eq!(
+            log.matches("rate-limit backend unreachable").count(),
+            1,
+            "once per outage"
+        );
+    }
+    let log = closed.stderr.lock().unwrap().clone();
+    assert!(log.contains("rate-limit backend reachable again"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_budget_is_charged_from_usage_across_two_replicas() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(1)).await;
+    let rl = redis.table();
+    // Each chat answer uses 17 tokens; 40 a minute admits three (0, 17, 34 spent) and refuses
+    // the fourth: the overshoot (51 − 40) is one request's worth.
+    let a = spawn_ready(&config(dir.path(), "a", nim_addr, "tpm = 40", &rl)).await;
+    let b = spawn_ready(&config(dir.path(), "b", nim_addr, "tpm = 40", &rl)).await;
+    let mut seen = Vec::new();
+    let mut last_tk = String::new();
+    for (i, gw) in [a.gw, b.gw, a.gw, b.gw, a.gw].into_iter().enumerate() {
+        let (s, h, v) = chat(gw, CLIENT_KEY).await;
+        seen.push((s, header(&h, "x-ratelimit-remaining-tokens").to_string()));
+        if i >= 3 {
+            assert_eq!(s, 429, "request {i}: {v}");
+            assert_eq!(v["error"]["code"], "tokens_exhausted");
+            assert!(header(&h, "retry-after").parse::<u64>().unwrap() >= 1);
+        } else {
+            assert_eq!(s, 200, "request {i}: {v}");
+            assert_eq!(header(&h, "x-ratelimit-limit-tokens"), "40");
+        }
+        // The charge is written after the response ends: wait for it to land in Redis.
+        if s == 200 {
+            let before = last_tk.clone();
+            for _ in 0..100 {
+                last_tk = cli(redis.port, &["GET", "nimgate:{team-a}:tk"]).unwrap_or_default();
+                if last_tk != before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_ne!(last_tk, before, "request {i} was charged");
+        }
+    }
+    eprintln!("{seen:?}");
+    assert_eq!(
+        seen.iter()
+            .map(|s| s.1.as_str())
+            .take(3)
+            .collect::<Vec<_>>(),
+        ["40", "23", "6"],
+        "remaining tokens as the fleet spends them"
+    );
+}
+
+#[tokio::test]
+async fn local_token_budgets_refuse_before_the_nim_and_say_when() {
+    let gw = start_with(Opts::default().client("tpm = 40")).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (s, h, v) = chat(gw.addr, CLIENT_KEY).await;
+        if s == 429 {
+            assert_eq!(v["error"]["code"], "tokens_exhausted");
+            assert!(header(&h, "retry-after").parse::<u64>().unwrap() >= 1);
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(
+        gw.nim.requests.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "the refused request never reached the NIM"
+    );
+    assert!(gw
+        .audit_events("denied")
+        .await
+        .iter()
+        .any(|d| d["reason"] == "tokens_exhausted" && d["status"] == 429));
+    assert_eq!(
+        chat(gw.addr, CLIENT_KEY_B).await.0,
+        200,
+        "other clients unaffected"
+    );
+    gw.stop().await;
+
+    let gw = start_with(Opts::default().client("tokens_per_day = 30")).await;
+    let (s, h, _) = chat(gw.addr, CLIENT_KEY).await;
+    assert_eq!((s, header(&h, "x-ratelimit-remaining-tokens")), (200, "30"));
+    let (s, h, _) = chat(gw.addr, CLIENT_KEY).await;
+    assert_eq!((s, header(&h, "x-ratelimit-remaining-tokens")), (200, "13"));
+    let (s, h, _) = chat(gw.addr, CLIENT_KEY).await;
+    assert_eq!(s, 429);
+    let wait: u64 = header(&h, "retry-after").parse().unwrap();
+    assert!((1..=86_400).contains(&wait), "until UTC midnight: {wait}");
+    gw.stop().await;
+}
+
+/// The official `openai` SDK (PyPI `openai`, installed by .ci/run) paces itself on nimgate's 429:
+/// with retries it waits `Retry-After` and succeeds; without, it raises `RateLimitError`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_backs_off_on_a_429_and_reads_the_headers() {
+    let gw = start_with(Opts::default().client("rpm = 60\nburst = 1")).await;
+    let script = r#"
+import sys, time, openai
+base, key = sys.argv[1], sys.argv[2]
+msgs = [{"role": "user", "content": "hi"}]
+model = "meta/llama-3.1-8b-instruct"
+c = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=3)
+first = c.chat.completions.with_raw_response.create(model=model, messages=msgs)
+print("first", first.http_response.status_code, first.headers.get("x-ratelimit-remaining-requests"))
+try:
+    openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0).chat.completions.create(model=model, messages=msgs)
+    print("no-retry ok")
+except openai.RateLimitError as e:
+    print("no-retry", e.status_code, e.response.headers.get("retry-after"), e.code)
+t = time.monotonic()
+second = c.chat.completions.with_raw_response.create(model=model, messages=msgs)
+print("retried", second.http_response.status_code, round(time.monotonic() - t, 1))
+"#;
+    let base = format!("http://{}", gw.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["-c", script, &base, CLIENT_KEY])
+            .output()
+            .expect("python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "first 200 0");
+    assert_eq!(lines[1], "no-retry 429 1 rate_limit_exceeded");
+    assert!(lines[2].starts_with("retried 200 "), "{stdout}");
+    let waited: f64 = lines[2].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        waited >= 0.5,
+        "the SDK waited for Retry-After before retrying: {waited}s"
+    );
+    let denied = gw.audit_events("denied").await;
+    let limited = denied
+        .iter()
+        .filter(|d| d["reason"] == "rate_limit_exceeded")
+        .count();
+    assert!(
+        limited >= 2,
+        "the no-retry 429 and the SDK's first try: {limited}"
+    );
+    assert_eq!(
+        gw.audit_events("use").await.len(),
+        2,
+        "two requests reached the NIM"
+    );
+    gw.stop().await;
+}
