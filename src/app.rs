@@ -101,6 +101,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         body_timeout: cfg.limits.body_timeout,
         max_concurrent: cfg.limits.max_concurrent_requests,
         shared_limits: shared_limits.clone(),
+        stream_usage: cfg.ratelimit.stream_usage,
     };
     let denied_budget = Arc::new(DeniedBudget::new(cfg.limits.unauthenticated_rpm_per_ip));
     let proxy = ProxyService::new(routes.clone(), audit.clone(), metrics.clone(), settings);

@@ -428,3 +428,59 @@ print("retried", second.http_response.status_code, round(time.monotonic() - t, 1
     );
     gw.stop().await;
 }
+
+/// Usage is always known for a budgeted client: a streamed request that did not ask for usage
+/// gets `stream_options.include_usage` added on the way to the NIM, the usage event the NIM then
+/// sends is charged and removed, and the client receives exactly the stream it asked for.
+#[tokio::test]
+async fn streamed_requests_of_budgeted_clients_are_charged_without_changing_their_stream() {
+    use http_body_util::BodyExt;
+    let gw = start_with(Opts::default().client("tpm = 1000")).await;
+    let url = gw.url("/v1/chat/completions");
+    let body = r#"{"model":"meta/llama-3.1-8b-instruct","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let stream = |key: &'static str, body: &'static str| {
+        let url = url.clone();
+        async move {
+            let resp = client().request(post(&url, Some(key), body)).await.unwrap();
+            let h = resp.headers().clone();
+            let b = resp.into_body().collect().await.unwrap().to_bytes();
+            (h, String::from_utf8(b.to_vec()).unwrap())
+        }
+    };
+    let (h, text) = stream(CLIENT_KEY, body).await;
+    assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), "1000");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(
+        text.matches("tok").count(),
+        5,
+        "every content event: {text}"
+    );
+    assert!(
+        !text.contains("\"usage\""),
+        "the usage event nimgate asked for is removed: {text}"
+    );
+    let sent = gw.nim.seen().last().unwrap().body.clone();
+    let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "asked for on the client's behalf"
+    );
+    // 12 prompt + 5 completion tokens were charged.
+    let (s, h, _) = chat(gw.addr, CLIENT_KEY).await;
+    assert_eq!(
+        (s, header(&h, "x-ratelimit-remaining-tokens")),
+        (200, "983")
+    );
+    let done = gw.audit_events("done").await;
+    assert_eq!(done[0]["usage"]["total_tokens"], 17, "{:?}", done[0]);
+    // A client that asked for usage itself still gets it.
+    let asked =
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let (_, text) = stream(CLIENT_KEY, asked).await;
+    assert!(text.contains("\"usage\":{"), "{text}");
+    // A client without a budget: the body goes to the NIM exactly as sent.
+    let (_, text) = stream(CLIENT_KEY_B, body).await;
+    assert!(!text.contains("\"usage\""));
+    assert_eq!(&gw.nim.seen().last().unwrap().body[..], body.as_bytes());
+    gw.stop().await;
+}

@@ -8,6 +8,7 @@
 
 pub mod redact;
 pub mod sniff;
+pub mod usage;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -18,6 +19,7 @@ use std::task::{ready, Context, Poll};
 use crate::audit::Usage;
 use redact::Redactor;
 use sniff::Sniffer;
+use usage::UsageStrip;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,6 +50,8 @@ pub struct Track {
     bytes: u64,
     sniff: Sniffer,
     redact: Option<Redactor>,
+    /// Removes the usage event nimgate asked for on the client's behalf (`usage`).
+    strip: Option<UsageStrip>,
     /// A non-data frame that waits for held-back body bytes to go first.
     pending: Option<Frame<Bytes>>,
     on_done: Option<Box<dyn OnDone>>,
@@ -65,6 +69,41 @@ impl Track {
                 error,
             });
         }
+    }
+}
+
+impl Track {
+    /// A data chunk on its way to the client: key redacted, nimgate's own usage event removed.
+    fn pass(&mut self, d: Bytes, end: bool) -> Bytes {
+        let d = match self.redact.as_mut() {
+            Some(red) => red.feed(d, end),
+            None => d,
+        };
+        match self.strip.as_mut() {
+            Some(s) if end => strip_last(s, d),
+            Some(s) => s.feed(d),
+            None => d,
+        }
+    }
+
+    /// Bytes held back (a possible key start, an incomplete event) once nothing more comes.
+    fn flush(&mut self) -> Option<Bytes> {
+        let held = self.redact.as_mut().and_then(Redactor::flush);
+        let Some(s) = self.strip.as_mut() else {
+            return held;
+        };
+        let d = strip_last(s, held.unwrap_or_default());
+        (!d.is_empty()).then_some(d)
+    }
+}
+
+/// The last bytes through `s`, with whatever incomplete event it still holds.
+fn strip_last(s: &mut UsageStrip, d: Bytes) -> Bytes {
+    let d = s.feed(d);
+    match s.flush() {
+        Some(rest) if d.is_empty() => rest,
+        Some(rest) => [d, rest].concat().into(),
+        None => d,
     }
 }
 
@@ -93,6 +132,7 @@ impl GatewayBody {
         inner: Incoming,
         sse: bool,
         redact: Option<Redactor>,
+        strip_usage: bool,
         on_done: Box<dyn OnDone>,
     ) -> Self {
         Self::Upstream {
@@ -101,6 +141,7 @@ impl GatewayBody {
                 bytes: 0,
                 sniff: if sse { Sniffer::sse() } else { Sniffer::json() },
                 redact,
+                strip: (sse && strip_usage).then(UsageStrip::default),
                 pending: None,
                 on_done: Some(on_done),
             }),
@@ -133,16 +174,13 @@ impl Body for GatewayBody {
                             Ok(d) => {
                                 t.bytes += d.len() as u64;
                                 t.sniff.feed(&d);
-                                let d = match t.redact.as_mut() {
-                                    Some(red) => red.feed(d, end),
-                                    None => d,
-                                };
+                                let d = t.pass(d, end);
                                 if d.is_empty() && !end {
                                     continue;
                                 }
                                 Frame::data(d)
                             }
-                            Err(other) => match t.redact.as_mut().and_then(Redactor::flush) {
+                            Err(other) => match t.flush() {
                                 Some(held) => {
                                     t.pending = Some(other);
                                     Frame::data(held)
@@ -161,7 +199,7 @@ impl Body for GatewayBody {
                         return Poll::Ready(Some(Err(e)));
                     }
                     None => {
-                        if let Some(held) = t.redact.as_mut().and_then(Redactor::flush) {
+                        if let Some(held) = t.flush() {
                             return Poll::Ready(Some(Ok(Frame::data(held))));
                         }
                         t.finish(None);
@@ -178,7 +216,9 @@ impl Body for GatewayBody {
             Self::Upstream { inner, track } => {
                 inner.is_end_stream()
                     && track.as_ref().is_none_or(|t| {
-                        t.pending.is_none() && !t.redact.as_ref().is_some_and(Redactor::holding)
+                        t.pending.is_none()
+                            && !t.redact.as_ref().is_some_and(Redactor::holding)
+                            && !t.strip.as_ref().is_some_and(UsageStrip::holding)
                     })
             }
         }

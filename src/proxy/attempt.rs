@@ -65,6 +65,8 @@ pub(super) struct Attempt {
     pub info: ReqInfo,
     pub model: Option<Arc<str>>,
     pub bytes_in: Arc<AtomicU64>,
+    /// nimgate added `stream_options.include_usage`: remove that event from the response.
+    pub strip_usage: bool,
 }
 
 impl Attempt {
@@ -203,6 +205,7 @@ pub(super) fn wrap_response(
         let n = redact_headers(&mut rparts.headers, r.key_bytes());
         attempt.proxy.metrics.key_redactions(n);
     }
+    let strip = attempt.strip_usage;
     let done = Done {
         status: rparts.status.as_u16(),
         attempt,
@@ -211,7 +214,7 @@ pub(super) fn wrap_response(
     };
     Response::from_parts(
         rparts,
-        GatewayBody::upstream(incoming, sse, redactor, Box::new(done)),
+        GatewayBody::upstream(incoming, sse, redactor, strip, Box::new(done)),
     )
 }
 

@@ -66,6 +66,8 @@ pub struct ProxySettings {
     pub max_concurrent: usize,
     /// `[ratelimit] backend = "redis"`: limits shared by the fleet.
     pub shared_limits: Option<Arc<crate::fleet::Shared>>,
+    /// `[ratelimit] stream_usage`: ask the NIM for usage on behalf of budgeted clients.
+    pub stream_usage: bool,
 }
 
 pub struct Proxy {
@@ -156,12 +158,15 @@ impl Proxy {
         let permits = self.limit(principal).await?;
         let bytes_in = Arc::new(AtomicU64::new(0));
         let deadline = tokio::time::Instant::now() + self.settings.body_timeout;
-        let prefix = tokio::time::timeout_at(
+        let mut prefix = tokio::time::timeout_at(
             deadline,
             prefix::read_prefix(body, self.settings.max_body_bytes, &bytes_in, deadline),
         )
         .await
         .map_err(|_| GatewayError::BodyTimeout)??;
+        let strip_usage = self.settings.stream_usage
+            && principal.0.budget.is_some()
+            && prefix.ask_for_usage(&mut parts.headers);
         let denied = |e: GatewayError| Failure::Denied(e, prefix.model.clone());
         let upstream = self
             .routes
@@ -179,6 +184,7 @@ impl Proxy {
             info: info.clone(),
             model: prefix.model,
             bytes_in,
+            strip_usage,
         };
         let (resp, key) = attempt
             .send_with_retry(key, parts, prefix.body, prefix.replay)
@@ -208,5 +214,27 @@ impl Proxy {
         self.metrics
             .response(e.status_code().as_u16(), info.start.elapsed());
         e.into_response(Some(&info.request_id))
+    }
+}
+
+impl prefix::Prefix {
+    /// For a client with a token budget: make a streamed request ask for usage (see
+    /// `body::usage`). Only a body that fit in the prefix can be rewritten; says whether it was.
+    pub fn ask_for_usage(&mut self, headers: &mut http::HeaderMap) -> bool {
+        let Some(Some(data)) = &self.replay else {
+            return false;
+        };
+        let Some(new) = crate::body::usage::ask_for_usage(data) else {
+            return false;
+        };
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(new.len()),
+        );
+        self.body = request_body::RequestBody::Replay {
+            data: Some(new.clone()),
+        };
+        self.replay = Some(Some(new));
+        true
     }
 }
