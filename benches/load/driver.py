@@ -38,7 +38,7 @@ NIM_KEY = "nvapi-bench-key-0123456789abcdef"
 BODY = json.dumps({"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16})
 PORTS = {"upstream": 18000, "ssenim": 18001, "nimgate": 18080, "nimgate-batch": 18083, "nimgate-noaudit": 18084,
          "nimgate-2core": 18085, "nimgate-sse": 18086, "hyper-floor": 18088, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
-         "haproxy-sse": 18092}
+         "haproxy-sse": 18092, "nimgate-redis": 18094, "redis": 18093}
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
 
@@ -94,6 +94,16 @@ def wait_port(port, path="/", timeout=20.0, headers=None):
     raise RuntimeError(f"port {port} did not come up")
 
 
+def wait_redis(port, timeout=10.0):
+    t = time.time()
+    while time.time() - t < timeout:
+        r = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True, text=True)
+        if r.stdout.strip() == "PONG":
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"redis-server did not start on {port}")
+
+
 def cpu_ticks(pids):
     total = 0
     for pid in pids:
@@ -141,7 +151,7 @@ def write_templ(src, dst, **vals):
         f.write(s)
 
 
-def nimgate_config(d, name, port, upstream_port, audit, workers):
+def nimgate_config(d, name, port, upstream_port, audit, workers, client_extra="", extra=""):
     key_file = os.path.join(d, "nim-key")
     with open(key_file, "w") as f:
         f.write(NIM_KEY + "\n")
@@ -164,8 +174,10 @@ path = "{key_file}"
 [[clients]]
 id = "team-a"
 key_sha256 = "{digest}"
+{client_extra}
 [audit]
 {audit_toml}
+{extra}
 """)
     return cfg
 
@@ -269,6 +281,16 @@ def main():
         for name, audit in (("nimgate", "interval"), ("nimgate-batch", "batch"), ("nimgate-noaudit", "off")):
             cfg = nimgate_config(d, name, PORTS[name], PORTS["upstream"], audit, 1)
             pids[name] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/{name}.log").pid]
+        # Shared limits: the client has an (unreachable) rate limit, checked in a Redis on core 1
+        # each request (issue 19's budget: what the round trip adds).
+        if shutil.which("redis-server"):
+            start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", d], "1", f"{d}/redis.log")
+            wait_redis(PORTS["redis"])
+            cfg = nimgate_config(d, "nimgate-redis", PORTS["nimgate-redis"], PORTS["upstream"], "interval", 1,
+                                 client_extra="rpm = 100000000\nburst = 100000000",
+                                 extra=f'[ratelimit]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{PORTS["redis"]}/0"\ntimeout = "50ms"')
+            pids["nimgate-redis"] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/nimgate-redis.log").pid]
         # The stack's floor: hyper + hyper-util alone (no auth, audit or limits), same pinning.
         pids["hyper-floor"] = [start([f"{REL}/examples/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
                                       f"http://127.0.0.1:{PORTS['upstream']}"], "0", f"{d}/hyper-floor.log").pid]

@@ -31,21 +31,26 @@ impl Permits {
     /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, as OpenAI sends them, for a
     /// client with limits.
     pub fn write_headers(&self, h: &mut HeaderMap) {
-        for (kind, v) in [("requests", self.requests), ("tokens", self.tokens)] {
+        const NAMES: [[&str; 3]; 2] = [
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ];
+        for (names, v) in NAMES.iter().zip([self.requests, self.tokens]) {
             let Some((limit, remaining, reset)) = v else {
                 continue;
             };
-            for (name, value) in [
-                ("limit", limit.to_string()),
-                ("remaining", remaining.to_string()),
-                ("reset", openai_duration(reset)),
-            ] {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::try_from(format!("x-ratelimit-{name}-{kind}")),
-                    HeaderValue::try_from(value),
-                ) {
-                    h.insert(n, v);
-                }
+            h.insert(names[0], HeaderValue::from(limit));
+            h.insert(names[1], HeaderValue::from(remaining));
+            if let Ok(r) = HeaderValue::try_from(openai_duration(reset)) {
+                h.insert(names[2], r);
             }
         }
     }
@@ -187,5 +192,19 @@ impl Proxy {
             requests,
             tokens,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::openai_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn reset_durations_read_like_openais() {
+        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(openai_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
     }
 }
