@@ -89,7 +89,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { config } => match config::load(&config).and_then(|c| {
-            let errs = c.preflight();
+            let errs = config::preflight(&c);
             if errs.is_empty() {
                 Ok(c)
             } else {
