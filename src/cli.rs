@@ -80,8 +80,20 @@ enum AuditCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// The chain key file (`audit.chain_key_file`) of a keyed chain.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+        /// Accept files with no record at all (by default an empty trail is an error: a
+        /// gateway writes a `start` record as soon as it opens the file).
+        #[arg(long)]
+        allow_empty: bool,
+        /// Fail unless the last record's seq is N (e.g. from an anchor or a previous run):
+        /// detects records cut from the end, which the chain alone cannot show.
+        #[arg(long, value_name = "N")]
+        expect_last_seq: Option<u64>,
+        /// Print one JSON object: {"ok", "records", "first_seq", "last_seq", "partial_start",
+        /// "errors": [...]}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -137,38 +149,20 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify { files, key_file },
+            cmd:
+                AuditCmd::Verify {
+                    files,
+                    key_file,
+                    allow_empty,
+                    expect_last_seq,
+                    json,
+                },
         } => {
-            let paths: Vec<&std::path::Path> =
-                files.iter().map(std::path::PathBuf::as_path).collect();
-            let key = match key_file.as_deref().map(crate::audit::ChainKey::from_file) {
-                None => crate::audit::ChainKey::none(),
-                Some(Ok(k)) => k,
-                Some(Err(e)) => {
-                    println!("cannot read --key-file: {e}");
-                    return ExitCode::from(66);
-                }
+            let opts = crate::audit::verify::Options {
+                allow_empty,
+                expect_last_seq,
             };
-            match crate::audit::verify::verify_files_keyed(&paths, &key) {
-                Ok(s) => {
-                    println!(
-                        "OK: {} records, seq {}..{}{}",
-                        s.records,
-                        s.first_seq.map_or("-".into(), |v| v.to_string()),
-                        s.last_seq.map_or("-".into(), |v| v.to_string()),
-                        if s.partial_start {
-                            " (chain starts mid-way: earlier files not given)"
-                        } else {
-                            ""
-                        }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    println!("BROKEN: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            audit_verify(&files, key_file.as_deref(), opts, json)
         }
         #[cfg(feature = "demo")]
         Cmd::Demo {
@@ -178,6 +172,52 @@ pub fn main() -> ExitCode {
             crate::telemetry::init_logging();
             runtime(0, crate::demo::run(listen, admin_listen))
         }
+    }
+}
+
+/// `audit verify`: exit 0 when the chain holds, 1 on any break, 66 when --key-file is unreadable.
+fn audit_verify(
+    files: &[PathBuf],
+    key_file: Option<&std::path::Path>,
+    opts: crate::audit::verify::Options,
+    json: bool,
+) -> ExitCode {
+    let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+    let key = match key_file.map(crate::audit::ChainKey::from_file) {
+        None => crate::audit::ChainKey::none(),
+        Some(Ok(k)) => k,
+        Some(Err(e)) => {
+            println!("cannot read --key-file: {e}");
+            return ExitCode::from(66);
+        }
+    };
+    let s = crate::audit::verify::verify(&paths, &key, opts);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&s).unwrap_or_else(|_| "{\"ok\":false}".into())
+        );
+    } else if s.ok {
+        println!(
+            "OK: {} records, seq {}..{}{}",
+            s.records,
+            s.first_seq.map_or("-".into(), |v| v.to_string()),
+            s.last_seq.map_or("-".into(), |v| v.to_string()),
+            if s.partial_start {
+                " (chain starts mid-way: earlier files not given)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        for e in &s.errors {
+            println!("BROKEN: {e}");
+        }
+    }
+    if s.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -376,3 +376,46 @@ fn start_up_failures_exit_with_sysexits_codes() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("upstream"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_audit_file_refuses_to_start_with_74() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::ZERO).await;
+    let cfg = write_config(dir.path(), nim_addr);
+    let audit = dir.path().join("audit.jsonl");
+    let mut first = spawn_serve(&cfg, Some("info"));
+    wait_ready(first.admin).await;
+    let mode = std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "audit file mode {mode:o}");
+    // Same config (ports 0, so no bind conflict): only the audit file is shared.
+    let out = run_bin(&["serve", "--config"], &[&cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(
+        err.contains(&format!("audit.path {}", audit.display()))
+            && err.contains("another nimgate is writing this audit trail"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(
+        text.matches("\"event\":\"start\"").count(),
+        1,
+        "the refused gateway wrote no start record: {text}"
+    );
+    // The first gateway still serves and its chain is intact.
+    let url = format!("http://{}/v1/chat/completions", first.gw);
+    let (s, v) = send_json(post(&url, Some(CLIENT_KEY), &chat_body(false))).await;
+    assert_eq!(s, 200, "{v}");
+    kill_pid(first.child.id(), "-TERM");
+    let (status, _, log) = first.finish();
+    assert!(status.success(), "{log}");
+    // Once it has stopped, the lock is gone: a new gateway starts on the same file.
+    let mut second = spawn_serve(&cfg, Some("info"));
+    wait_ready(second.admin).await;
+    kill_pid(second.child.id(), "-TERM");
+    let (status, _, log) = second.finish();
+    assert!(status.success(), "{log}");
+    let out = run_bin(&["audit", "verify"], &[&audit]);
+    assert!(out.status.success(), "{out:?}");
+}
