@@ -89,3 +89,64 @@ async fn an_encoded_slash_is_refused_everywhere_else() {
     assert!(gw.nim.seen().is_empty(), "nothing reached the NIM");
     gw.stop().await;
 }
+
+/// A chat with `X-Forwarded-For` values, then a request with no key; the `use` and `denied`
+/// records' `remote_addr`, and what the NIM saw.
+async fn forwarded_for(trusted: &str, xff: &[&str]) -> (String, String, nimgate::fakenim::Seen) {
+    let gw = start_with(Opts {
+        server_extra: trusted.into(),
+        ..Opts::default()
+    })
+    .await;
+    let url = format!("http://{}/v1/chat/completions", gw.addr);
+    let with_xff = |key: Option<&str>| {
+        let mut req = post(&url, key, &chat_body(false));
+        for v in xff {
+            req.headers_mut()
+                .append("x-forwarded-for", v.parse().unwrap());
+        }
+        req
+    };
+    let (s, v) = send_json(with_xff(Some(CLIENT_KEY))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = send_json(with_xff(None)).await;
+    assert_eq!(s, 401);
+    let uses = gw.audit_events("use").await;
+    let denied = gw.audit_events("denied").await;
+    let seen = gw.nim.seen().remove(0);
+    let addr = |r: &serde_json::Value| r["remote_addr"].as_str().unwrap().to_string();
+    let out = (addr(&uses[0]), addr(&denied[0]), seen);
+    gw.stop().await;
+    out
+}
+
+#[tokio::test]
+async fn trusted_proxies_name_the_client_from_x_forwarded_for() {
+    let xff = ["203.0.113.50, 198.51.100.7", "10.9.8.7"];
+    // The peer (127.0.0.1) is trusted, so is 10.0.0.0/8: the right-most untrusted entry.
+    let (used, denied, seen) =
+        forwarded_for("trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]", &xff).await;
+    assert_eq!(
+        (used.as_str(), denied.as_str()),
+        ("198.51.100.7", "198.51.100.7")
+    );
+    assert!(
+        seen.headers.get("x-forwarded-for").is_none(),
+        "XFF never reaches the NIM: {:?}",
+        seen.headers
+    );
+    // Not opted in, or the peer not in the list: XFF is ignored, the peer is the client.
+    for trusted in ["", "trusted_proxies = [\"10.0.0.0/8\"]"] {
+        let (used, denied, seen) = forwarded_for(trusted, &xff).await;
+        assert!(used.starts_with("127.0.0.1:"), "{trusted}: {used}");
+        assert!(denied.starts_with("127.0.0.1:"), "{trusted}: {denied}");
+        assert!(seen.headers.get("x-forwarded-for").is_none());
+    }
+    // A spoofed, unparsable entry from a trusted peer: ignored as a whole.
+    let (used, _, _) = forwarded_for(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        &["198.51.100.7, not-an-ip"],
+    )
+    .await;
+    assert!(used.starts_with("127.0.0.1:"), "{used}");
+}

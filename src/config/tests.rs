@@ -347,3 +347,17 @@ fn durations_have_bounds_naming_the_field() {
     let (f, _) = only(vault("http://127.0.0.1:8200", "10ms"));
     assert_eq!(f, "secret.refresh");
 }
+
+#[test]
+fn trusted_proxies_must_be_cidrs_or_addresses() {
+    let e = errors(&base().replace(
+        "[server]",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"10.0.0.0/40\"]",
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].field, "server.trusted_proxies");
+    assert!(
+        e[0].message.contains("\"10.0.0.0/40\" is not a CIDR"),
+        "{e:?}"
+    );
+}

@@ -77,6 +77,11 @@ impl Config {
                 "must list at least one prefix".into(),
             );
         }
+        for p in &self.server.trusted_proxies {
+            if let Err(m) = crate::server::xff::parse_entry(p) {
+                err("server.trusted_proxies", m);
+            }
+        }
         for p in &self.server.route_prefixes {
             if !p.starts_with('/') || !p.ends_with('/') || p.contains("..") {
                 err(

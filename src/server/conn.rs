@@ -1,6 +1,7 @@
 //! One client connection: TLS handshake (if configured) or the HTTP/2-preface sniff, both within
 //! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
-//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request.
+//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request (the
+//! peer, or behind a trusted proxy the client it names: `xff`).
 //! An HTTP/2 connection with no open stream for `limits.idle_timeout` is closed (hyper has no such
 //! timeout; `peers::Activity` counts the streams).
 
@@ -20,6 +21,7 @@ use crate::request::RemoteAddr;
 use crate::stall::StallTimeout;
 
 use super::peers::{Activity, IpPermit, Tracked};
+use super::xff::TrustedProxies;
 
 /// Everything a connection task needs, cloned once per connection.
 #[derive(Clone)]
@@ -30,10 +32,16 @@ pub struct ConnSettings {
     pub first_bytes: Duration,
     pub send_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (`xff`).
+    pub trusted: std::sync::Arc<TrustedProxies>,
 }
 
 impl ConnSettings {
-    pub fn new(l: &LimitsConfig, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    pub fn new(
+        l: &LimitsConfig,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        trusted: TrustedProxies,
+    ) -> Self {
         Self {
             h1: builder(l).http1_only(),
             h2: builder(l).http2_only(),
@@ -41,6 +49,7 @@ impl ConnSettings {
             first_bytes: l.header_read_timeout,
             send_timeout: l.send_timeout,
             idle_timeout: l.idle_timeout,
+            trusted: std::sync::Arc::new(trusted),
         }
     }
 }
@@ -55,11 +64,19 @@ pub async fn serve(
     permit: (OwnedSemaphorePermit, IpPermit),
 ) {
     let _permit = permit;
+    let peer = remote;
     let remote = RemoteAddr::new(remote);
+    let trusted = (!s.trusted.is_empty()).then(|| s.trusted.clone());
     let activity = Activity::new();
     let streams = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(remote.clone());
+        // Behind a trusted proxy, the client it forwards for (formatted per request, only then).
+        let client = trusted.as_ref().and_then(|t| t.client(peer, req.headers()));
+        let remote = match client {
+            Some(ip) => RemoteAddr(ip.to_string().into()),
+            None => remote.clone(),
+        };
+        req.extensions_mut().insert(remote);
         let guard = streams.begin();
         let fut = svc.clone().call(req);
         async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| Tracked::new(b, guard))) }
