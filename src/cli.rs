@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config;
-use crate::error::{InitError, EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE};
+use crate::error::{InitError, EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 
 #[derive(Parser)]
 #[command(
@@ -30,10 +30,17 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file; print each problem with its field; exit 64 on any.
+    /// Validate a config file and what `serve` would check at start without the network (audit
+    /// file appendable, TLS and CA files, clients file); print each problem with its field;
+    /// exit 64 on any.
     Check {
-        #[arg(long, short)]
+        /// The config file (TOML).
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Also log in to Vault (or read the key file) and fetch the key once; prints its
+        /// version and fingerprint, never the key; exit 69 with the cause if that fails.
+        #[arg(long)]
+        online: bool,
     },
     /// Client key management.
     Keys {
@@ -100,7 +107,7 @@ enum AuditCmd {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Check { config } => match config::load(&config).and_then(|c| {
+        Cmd::Check { config, online } => match config::load(&config).and_then(|c| {
             let errs = config::preflight(&c);
             if errs.is_empty() {
                 Ok(c)
@@ -119,7 +126,11 @@ pub fn main() -> ExitCode {
                     },
                     cfg.upstream.url
                 );
-                ExitCode::SUCCESS
+                if online {
+                    check_online(&cfg)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(errs) => config_errors(&config, &errs),
         },
@@ -262,6 +273,31 @@ fn keys_new(id: &str, key_out: Option<&std::path::Path>) -> ExitCode {
     println!("id = {id:?}");
     println!("key_sha256 = \"{}\"", crate::auth::key_digest_hex(&key));
     ExitCode::SUCCESS
+}
+
+/// `check --online`: fetch the key once (a runtime only for that), exit 69 on failure.
+fn check_online(cfg: &config::Config) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    match rt.block_on(crate::secret::check_once(&cfg.secret)) {
+        Ok(what) => {
+            println!("{what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
 }
 
 fn config_errors(path: &std::path::Path, errs: &[config::ConfigError]) -> ExitCode {
