@@ -12,11 +12,36 @@ use std::process::ExitCode;
 use crate::config;
 use crate::error::{InitError, EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 
+/// After `nimgate --help`: what the binary reads from the environment, its signals, its exit
+/// codes (tests/binary.rs pins each line; README "Command line" says the same).
+const AFTER_HELP: &str = "\
+Environment:
+  No secret is ever read from an environment variable: the NIM key comes from [secret] (a file
+  or Vault), Vault credentials from files, client keys are stored as digests in the config.
+  Non-secret overrides of the config file: NIMGATE_SERVER_LISTEN, NIMGATE_ADMIN_LISTEN,
+  NIMGATE_UPSTREAM_URL, NIMGATE_AUDIT_PATH, NIMGATE_VAULT_ADDRESS (an error they cause names
+  the variable). Logging: RUST_LOG (filter, default info), NIMGATE_LOG_FORMAT=json.
+
+Signals (serve):
+  SIGTERM, SIGINT  drain: /readyz answers 503 while the listener keeps accepting for
+                   server.drain_delay, then the listener closes and in-flight requests and
+                   streams get server.shutdown_grace.
+  SIGHUP           not handled yet (no config reload): it ends the process, like an unhandled
+                   signal does; restart to apply a config change.
+
+Exit codes:
+  0   success            1   audit verify found a break
+  64  bad config or arguments (each problem names its field)
+  66  audit verify: --key-file unreadable
+  69  unavailable: a listen address in use, check --online could not fetch the key
+  70  internal error     74  audit trail I/O (cannot open, locked by another gateway)";
+
 #[derive(Parser)]
 #[command(
     name = "nimgate",
     version,
-    about = "Authenticating gateway that keeps the NVIDIA NIM API key out of env vars"
+    about = "Authenticating gateway that keeps the NVIDIA NIM API key out of env vars",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,9 +50,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the gateway.
+    /// Run the gateway (until SIGTERM/SIGINT; see `nimgate --help` for signals and exit codes).
     Serve {
-        #[arg(long, short)]
+        /// The config file (TOML; see config/nimgate.toml).
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// Validate a config file and what `serve` would check at start without the network (audit
@@ -55,8 +81,10 @@ enum Cmd {
     /// Gateway + built-in fake NIM + temporary key file in one process: try nimgate in a minute.
     #[cfg(feature = "demo")]
     Demo {
+        /// Client listener (ip:port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Admin listener for /healthz, /readyz, /metrics (ip:port).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
     },
@@ -84,7 +112,8 @@ enum KeysCmd {
 enum AuditCmd {
     /// Check the hash chain of audit files (oldest first, e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl).
     Verify {
-        #[arg(required = true)]
+        /// The audit files, oldest first (rotated ones before the current one).
+        #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// The chain key file (`audit.chain_key_file`) of a keyed chain.
         #[arg(long, value_name = "FILE")]
@@ -105,7 +134,18 @@ enum AuditCmd {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (EX_USAGE) like config errors, not clap's 2; --help/--version 0.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.cmd {
         Cmd::Check { config, online } => match config::load(&config).and_then(|c| {
             let errs = config::preflight(&c);

@@ -419,3 +419,88 @@ async fn a_second_gateway_on_the_same_audit_file_refuses_to_start_with_74() {
     let out = run_bin(&["audit", "verify"], &[&audit]);
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn help_describes_every_option_env_signals_and_exit_codes() {
+    let help = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?} --help: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    for want in [
+        "No secret is ever read from an environment variable",
+        "NIMGATE_SERVER_LISTEN",
+        "NIMGATE_VAULT_ADDRESS",
+        "RUST_LOG",
+        "NIMGATE_LOG_FORMAT=json",
+        "SIGTERM, SIGINT  drain",
+        "SIGHUP           not handled yet",
+        "64  bad config",
+        "69  unavailable",
+        "74  audit trail I/O",
+    ] {
+        assert!(top.contains(want), "nimgate --help lacks {want:?}:\n{top}");
+    }
+    let mut commands = vec![
+        vec!["serve"],
+        vec!["check"],
+        vec!["keys"],
+        vec!["keys", "new"],
+        vec!["keys", "hash"],
+        vec!["audit"],
+        vec!["audit", "verify"],
+    ];
+    if top.contains("\n  demo ") {
+        commands.push(vec!["demo"]);
+    }
+    for args in commands {
+        let text = help(&args);
+        // Every option and argument line has a description after its flag column.
+        let mut section = "";
+        for line in text.lines() {
+            if !line.starts_with(' ') {
+                section = line;
+                continue;
+            }
+            // Entries start at most 6 columns in; deeper lines continue a description.
+            let indent = line.len() - line.trim_start().len();
+            if matches!(section, "Options:" | "Arguments:" | "Commands:") && indent <= 6 {
+                let cols: Vec<&str> = line
+                    .trim()
+                    .split("  ")
+                    .filter(|c| !c.trim().is_empty())
+                    .collect();
+                assert!(cols.len() >= 2, "{args:?}: no description for {line:?}");
+            }
+        }
+    }
+    let check = help(&["check"]);
+    assert!(
+        check.contains("--online") && check.contains("never the key"),
+        "{check}"
+    );
+    // A usage error exits 64 (EX_USAGE), as a config error does.
+    let out = Command::new(BIN)
+        .args(["check", "--nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_not_a_reload_yet_as_help_says() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::ZERO).await;
+    let cfg = write_config(dir.path(), nim_addr);
+    let mut p = spawn_serve(&cfg, Some("info"));
+    wait_ready(p.admin).await;
+    kill_pid(p.child.id(), "-HUP");
+    let (status, _, log) = p.finish();
+    assert_eq!(
+        status.signal(),
+        Some(1),
+        "SIGHUP ends the process: {status:?} {log}"
+    );
+}
