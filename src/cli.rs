@@ -377,8 +377,12 @@ fn runtime(
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
+            let msg = match config::override_behind(&e.to_string()) {
+                Some(var) => format!("{e} (the setting comes from {var})"),
+                None => e.to_string(),
+            };
+            tracing::error!("{msg}");
+            eprintln!("error: {msg}");
             ExitCode::from(e.exit_code())
         }
     }

@@ -354,6 +354,21 @@ fn start_up_failures_exit_with_sysexits_codes() {
     ));
     assert_eq!(code, Some(69), "{err}");
     assert!(err.contains(&format!("server.listen {addr}")), "{err}");
+    // The same address from NIMGATE_SERVER_LISTEN: the error names the variable.
+    std::fs::write(&cfg, &base).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NIMGATE_SERVER_LISTEN", addr.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains(&format!("server.listen {addr}"))
+            && err.contains("(the setting comes from NIMGATE_SERVER_LISTEN)"),
+        "{err}"
+    );
     // An audit file that cannot be opened: 74, naming the path.
     let audit = dir.path().join("audit.jsonl").display().to_string();
     let (code, err) = run(base.replace(&audit, "/nonexistent-dir/audit.jsonl"));

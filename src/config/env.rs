@@ -79,3 +79,20 @@ pub fn name_overrides(errs: &mut [ConfigError], get: impl Fn(&str) -> Option<Str
         }
     }
 }
+
+/// For a start-up error whose message begins with a setting an env variable set (`audit.path
+/// /x: …`, `server.listen 1.2.3.4:80: …`): that variable.
+pub fn override_behind(
+    message: &str,
+    get: impl Fn(&str) -> Option<String>,
+) -> Option<&'static str> {
+    OVERRIDES
+        .iter()
+        .find(|(field, var)| {
+            message
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with([' ', ':']))
+                && get(var).is_some()
+        })
+        .map(|(_, var)| *var)
+}

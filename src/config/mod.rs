@@ -42,6 +42,11 @@ fn getenv(k: &str) -> Option<String> {
     std::env::var(k).ok()
 }
 
+/// The `NIMGATE_*` variable behind a start-up error about the setting it overrides, if any.
+pub fn override_behind(message: &str) -> Option<&'static str> {
+    env::override_behind(message, getenv)
+}
+
 /// `check`'s preflight errors, with the env variable named where one set the field.
 pub fn preflight(cfg: &Config) -> Vec<ConfigError> {
     let mut errs = cfg.preflight();

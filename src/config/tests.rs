@@ -361,3 +361,21 @@ fn trusted_proxies_must_be_cidrs_or_addresses() {
         "{e:?}"
     );
 }
+
+#[test]
+fn start_up_errors_name_the_variable_behind_them() {
+    let env = |k: &str| (k == "NIMGATE_AUDIT_PATH").then(|| "/x".to_string());
+    assert_eq!(
+        env::override_behind("audit.path /x: permission denied", env),
+        Some("NIMGATE_AUDIT_PATH")
+    );
+    assert_eq!(
+        env::override_behind("audit.path /x: denied", |_| None),
+        None
+    );
+    assert_eq!(env::override_behind("audit.pathology: x", env), None);
+    assert_eq!(
+        env::override_behind("server.listen 1.2.3.4:80: in use", env),
+        None
+    );
+}

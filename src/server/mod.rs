@@ -130,6 +130,7 @@ pub async fn run(
     app.denied_budget.write_summary(&audit).await;
     // Everything queued is written and synced; the writer thread ends with the process.
     let flushed = audit.flush().await;
+    audit.release_lock();
     drop(writer);
     tracing::info!(audit_flushed = flushed, "stopped");
     Ok(())

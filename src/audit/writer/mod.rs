@@ -81,7 +81,7 @@ struct Chain {
 
 pub(crate) struct Writer {
     sink: Sink,
-    _lock: Lock,
+    lock: Lock,
     chain: Chain,
     /// The chain's link function (HMAC-SHA256 under `audit.chain_key_file`, else SHA-256).
     key: ChainKey,
@@ -135,7 +135,7 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
     };
     let mut w = Writer {
         sink,
-        _lock: lock,
+        lock,
         chain,
         key,
         headroom_checked: None,
@@ -173,6 +173,13 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         });
     }
     Ok(w)
+}
+
+impl Writer {
+    /// Give up the `flock` on `<path>.lock` (shutdown).
+    pub(crate) fn release_lock(&mut self) {
+        self.lock = None;
+    }
 }
 
 /// Split a large drain into batches of at most `MAX_BATCH` records (one write each).
