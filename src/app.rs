@@ -37,7 +37,7 @@ use crate::error::InitError;
 use crate::names::{API_KEY, X_API_KEY};
 use crate::proxy::{ProxyService, ProxySettings, Routes, Upstream};
 use crate::request::{RequestIdLayer, RequestIdService};
-use crate::secret::{file::FileSource, SecretSource, SecretStore};
+use crate::secret::{SecretSource, SecretStore};
 use crate::telemetry::Metrics;
 
 /// The stack's concrete type (no boxing: cloning it per connection/request clones a few `Arc`s).
@@ -74,12 +74,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         SecretConfig::File(_) => None,
     };
     let store = Arc::new(SecretStore::new(&cfg.upstream.auth_value, max_staleness));
-    let source: Box<dyn SecretSource> = match &cfg.secret {
-        SecretConfig::File(f) => Box::new(FileSource::new(f)),
-        SecretConfig::Vault(v) => {
-            Box::new(crate::secret::vault::VaultSource::new(v).map_err(InitError::Config)?)
-        }
-    };
+    let source = crate::secret::source_for(&cfg.secret).map_err(InitError::Config)?;
     let metrics = Arc::new(Metrics::default());
     let registry = Arc::new(ClientRegistry::new(
         &cfg.clients,

@@ -10,13 +10,38 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config;
-use crate::error::{InitError, EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE};
+use crate::error::{InitError, EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
+
+/// After `nimgate --help`: what the binary reads from the environment, its signals, its exit
+/// codes (tests/binary.rs pins each line; README "Command line" says the same).
+const AFTER_HELP: &str = "\
+Environment:
+  No secret is ever read from an environment variable: the NIM key comes from [secret] (a file
+  or Vault), Vault credentials from files, client keys are stored as digests in the config.
+  Non-secret overrides of the config file: NIMGATE_SERVER_LISTEN, NIMGATE_ADMIN_LISTEN,
+  NIMGATE_UPSTREAM_URL, NIMGATE_AUDIT_PATH, NIMGATE_VAULT_ADDRESS (an error they cause names
+  the variable). Logging: RUST_LOG (filter, default info), NIMGATE_LOG_FORMAT=json.
+
+Signals (serve):
+  SIGTERM, SIGINT  drain: /readyz answers 503 while the listener keeps accepting for
+                   server.drain_delay, then the listener closes and in-flight requests and
+                   streams get server.shutdown_grace.
+  SIGHUP           not handled yet (no config reload): it ends the process, like an unhandled
+                   signal does; restart to apply a config change.
+
+Exit codes:
+  0   success            1   audit verify found a break
+  64  bad config or arguments (each problem names its field)
+  66  audit verify: --key-file unreadable
+  69  unavailable: a listen address in use, check --online could not fetch the key
+  70  internal error     74  audit trail I/O (cannot open, locked by another gateway)";
 
 #[derive(Parser)]
 #[command(
     name = "nimgate",
     version,
-    about = "Authenticating gateway that keeps the NVIDIA NIM API key out of env vars"
+    about = "Authenticating gateway that keeps the NVIDIA NIM API key out of env vars",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,15 +50,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the gateway.
+    /// Run the gateway (until SIGTERM/SIGINT; see `nimgate --help` for signals and exit codes).
     Serve {
-        #[arg(long, short)]
+        /// The config file (TOML; see config/nimgate.toml).
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Validate a config file; print each problem with its field; exit 64 on any.
+    /// Validate a config file and what `serve` would check at start without the network (audit
+    /// file appendable, TLS and CA files, clients file); print each problem with its field;
+    /// exit 64 on any.
     Check {
-        #[arg(long, short)]
+        /// The config file (TOML).
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Also log in to Vault (or read the key file) and fetch the key once; prints its
+        /// version and fingerprint, never the key; exit 69 with the cause if that fails.
+        #[arg(long)]
+        online: bool,
     },
     /// Client key management.
     Keys {
@@ -48,8 +81,10 @@ enum Cmd {
     /// Gateway + built-in fake NIM + temporary key file in one process: try nimgate in a minute.
     #[cfg(feature = "demo")]
     Demo {
+        /// Client listener (ip:port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Admin listener for /healthz, /readyz, /metrics (ip:port).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
     },
@@ -77,19 +112,43 @@ enum KeysCmd {
 enum AuditCmd {
     /// Check the hash chain of audit files (oldest first, e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl).
     Verify {
-        #[arg(required = true)]
+        /// The audit files, oldest first (rotated ones before the current one).
+        #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// The chain key file (`audit.chain_key_file`) of a keyed chain.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+        /// Accept files with no record at all (by default an empty trail is an error: a
+        /// gateway writes a `start` record as soon as it opens the file).
+        #[arg(long)]
+        allow_empty: bool,
+        /// Fail unless the last record's seq is N (e.g. from an anchor or a previous run):
+        /// detects records cut from the end, which the chain alone cannot show.
+        #[arg(long, value_name = "N")]
+        expect_last_seq: Option<u64>,
+        /// Print one JSON object: {"ok", "records", "first_seq", "last_seq", "partial_start",
+        /// "errors": [...]}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (EX_USAGE) like config errors, not clap's 2; --help/--version 0.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.cmd {
-        Cmd::Check { config } => match config::load(&config).and_then(|c| {
-            let errs = c.preflight();
+        Cmd::Check { config, online } => match config::load(&config).and_then(|c| {
+            let errs = config::preflight(&c);
             if errs.is_empty() {
                 Ok(c)
             } else {
@@ -107,7 +166,11 @@ pub fn main() -> ExitCode {
                     },
                     cfg.upstream.url
                 );
-                ExitCode::SUCCESS
+                if online {
+                    check_online(&cfg)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(errs) => config_errors(&config, &errs),
         },
@@ -137,38 +200,20 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify { files, key_file },
+            cmd:
+                AuditCmd::Verify {
+                    files,
+                    key_file,
+                    allow_empty,
+                    expect_last_seq,
+                    json,
+                },
         } => {
-            let paths: Vec<&std::path::Path> =
-                files.iter().map(std::path::PathBuf::as_path).collect();
-            let key = match key_file.as_deref().map(crate::audit::ChainKey::from_file) {
-                None => crate::audit::ChainKey::none(),
-                Some(Ok(k)) => k,
-                Some(Err(e)) => {
-                    println!("cannot read --key-file: {e}");
-                    return ExitCode::from(66);
-                }
+            let opts = crate::audit::verify::Options {
+                allow_empty,
+                expect_last_seq,
             };
-            match crate::audit::verify::verify_files_keyed(&paths, &key) {
-                Ok(s) => {
-                    println!(
-                        "OK: {} records, seq {}..{}{}",
-                        s.records,
-                        s.first_seq.map_or("-".into(), |v| v.to_string()),
-                        s.last_seq.map_or("-".into(), |v| v.to_string()),
-                        if s.partial_start {
-                            " (chain starts mid-way: earlier files not given)"
-                        } else {
-                            ""
-                        }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    println!("BROKEN: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            audit_verify(&files, key_file.as_deref(), opts, json)
         }
         #[cfg(feature = "demo")]
         Cmd::Demo {
@@ -178,6 +223,52 @@ pub fn main() -> ExitCode {
             crate::telemetry::init_logging();
             runtime(0, crate::demo::run(listen, admin_listen))
         }
+    }
+}
+
+/// `audit verify`: exit 0 when the chain holds, 1 on any break, 66 when --key-file is unreadable.
+fn audit_verify(
+    files: &[PathBuf],
+    key_file: Option<&std::path::Path>,
+    opts: crate::audit::verify::Options,
+    json: bool,
+) -> ExitCode {
+    let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+    let key = match key_file.map(crate::audit::ChainKey::from_file) {
+        None => crate::audit::ChainKey::none(),
+        Some(Ok(k)) => k,
+        Some(Err(e)) => {
+            println!("cannot read --key-file: {e}");
+            return ExitCode::from(66);
+        }
+    };
+    let s = crate::audit::verify::verify(&paths, &key, opts);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&s).unwrap_or_else(|_| "{\"ok\":false}".into())
+        );
+    } else if s.ok {
+        println!(
+            "OK: {} records, seq {}..{}{}",
+            s.records,
+            s.first_seq.map_or("-".into(), |v| v.to_string()),
+            s.last_seq.map_or("-".into(), |v| v.to_string()),
+            if s.partial_start {
+                " (chain starts mid-way: earlier files not given)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        for e in &s.errors {
+            println!("BROKEN: {e}");
+        }
+    }
+    if s.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -224,6 +315,31 @@ fn keys_new(id: &str, key_out: Option<&std::path::Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `check --online`: fetch the key once (a runtime only for that), exit 69 on failure.
+fn check_online(cfg: &config::Config) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    match rt.block_on(crate::secret::check_once(&cfg.secret)) {
+        Ok(what) => {
+            println!("{what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
 fn config_errors(path: &std::path::Path, errs: &[config::ConfigError]) -> ExitCode {
     eprintln!("{}: {} problem(s):", path.display(), errs.len());
     for e in errs {
@@ -261,8 +377,12 @@ fn runtime(
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
+            let msg = match config::override_behind(&e.to_string()) {
+                Some(var) => format!("{e} (the setting comes from {var})"),
+                None => e.to_string(),
+            };
+            tracing::error!("{msg}");
+            eprintln!("error: {msg}");
             ExitCode::from(e.exit_code())
         }
     }

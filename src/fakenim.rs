@@ -152,10 +152,18 @@ impl FakeNim {
             .unwrap_or("meta/llama-3.1-8b-instruct")
             .to_string();
         match (&parts.method, path) {
-            (&Method::GET, "/v1/models") => ok_json(json!({
-                "object": "list",
-                "data": [{"id": "meta/llama-3.1-8b-instruct", "object": "model", "created": 1_700_000_000, "owned_by": "system", "root": "meta/llama-3.1-8b-instruct", "parent": null, "max_model_len": 131_072}]
-            })),
+            (&Method::GET, "/v1/models") => {
+                ok_json(json!({"object": "list", "data": [model_object()]}))
+            }
+            // `GET /v1/models/{model_id}`, as NIMs that serve it document it (the id may hold
+            // `/`): the model object, or 404 for another id.
+            (&Method::GET, p) if p.starts_with("/v1/models/") => {
+                if p["/v1/models/".len()..] == *MODEL_ID {
+                    ok_json(model_object())
+                } else {
+                    error(StatusCode::NOT_FOUND, "The model does not exist.")
+                }
+            }
             (&Method::GET, "/v1/metadata") => ok_json(
                 json!({"version": "1.3.3", "modelInfo": [{"shortName": "llama-3.1-8b-instruct"}]}),
             ),
@@ -343,4 +351,12 @@ fn error(status: StatusCode, msg: &str) -> Response<FakeBody> {
     );
     *r.status_mut() = status;
     r
+}
+
+/// The one model the fake NIM serves.
+const MODEL_ID: &str = "meta/llama-3.1-8b-instruct";
+
+/// Its model object, as `/v1/models` lists it (vLLM's fields).
+fn model_object() -> Value {
+    json!({"id": MODEL_ID, "object": "model", "created": 1_700_000_000, "owned_by": "system", "root": MODEL_ID, "parent": null, "max_model_len": 131_072})
 }

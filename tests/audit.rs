@@ -16,11 +16,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn verify(files: &[&std::path::Path]) -> (bool, String) {
-    let out = run_bin(&["audit", "verify"], files);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (code, out) = verify_with(&[], files);
+    (code == Some(0), out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,12 +158,7 @@ async fn unwritable_audit_fails_closed_then_recovers() {
 
 #[tokio::test]
 async fn verify_detects_edits_deletions_and_reordering() {
-    let gw = start().await;
-    for _ in 0..4 {
-        gw.chat().await;
-    }
-    let path = gw.audit_file.clone();
-    let _dir = gw.stop().await;
+    let (path, _dir) = trail_of(4).await;
     let (ok, out) = verify(&[&path]);
     assert!(ok, "{out}");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -194,7 +186,7 @@ async fn verify_detects_edits_deletions_and_reordering() {
     // Reordering lines 3 and 4.
     let mut reordered = owned.clone();
     reordered.swap(2, 3);
-    check(reordered, ":3: records missing");
+    check(reordered, ":3: out of order: expected seq 2, found 3; the skipped record(s) are elsewhere in the files (records reordered)");
     // Deleting the last line cannot be seen from the file alone, but truncating mid-line can.
     let p = path.with_extension("torn");
     std::fs::write(&p, &text[..text.len() - 10]).unwrap();
@@ -286,4 +278,106 @@ async fn denied_requests_have_no_key_fields() {
         assert!(d.get("key_fingerprint").is_none() && d.get("key_version").is_none());
     }
     gw.stop().await;
+}
+
+/// A gateway's audit file after `n` chat requests, the gateway stopped (and its directory).
+async fn trail_of(n: usize) -> (std::path::PathBuf, tempfile::TempDir) {
+    let gw = start().await;
+    for _ in 0..n {
+        gw.chat().await;
+    }
+    let path = gw.audit_file.clone();
+    (path, gw.stop().await)
+}
+
+fn verify_with(args: &[&str], files: &[&std::path::Path]) -> (Option<i32>, String) {
+    let mut a = vec!["audit", "verify"];
+    a.extend_from_slice(args);
+    let out = run_bin(&a, files);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn verify_options_empty_json_expect_last_seq_and_reorder_vs_delete() {
+    let (path, dir) = trail_of(3).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let last: u64 = serde_json::from_str::<serde_json::Value>(lines.last().unwrap()).unwrap()
+        ["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(last as usize, lines.len() - 1);
+
+    // --json on a good chain: one object with the counts.
+    let (code, out) = verify_with(&["--json"], &[&path]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["records"], lines.len() as u64);
+    assert_eq!(v["last_seq"], last);
+    assert_eq!(v["errors"], serde_json::json!([]));
+
+    // --expect-last-seq: the right number passes; a cut tail (last line gone, chain still
+    // consistent) is caught only with it.
+    let (code, out) = verify_with(&["--expect-last-seq", &last.to_string()], &[&path]);
+    assert_eq!(code, Some(0), "{out}");
+    let cut = dir.path().join("cut.jsonl");
+    std::fs::write(&cut, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    assert_eq!(
+        verify_with(&[], &[&cut]).0,
+        Some(0),
+        "a cut tail alone verifies"
+    );
+    let (code, out) = verify_with(&["--expect-last-seq", &last.to_string()], &[&cut]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "the last record has seq {}, expected {last}",
+            last - 1
+        )),
+        "{out}"
+    );
+
+    // Empty: refused unless --allow-empty.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let (code, out) = verify_with(&[], &[&empty]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no audit records"), "{out}");
+    assert_eq!(verify_with(&["--allow-empty"], &[&empty]).0, Some(0));
+
+    // Reordered (lines 3 and 4 swapped) vs deleted (line 3 removed), in --json.
+    let json_errors = |ls: Vec<String>, name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, ls.join("\n") + "\n").unwrap();
+        let (code, out) = verify_with(&["--json"], &[&p]);
+        assert_eq!(code, Some(1), "{out}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["ok"], false);
+        v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut reordered = lines.clone();
+    reordered.swap(2, 3);
+    let errs = json_errors(reordered, "reordered.jsonl");
+    assert!(
+        errs[0].ends_with(":3: out of order: expected seq 2, found 3; the skipped record(s) are elsewhere in the files (records reordered)"),
+        "{errs:?}"
+    );
+    assert!(errs.iter().all(|e| !e.contains("deleted")), "{errs:?}");
+    let mut deleted = lines.clone();
+    deleted.remove(2);
+    let errs = json_errors(deleted, "deleted.jsonl");
+    assert_eq!(errs.len(), 1, "one deletion, one error: {errs:?}");
+    assert!(
+        errs[0].ends_with(":3: records missing: expected seq 2, found 3 (1 record(s) deleted)"),
+        "{errs:?}"
+    );
 }

@@ -354,6 +354,21 @@ fn start_up_failures_exit_with_sysexits_codes() {
     ));
     assert_eq!(code, Some(69), "{err}");
     assert!(err.contains(&format!("server.listen {addr}")), "{err}");
+    // The same address from NIMGATE_SERVER_LISTEN: the error names the variable.
+    std::fs::write(&cfg, &base).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NIMGATE_SERVER_LISTEN", addr.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains(&format!("server.listen {addr}"))
+            && err.contains("(the setting comes from NIMGATE_SERVER_LISTEN)"),
+        "{err}"
+    );
     // An audit file that cannot be opened: 74, naming the path.
     let audit = dir.path().join("audit.jsonl").display().to_string();
     let (code, err) = run(base.replace(&audit, "/nonexistent-dir/audit.jsonl"));
@@ -375,4 +390,132 @@ fn start_up_failures_exit_with_sysexits_codes() {
     let (code, err) = run(base.replace("[upstream]", "[upstream]\nnope = 1"));
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("upstream"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_audit_file_refuses_to_start_with_74() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::ZERO).await;
+    let cfg = write_config(dir.path(), nim_addr);
+    let audit = dir.path().join("audit.jsonl");
+    let mut first = spawn_serve(&cfg, Some("info"));
+    wait_ready(first.admin).await;
+    let mode = std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "audit file mode {mode:o}");
+    // Same config (ports 0, so no bind conflict): only the audit file is shared.
+    let out = run_bin(&["serve", "--config"], &[&cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(
+        err.contains(&format!("audit.path {}", audit.display()))
+            && err.contains("another nimgate is writing this audit trail"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(
+        text.matches("\"event\":\"start\"").count(),
+        1,
+        "the refused gateway wrote no start record: {text}"
+    );
+    // The first gateway still serves and its chain is intact.
+    let url = format!("http://{}/v1/chat/completions", first.gw);
+    let (s, v) = send_json(post(&url, Some(CLIENT_KEY), &chat_body(false))).await;
+    assert_eq!(s, 200, "{v}");
+    kill_pid(first.child.id(), "-TERM");
+    let (status, _, log) = first.finish();
+    assert!(status.success(), "{log}");
+    // Once it has stopped, the lock is gone: a new gateway starts on the same file.
+    let mut second = spawn_serve(&cfg, Some("info"));
+    wait_ready(second.admin).await;
+    kill_pid(second.child.id(), "-TERM");
+    let (status, _, log) = second.finish();
+    assert!(status.success(), "{log}");
+    let out = run_bin(&["audit", "verify"], &[&audit]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn help_describes_every_option_env_signals_and_exit_codes() {
+    let help = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?} --help: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    for want in [
+        "No secret is ever read from an environment variable",
+        "NIMGATE_SERVER_LISTEN",
+        "NIMGATE_VAULT_ADDRESS",
+        "RUST_LOG",
+        "NIMGATE_LOG_FORMAT=json",
+        "SIGTERM, SIGINT  drain",
+        "SIGHUP           not handled yet",
+        "64  bad config",
+        "69  unavailable",
+        "74  audit trail I/O",
+    ] {
+        assert!(top.contains(want), "nimgate --help lacks {want:?}:\n{top}");
+    }
+    let mut commands = vec![
+        vec!["serve"],
+        vec!["check"],
+        vec!["keys"],
+        vec!["keys", "new"],
+        vec!["keys", "hash"],
+        vec!["audit"],
+        vec!["audit", "verify"],
+    ];
+    if top.contains("\n  demo ") {
+        commands.push(vec!["demo"]);
+    }
+    for args in commands {
+        let text = help(&args);
+        // Every option and argument line has a description after its flag column.
+        let mut section = "";
+        for line in text.lines() {
+            if !line.starts_with(' ') {
+                section = line;
+                continue;
+            }
+            // Entries start at most 6 columns in; deeper lines continue a description.
+            let indent = line.len() - line.trim_start().len();
+            if matches!(section, "Options:" | "Arguments:" | "Commands:") && indent <= 6 {
+                let cols: Vec<&str> = line
+                    .trim()
+                    .split("  ")
+                    .filter(|c| !c.trim().is_empty())
+                    .collect();
+                assert!(cols.len() >= 2, "{args:?}: no description for {line:?}");
+            }
+        }
+    }
+    let check = help(&["check"]);
+    assert!(
+        check.contains("--online") && check.contains("never the key"),
+        "{check}"
+    );
+    // A usage error exits 64 (EX_USAGE), as a config error does.
+    let out = Command::new(BIN)
+        .args(["check", "--nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_not_a_reload_yet_as_help_says() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::ZERO).await;
+    let cfg = write_config(dir.path(), nim_addr);
+    let mut p = spawn_serve(&cfg, Some("info"));
+    wait_ready(p.admin).await;
+    kill_pid(p.child.id(), "-HUP");
+    let (status, _, log) = p.finish();
+    assert_eq!(
+        status.signal(),
+        Some(1),
+        "SIGHUP ends the process: {status:?} {log}"
+    );
 }

@@ -63,6 +63,13 @@ impl Committer {
         Ok((c, handle))
     }
 
+    /// Drop the writer's lock on the trail (`Audit::release_lock`).
+    pub fn release_lock(&self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.release_lock();
+        }
+    }
+
     /// Commit what is queued on the calling (runtime) thread if this sink allows it and the
     /// writer thread is not busy; else wake the writer thread. Called by the park hook, and by a
     /// request whose `use` is still unwritten after `KICK_AFTER` (a runtime thread so busy that

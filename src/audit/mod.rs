@@ -225,4 +225,13 @@ impl Audit {
         i.committer.queue.kick();
         rx.await.unwrap_or(false)
     }
+
+    /// At the end of shutdown, after `flush`: give up the trail's `flock` now rather than when
+    /// the writer thread ends (with the process), so a gateway started next on the same file
+    /// (a restart in the same process) may take it.
+    pub fn release_lock(&self) {
+        if let Some(i) = &self.inner {
+            i.committer.release_lock();
+        }
+    }
 }

@@ -130,9 +130,12 @@ impl DeniedBudget {
     }
 }
 
-/// The IP of a `RemoteAddr` string (`1.2.3.4:5` or `[::1]:5`).
+/// The IP of a `RemoteAddr` string (`1.2.3.4:5` or `[::1]:5`; a bare IP behind a trusted proxy).
 pub fn ip_of(addr: &str) -> Option<IpAddr> {
-    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+    addr.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| addr.parse::<IpAddr>())
+        .ok()
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //!
 //! Config holds *where* a secret lives (a file path, a Vault path), never a secret itself.
 
+mod bounds;
 mod env;
+mod hints;
 mod preflight;
 mod ratelimit;
 mod secret;
@@ -25,14 +27,32 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         )]
     })?;
     let mut cfg = parse(&text)?;
-    env::apply_overlay(&mut cfg, |k| std::env::var(k).ok())?;
+    env::apply_overlay(&mut cfg, getenv)?;
     cfg.resolve_files()?;
-    let errs = cfg.validate();
+    let mut errs = cfg.validate();
+    env::name_overrides(&mut errs, getenv);
     if errs.is_empty() {
         Ok(cfg)
     } else {
         Err(errs)
     }
+}
+
+/// The process environment, for the overlay (never consulted for a secret).
+fn getenv(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// The `NIMGATE_*` variable behind a start-up error about the setting it overrides, if any.
+pub fn override_behind(message: &str) -> Option<&'static str> {
+    env::override_behind(message, getenv)
+}
+
+/// `check`'s preflight errors, with the env variable named where one set the field.
+pub fn preflight(cfg: &Config) -> Vec<ConfigError> {
+    let mut errs = cfg.preflight();
+    env::name_overrides(&mut errs, getenv);
+    errs
 }
 
 /// Parse TOML text into a `Config` (no overlay, no validation). An error names the field by its
@@ -49,7 +69,12 @@ pub fn parse_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Vec<Con
         let line = inner
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let message = inner.message().to_string();
+        let mut message = inner.message().to_string();
+        if path.ends_with(".listen") && message.contains("socket address") {
+            // The value of a listen address is no secret: quote it in the hint.
+            let value = inner.span().and_then(|s| text.get(s)).unwrap_or("");
+            message.push_str(&hints::listen(value.trim_matches('"')));
+        }
         let missing = message
             .strip_prefix("missing field `")
             .and_then(|m| m.strip_suffix('`'));

@@ -105,3 +105,71 @@ impl RateLimitConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError};
+
+    fn base() -> String {
+        let d = "0".repeat(63) + "1";
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:8000\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n\
+             [[clients]]\nid = \"a\"\nkey_sha256 = \"{d}\"\n[audit]\npath = \"/a\"\n"
+        )
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match parse(text) {
+            Ok(c) => c.validate(),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn client_concurrency_defaults_to_a_quarter_of_the_global_limit_and_is_bounded_by_it() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.limits.client_concurrency_default(), 1024);
+        let c = parse(&format!(
+            "{}\n[limits]\nmax_concurrent_requests = 2\n",
+            base()
+        ))
+        .unwrap();
+        assert_eq!(c.limits.client_concurrency_default(), 1);
+        let errs = errors(&format!(
+            "{}\n[limits]\nmax_concurrent_requests = 8\nclient_max_concurrent = 9\n",
+            base()
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "limits.client_max_concurrent");
+        let errs = errors(&format!(
+            "{}\n[limits]\nclient_max_concurrent = 0\n",
+            base()
+        ));
+        assert_eq!(errs[0].field, "limits.client_max_concurrent", "{errs:?}");
+    }
+
+    #[test]
+    fn ratelimit_settings_are_validated_naming_the_field() {
+        let e = errors(&format!("{}[ratelimit]\nbackend = \"redis\"\n", base()));
+        assert_eq!(e[0].field, "ratelimit.redis_url", "{e:?}");
+        let e = errors(&format!(
+            "{}[ratelimit]\nbackend = \"redis\"\nredis_url = \"redis://u:pw@h/0\"\n",
+            base()
+        ));
+        assert_eq!(e[0].field, "ratelimit.redis_url");
+        assert!(!e[0].message.contains("pw@"), "{e:?}");
+        let e = errors(&format!("{}[ratelimit]\ntimeout = \"0s\"\n", base()));
+        assert!(e.iter().any(|e| e.field == "ratelimit.timeout"), "{e:?}");
+        let e = errors(&base().replace("[audit]", "tpm = 0\n[audit]"));
+        assert!(
+            e.iter()
+                .any(|e| e.field.contains("].tpm") || e.field.contains(".tpm ")),
+            "{e:?}"
+        );
+        assert!(errors(&format!(
+            "{}[ratelimit]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n",
+            base()
+        ))
+        .is_empty());
+    }
+}

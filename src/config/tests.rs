@@ -240,24 +240,142 @@ fn errors_inside_secret_name_their_own_section_and_a_missing_section_says_so() {
 }
 
 #[test]
-fn client_concurrency_defaults_to_a_quarter_of_the_global_limit_and_is_bounded_by_it() {
-    let c = parse(&base()).unwrap();
-    assert_eq!(c.limits.client_concurrency_default(), 1024);
-    let c = parse(&format!(
-        "{}\n[limits]\nmax_concurrent_requests = 2\n",
-        base()
-    ))
-    .unwrap();
-    assert_eq!(c.limits.client_concurrency_default(), 1);
-    let errs = errors(&format!(
-        "{}\n[limits]\nmax_concurrent_requests = 8\nclient_max_concurrent = 9\n",
-        base()
+fn an_error_from_an_env_override_names_the_variable() {
+    let mut c = parse(&base()).unwrap();
+    let env = |k: &str| (k == "NIMGATE_UPSTREAM_URL").then(|| "nim:8000".to_string());
+    env::apply_overlay(&mut c, env).unwrap();
+    let mut e = c.validate();
+    env::name_overrides(&mut e, env);
+    let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+    assert!(
+        fields.contains(&"upstream.url (set by NIMGATE_UPSTREAM_URL)"),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.message.contains("write \"http://nim:8000\"")),
+        "host:port where a URL is expected gets a hint: {e:?}"
+    );
+    // The same error from the file names no variable.
+    let mut e = errors(&base().replace("http://127.0.0.1:8000", "nim:8000"));
+    env::name_overrides(&mut e, |_| None);
+    assert!(e.iter().all(|e| e.field == "upstream.url"), "{e:?}");
+    // A bad listen override names its variable and gets the ip:port hint.
+    let e = env::apply_overlay(&mut c, |k| {
+        (k == "NIMGATE_SERVER_LISTEN").then(|| "localhost:8080".into())
+    })
+    .unwrap_err();
+    assert_eq!(e[0].field, "server.listen (set by NIMGATE_SERVER_LISTEN)");
+    assert!(e[0].message.contains("\"127.0.0.1:8080\""), "{e:?}");
+}
+
+#[test]
+fn address_forms_get_hints() {
+    let e = errors(&base().replace("listen = \"127.0.0.1:9090\"", "listen = \"localhost:9090\""));
+    assert!(e[0].field.starts_with("admin.listen"), "{e:?}");
+    assert!(
+        e[0].message.contains("\"127.0.0.1:9090\"") && e[0].message.contains("0.0.0.0:9090"),
+        "{e:?}"
+    );
+    let e = errors(&base().replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"http://0.0.0.0:8080\"",
     ));
-    assert_eq!(errs.len(), 1, "{errs:?}");
-    assert_eq!(errs[0].field, "limits.client_max_concurrent");
-    let errs = errors(&format!(
-        "{}\n[limits]\nclient_max_concurrent = 0\n",
-        base()
+    assert!(e[0].field.starts_with("server.listen"), "{e:?}");
+    assert!(
+        e[0].message.contains("no scheme: write \"0.0.0.0:8080\""),
+        "{e:?}"
+    );
+    let vault = base().replace(
+        "[secret]\nsource = \"file\"\npath = \"/secrets/nim-api-key\"",
+        "[secret]\nsource = \"vault\"\naddress = \"vault:8200\"\npath = \"nim\"\nfield = \"api_key\"\n[secret.auth]\nmethod = \"agent\"",
+    );
+    let e = errors(&vault);
+    let addr: Vec<_> = e.iter().filter(|e| e.field == "secret.address").collect();
+    assert!(
+        addr.len() == 1 && addr[0].message.contains("\"https://vault:8200\""),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn durations_have_bounds_naming_the_field() {
+    let with = |section: &str, line: &str| {
+        let b = base();
+        if b.contains(&format!("[{section}]")) {
+            errors(&b.replace(&format!("[{section}]"), &format!("[{section}]\n{line}")))
+        } else {
+            errors(&format!("{b}\n[{section}]\n{line}\n"))
+        }
+    };
+    let only = |e: Vec<ConfigError>| -> (String, String) {
+        assert_eq!(e.len(), 1, "{e:?}");
+        (e[0].field.clone(), e[0].message.clone())
+    };
+    let (f, m) = only(with("upstream", "connect_timeout = \"0s\""));
+    assert_eq!(
+        (f.as_str(), m.as_str()),
+        ("upstream.connect_timeout", "must be greater than 0")
+    );
+    let (f, m) = only(with("upstream", "response_timeout = \"3days\""));
+    assert_eq!(f, "upstream.response_timeout");
+    assert!(m.contains("too long: at most 1day"), "{m}");
+    let (f, m) = only(with("limits", "header_read_timeout = \"1h\""));
+    assert_eq!(f, "limits.header_read_timeout");
+    assert!(m.contains("at most 5m"), "{m}");
+    let (f, _) = only(with("audit", "max_wait = \"0s\""));
+    assert_eq!(f, "audit.max_wait");
+    let (f, m) = only(with("server", "drain_delay = \"40s\""));
+    assert_eq!(f, "server.drain_delay");
+    assert!(m.contains("longer than server.shutdown_grace (30s)"), "{m}");
+    assert!(with("server", "drain_delay = \"5s\"").is_empty());
+    let (f, m) = only(with("secret", "poll_interval = \"1ms\""));
+    assert_eq!(f, "secret.poll_interval");
+    assert!(m.contains("too short: at least 10ms"), "{m}");
+    // Vault: not more than once a second, except a Vault on loopback (dev server, local agent).
+    let vault = |addr: &str, refresh: &str| {
+        errors(&base().replace(
+            "[secret]\nsource = \"file\"\npath = \"/secrets/nim-api-key\"",
+            &format!("[secret]\nsource = \"vault\"\naddress = \"{addr}\"\npath = \"nim\"\nfield = \"api_key\"\nrefresh = \"{refresh}\"\n[secret.auth]\nmethod = \"agent\""),
+        ))
+    };
+    let (f, m) = only(vault("https://vault.example:8200", "200ms"));
+    assert_eq!(f, "secret.refresh");
+    assert!(m.contains("too short: at least 1s"), "{m}");
+    assert!(vault("https://vault.example:8200", "1s").is_empty());
+    assert!(vault("http://127.0.0.1:8200", "200ms").is_empty());
+    let (f, _) = only(vault("http://127.0.0.1:8200", "10ms"));
+    assert_eq!(f, "secret.refresh");
+}
+
+#[test]
+fn trusted_proxies_must_be_cidrs_or_addresses() {
+    let e = errors(&base().replace(
+        "[server]",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"10.0.0.0/40\"]",
     ));
-    assert_eq!(errs[0].field, "limits.client_max_concurrent", "{errs:?}");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].field, "server.trusted_proxies");
+    assert!(
+        e[0].message.contains("\"10.0.0.0/40\" is not a CIDR"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn start_up_errors_name_the_variable_behind_them() {
+    let env = |k: &str| (k == "NIMGATE_AUDIT_PATH").then(|| "/x".to_string());
+    assert_eq!(
+        env::override_behind("audit.path /x: permission denied", env),
+        Some("NIMGATE_AUDIT_PATH")
+    );
+    assert_eq!(
+        env::override_behind("audit.path /x: denied", |_| None),
+        None
+    );
+    assert_eq!(env::override_behind("audit.pathology: x", env), None);
+    assert_eq!(
+        env::override_behind("server.listen 1.2.3.4:80: in use", env),
+        None
+    );
 }

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Worker threads (0 = number of CPUs).
     pub workers: usize,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-For` names the client (`server::xff`).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }

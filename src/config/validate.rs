@@ -57,6 +57,7 @@ impl Config {
         self.validate_audit(&mut err);
         self.validate_limits(&mut err);
         self.ratelimit.validate(&mut err);
+        self.validate_durations(&mut err);
         errs
     }
 
@@ -77,6 +78,11 @@ impl Config {
                 "must list at least one prefix".into(),
             );
         }
+        for p in &self.server.trusted_proxies {
+            if let Err(m) = crate::server::xff::parse_entry(p) {
+                err("server.trusted_proxies", m);
+            }
+        }
         for p in &self.server.route_prefixes {
             if !p.starts_with('/') || !p.ends_with('/') || p.contains("..") {
                 err(
@@ -92,7 +98,13 @@ impl Config {
         match self.upstream.url.parse::<http::Uri>() {
             Ok(u) => {
                 if !matches!(u.scheme_str(), Some("http" | "https")) {
-                    err("upstream.url", "scheme must be http or https".into());
+                    err(
+                        "upstream.url",
+                        format!(
+                            "scheme must be http or https{}",
+                            super::hints::url(&self.upstream.url)
+                        ),
+                    );
                 }
                 if u.host().is_none() {
                     err("upstream.url", "must include a host".into());
@@ -128,12 +140,6 @@ impl Config {
             .is_err()
         {
             err("upstream.auth_value", "must be a valid header value".into());
-        }
-        if self.upstream.connect_timeout.is_zero() {
-            err("upstream.connect_timeout", "must be greater than 0".into());
-        }
-        if self.upstream.response_timeout.is_zero() {
-            err("upstream.response_timeout", "must be greater than 0".into());
         }
     }
 
@@ -199,9 +205,6 @@ impl Config {
         if a.queue == 0 {
             err("audit.queue", "must be at least 1".into());
         }
-        if a.max_wait.is_zero() {
-            err("audit.max_wait", "must be greater than 0".into());
-        }
         if a.max_bytes > 0 && a.keep == 0 {
             err(
                 "audit.keep",
@@ -243,15 +246,6 @@ impl Config {
         if l.max_h2_streams == 0 {
             err("limits.max_h2_streams", "must be at least 1".into());
         }
-        if l.idle_timeout.is_zero() {
-            err("limits.idle_timeout", "must be greater than 0".into());
-        }
-        if l.header_read_timeout.is_zero() {
-            err(
-                "limits.header_read_timeout",
-                "must be greater than 0".into(),
-            );
-        }
     }
 
     fn validate_secret(&self, err: &mut impl FnMut(&str, String)) {
@@ -268,9 +262,6 @@ impl Config {
                         );
                     }
                 }
-                if f.poll_interval.is_zero() {
-                    err("secret.poll_interval", "must be greater than 0".into());
-                }
             }
             SecretConfig::Vault(v) => {
                 match v.address.parse::<http::Uri>() {
@@ -282,7 +273,10 @@ impl Config {
                     Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => {}
                     _ => err(
                         "secret.address",
-                        "must be an http:// or https:// URL".into(),
+                        format!(
+                            "must be an http:// or https:// URL{}",
+                            super::hints::url(&v.address)
+                        ),
                     ),
                 }
                 if v.mount.trim_matches('/').is_empty() {
@@ -300,17 +294,11 @@ impl Config {
                 if v.field.is_empty() {
                     err("secret.field", "must be set".into());
                 }
-                if v.refresh.is_zero() {
-                    err("secret.refresh", "must be greater than 0".into());
-                }
                 if v.max_staleness < v.refresh {
                     err(
                         "secret.max_staleness",
                         "must be at least secret.refresh".into(),
                     );
-                }
-                if v.timeout.is_zero() {
-                    err("secret.timeout", "must be greater than 0".into());
                 }
                 match &v.auth {
                     VaultAuthConfig::Kubernetes(k) if k.role.is_empty() => {

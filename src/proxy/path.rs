@@ -1,10 +1,53 @@
 //! Request-target normalisation, done before route allow-listing so that `..`, `%2e%2e`, `//`
 //! and friends cannot reach a route the allow-list did not admit. The normalised form is what is
 //! sent upstream, so the NIM sees exactly the path that was checked.
+//!
+//! One exception to "an encoded `/` is refused": the model id of `GET /v1/models/{id}`, which
+//! the openai SDK's `models.retrieve("meta/llama-3.1-8b-instruct")` sends as
+//! `/v1/models/meta%2Fllama-3.1-8b-instruct`. Only there is `%2F` decoded, and each part of the
+//! id must be a plain segment (no empty, `.` or `..` part), so it cannot climb out of
+//! `/v1/models/`.
+
+/// The one route whose last segment may hold an encoded `/` (a model id with an org prefix).
+const MODELS: &str = "/v1/models/";
 
 /// Normalise a raw path: decode percent-escaped unreserved characters, refuse encoded `/`, `\`,
 /// control characters and `;`, collapse `//`, resolve `.` and `..`. `None` = reject (400).
+/// `/v1/models/{id}` with `%2F` in its one id segment: see the module header.
 pub fn normalize(raw: &str) -> Option<String> {
+    match raw.strip_prefix(MODELS) {
+        Some(id) if !id.contains('/') && id.to_ascii_lowercase().contains("%2f") => model_path(id),
+        _ => strict(raw),
+    }
+}
+
+/// `/v1/models/` + the id with `%2F` decoded; every part between them a single plain segment.
+fn model_path(raw_id: &str) -> Option<String> {
+    let mut path = String::from(MODELS);
+    let lower = raw_id.to_ascii_lowercase();
+    let mut start = 0;
+    let mut parts = Vec::new();
+    while let Some(i) = lower[start..].find("%2f") {
+        parts.push(&raw_id[start..start + i]);
+        start += i + 3;
+    }
+    parts.push(&raw_id[start..]);
+    for (n, part) in parts.iter().enumerate() {
+        let seg = strict(&format!("/{part}"))?;
+        let seg = seg.strip_prefix('/')?;
+        if seg.is_empty() || seg.contains('/') {
+            return None;
+        }
+        if n > 0 {
+            path.push('/');
+        }
+        path.push_str(seg);
+    }
+    Some(path)
+}
+
+/// `normalize` without the model-id exception.
+fn strict(raw: &str) -> Option<String> {
     if !raw.starts_with('/') {
         return None;
     }
@@ -149,6 +192,44 @@ mod tests {
         assert_eq!(
             normalize("/v1/caf\u{e9}/\u{2028}/x").as_deref(),
             Some("/v1/caf\u{e9}/\u{2028}/x")
+        );
+    }
+
+    #[test]
+    fn decodes_an_encoded_slash_only_in_a_model_id() {
+        assert_eq!(
+            normalize("/v1/models/meta%2Fllama-3.1-8b-instruct").as_deref(),
+            Some("/v1/models/meta/llama-3.1-8b-instruct")
+        );
+        assert_eq!(
+            normalize("/v1/models/a%2fb%2Fc").as_deref(),
+            Some("/v1/models/a/b/c")
+        );
+        assert_eq!(
+            normalize("/v1/models/plain").as_deref(),
+            Some("/v1/models/plain")
+        );
+        // Nowhere else, and never a way out of /v1/models/.
+        for bad in [
+            "/v1/chat%2Fcompletions",
+            "/v1/models%2Fmeta",
+            "/v1/x/models/meta%2Fllama",
+            "/v1/models/..%2F..%2Fadmin",
+            "/v1/models/%2e%2e%2Fadmin",
+            "/v1/models/meta%2F..",
+            "/v1/models/meta%2F.",
+            "/v1/models/meta%2F%2Fx",
+            "/v1/models/%2Fmeta",
+            "/v1/models/meta%2F",
+            "/v1/models/a%2Fb%5Cc",
+            "/v1/models/a%2Fb;c",
+            "/v1/models/a%2Fb/c",
+        ] {
+            assert_eq!(normalize(bad), None, "{bad}");
+        }
+        assert_eq!(
+            normalize("/v1/models/meta%2Fllama%2D3").as_deref(),
+            Some("/v1/models/meta/llama-3")
         );
     }
 

@@ -92,6 +92,39 @@ pub trait SecretSource: Send + 'static {
     }
 }
 
+/// The source `[secret]` describes (Vault: the client is built, nothing is sent yet).
+pub fn source_for(cfg: &crate::config::SecretConfig) -> Result<Box<dyn SecretSource>, String> {
+    Ok(match cfg {
+        crate::config::SecretConfig::File(f) => Box::new(file::FileSource::new(f)),
+        crate::config::SecretConfig::Vault(v) => Box::new(vault::VaultSource::new(v)?),
+    })
+}
+
+/// `nimgate check --online`: build the source, log in and fetch the key once, validate it as
+/// the store would. `Ok` describes what was read by version and fingerprint, never the key (nor
+/// its length); `Err` is the cause, naming the source.
+pub async fn check_once(cfg: &crate::config::SecretConfig) -> Result<String, String> {
+    let where_ = match cfg {
+        crate::config::SecretConfig::File(f) => format!("file {}", f.path.display()),
+        crate::config::SecretConfig::Vault(v) => format!(
+            "vault {} ({}/{}, field {:?})",
+            v.address, v.mount, v.path, v.field
+        ),
+    };
+    let mut source = source_for(cfg)?;
+    let fetched = source
+        .fetch()
+        .await
+        .map_err(|e| format!("secret: {where_}: {}", e.message))?;
+    validate_key(fetched.secret.expose_secret())
+        .map_err(|e| format!("secret: {where_}: {}", e.message))?;
+    Ok(format!(
+        "secret: {where_}: key read, version {}, fingerprint {}",
+        fetched.version,
+        fingerprint(&fetched.secret)
+    ))
+}
+
 /// Overwrite every string in a parsed JSON document (a fetched secret's envelope) before it is
 /// dropped, so the key does not linger in freed memory.
 pub fn scrub(v: &mut serde_json::Value) {

@@ -1,6 +1,7 @@
 //! One client connection: TLS handshake (if configured) or the HTTP/2-preface sniff, both within
 //! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
-//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request.
+//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request (the
+//! peer, or behind a trusted proxy the client it names: `xff`).
 //! An HTTP/2 connection with no open stream for `limits.idle_timeout` is closed (hyper has no such
 //! timeout; `peers::Activity` counts the streams), and its response bodies are under the
 //! `send_timeout` watchdog (`peers::Watched`): flow control can stall a stream without ever
@@ -22,6 +23,7 @@ use crate::request::RemoteAddr;
 use crate::stall::StallTimeout;
 
 use super::peers::{Activity, IpPermit};
+use super::xff::TrustedProxies;
 
 /// Everything a connection task needs, cloned once per connection.
 #[derive(Clone)]
@@ -32,10 +34,16 @@ pub struct ConnSettings {
     pub first_bytes: Duration,
     pub send_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (`xff`).
+    pub trusted: std::sync::Arc<TrustedProxies>,
 }
 
 impl ConnSettings {
-    pub fn new(l: &LimitsConfig, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    pub fn new(
+        l: &LimitsConfig,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        trusted: TrustedProxies,
+    ) -> Self {
         Self {
             h1: builder(l).http1_only(),
             h2: builder(l).http2_only(),
@@ -43,6 +51,7 @@ impl ConnSettings {
             first_bytes: l.header_read_timeout,
             send_timeout: l.send_timeout,
             idle_timeout: l.idle_timeout,
+            trusted: std::sync::Arc::new(trusted),
         }
     }
 }
@@ -57,13 +66,24 @@ pub async fn serve(
     permit: (OwnedSemaphorePermit, IpPermit),
 ) {
     let _permit = permit;
+    let peer = remote;
     let remote = RemoteAddr::new(remote);
+    let trusted = (!s.trusted.is_empty()).then(|| s.trusted.clone());
     let activity = Activity::new();
     let streams = activity.clone();
+    // Behind a trusted proxy, the client it forwards for (formatted per request, only then).
+    let addr_for = move |req: &Request<Incoming>| match trusted
+        .as_ref()
+        .and_then(|t| t.client(peer, req.headers()))
+    {
+        Some(ip) => RemoteAddr(ip.to_string().into()),
+        None => remote.clone(),
+    };
     let h2_svc = {
-        let (svc, remote) = (svc.clone(), remote.clone());
+        let (svc, addr_for) = (svc.clone(), addr_for.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(remote.clone());
+            let remote = addr_for(&req);
+            req.extensions_mut().insert(remote);
             let guard = streams.begin();
             let fut = svc.clone().call(req);
             let streams = streams.clone();
@@ -71,7 +91,8 @@ pub async fn serve(
         })
     };
     let h1_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(remote.clone());
+        let remote = addr_for(&req);
+        req.extensions_mut().insert(remote);
         svc.clone().call(req)
     });
     // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that

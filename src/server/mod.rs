@@ -5,6 +5,7 @@
 
 mod conn;
 mod peers;
+pub mod xff;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
@@ -97,7 +98,9 @@ pub async fn run(
     let admin_task = tokio::spawn(health::serve_admin(admin, app.clone(), stop_rx.clone()));
 
     let graceful = GracefulShutdown::new();
-    let settings = ConnSettings::new(&cfg.limits, tls);
+    let trusted = xff::TrustedProxies::new(&cfg.server.trusted_proxies)
+        .map_err(|m| InitError::Config(format!("server.trusted_proxies: {m}")))?;
+    let settings = ConnSettings::new(&cfg.limits, tls, trusted);
     let connections = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let per_ip = PerIp::new(cfg.limits.max_connections_per_ip);
     let limits = (&connections, &per_ip);
@@ -127,6 +130,7 @@ pub async fn run(
     app.denied_budget.write_summary(&audit).await;
     // Everything queued is written and synced; the writer thread ends with the process.
     let flushed = audit.flush().await;
+    audit.release_lock();
     drop(writer);
     tracing::info!(audit_flushed = flushed, "stopped");
     Ok(())

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod certs;
 pub mod checks;
 pub mod fake_vault;
 pub mod h2frames;

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Semaphore};
 use super::record::{encode_line_keyed, Record};
 use super::{ChainKey, Event};
 use crate::config::{AuditConfig, FsyncPolicy};
-use recover::open_and_recover;
+use recover::{lock, open_and_recover};
 use sync::spawn_syncer;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -71,6 +71,9 @@ enum Sink {
     Stdout,
 }
 
+/// The `flock` on `<path>.lock`, released when the writer is dropped (or the process dies).
+type Lock = Option<nix::fcntl::Flock<File>>;
+
 struct Chain {
     next_seq: u64,
     prev: String,
@@ -78,6 +81,7 @@ struct Chain {
 
 pub(crate) struct Writer {
     sink: Sink,
+    lock: Lock,
     chain: Chain,
     /// The chain's link function (HMAC-SHA256 under `audit.chain_key_file`, else SHA-256).
     key: ChainKey,
@@ -105,16 +109,18 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         None => ChainKey::none(),
     };
     let mut quarantined = None;
-    let (sink, chain) = if cfg.path == "-" {
+    let (sink, chain, lock) = if cfg.path == "-" {
         (
             Sink::Stdout,
             Chain {
                 next_seq: 0,
                 prev: GENESIS.into(),
             },
+            None,
         )
     } else {
         let path = PathBuf::from(&cfg.path);
+        let held = lock(&path)?;
         let (file, len, chain, q) = open_and_recover(&path, &key)?;
         quarantined = q;
         (
@@ -124,10 +130,12 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
                 len,
             },
             chain,
+            Some(held),
         )
     };
     let mut w = Writer {
         sink,
+        lock,
         chain,
         key,
         headroom_checked: None,
@@ -165,6 +173,13 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         });
     }
     Ok(w)
+}
+
+impl Writer {
+    /// Give up the `flock` on `<path>.lock` (shutdown).
+    pub(crate) fn release_lock(&mut self) {
+        self.lock = None;
+    }
 }
 
 /// Split a large drain into batches of at most `MAX_BATCH` records (one write each).

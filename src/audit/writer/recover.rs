@@ -3,10 +3,14 @@
 //! Complete lines at the end that are not records (garbage) do not block a restart, nor does the
 //! chain silently restart from genesis: they are moved to `<path>.quarantine`, the caller writes
 //! an `audit_quarantine` record, and the chain continues from the last readable record.
+//! Files are created 0600; `lock` keeps a second gateway off the same trail.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use super::{rotated_name, Chain, GENESIS};
 use crate::audit::ChainKey;
@@ -25,12 +29,44 @@ fn quarantine_name(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Open for append, creating the file with mode 0600 (rotated files keep it: they are renamed).
 pub(super) fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .read(true)
+        .mode(0o600)
         .open(path)
+}
+
+/// `<path>.lock`, held with an exclusive `flock` for the writer's life, so that a second
+/// gateway pointed at the same trail refuses to start instead of interleaving two chains. A
+/// lock file beside the trail rather than the trail itself: the trail is renamed on rotation
+/// and reopened after write errors, the lock file never is. The kernel drops the lock when the
+/// process dies, so a stale file blocks nothing.
+pub(super) fn lock(path: &Path) -> io::Result<Flock<File>> {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    let lock_path = PathBuf::from(s);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another process holds {}: another nimgate is writing this audit trail (each gateway needs its own audit.path)",
+                    lock_path.display()
+                ),
+            )
+        } else {
+            io::Error::other(format!("cannot lock {}: {errno}", lock_path.display()))
+        }
+    })
 }
 
 /// Open for append; find `seq` and link of the last complete line (in this file or, if it is
@@ -85,7 +121,11 @@ pub(super) fn open_and_recover(
         None
     } else {
         let qpath = quarantine_name(path);
-        let mut q = OpenOptions::new().create(true).append(true).open(&qpath)?;
+        let mut q = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&qpath)?;
         let bytes: usize = quarantined.iter().map(|l| l.len() + 1).sum();
         for l in quarantined.iter().rev() {
             q.write_all(l)?;

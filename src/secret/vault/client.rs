@@ -41,21 +41,34 @@ pub(super) enum CallError {
     Parse(String),
 }
 
+/// Go's `net/http` answer to plain HTTP on a TLS port (a Vault or OpenBao server).
+const PLAIN_TO_TLS: &str = "HTTP request to an HTTPS server";
+
 impl From<ClientError> for CallError {
     fn from(e: ClientError) -> Self {
         match e {
+            ClientError::APIError { code: 400, errors }
+                if errors.iter().any(|m| m.contains(PLAIN_TO_TLS)) =>
+            {
+                Self::Transport(HTTP_TO_TLS.into())
+            }
             ClientError::APIError { code: 403, .. } => Self::Forbidden,
             ClientError::APIError { code, .. } => Self::Status(code),
             ClientError::RestClientError { source } => match source {
+                rustify::errors::ClientError::ServerResponseError { code: 400, content }
+                    if content.as_deref().is_some_and(|c| c.contains(PLAIN_TO_TLS)) =>
+                {
+                    Self::Transport(HTTP_TO_TLS.into())
+                }
                 rustify::errors::ClientError::ServerResponseError { code: 403, .. } => {
                     Self::Forbidden
                 }
                 rustify::errors::ClientError::ServerResponseError { code, .. } => {
                     Self::Status(code)
                 }
-                // Never include the request (it may carry a credential); the kind is enough.
-                rustify::errors::ClientError::RequestError { .. } => {
-                    Self::Transport("request failed (connection or timeout)".into())
+                // Never include the request (it may carry a credential): the cause only.
+                rustify::errors::ClientError::RequestError { source, url, .. } => {
+                    Self::Transport(transport_cause(source.as_ref(), url.starts_with("http://")))
                 }
                 other => Self::Transport(short_kind(&other.to_string())),
             },
@@ -66,6 +79,67 @@ impl From<ClientError> for CallError {
             }
             other => Self::Transport(short_kind(&other.to_string())),
         }
+    }
+}
+
+const HTTP_TO_TLS: &str =
+    "the server speaks TLS on that port: secret.address must start with https://";
+
+/// Why a Vault call failed to get an answer, from the error chain: the TLS cause (unknown CA,
+/// wrong name, expired, a server that does not speak TLS) as upstream TLS errors name it, or
+/// the connection's. Nothing from the request is included.
+fn transport_cause(e: &(dyn std::error::Error + 'static), plain_http: bool) -> String {
+    let mut cur = Some(e);
+    let mut io_kind = None;
+    let mut reqwest_kind = None;
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return tls_cause(t);
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+            // `io::Error::source` skips the wrapped error itself; the connector nests them.
+            let mut inner = io.get_ref();
+            while let Some(i) = inner {
+                if let Some(t) = i.downcast_ref::<rustls::Error>() {
+                    return tls_cause(t);
+                }
+                inner = i.downcast_ref::<std::io::Error>().and_then(|e| e.get_ref());
+            }
+        }
+        if let Some(r) = c.downcast_ref::<reqwest::Error>() {
+            reqwest_kind.get_or_insert((r.is_timeout(), r.is_connect()));
+        }
+        cur = c.source();
+    }
+    let hint = if plain_http {
+        " (if the server speaks TLS, secret.address must start with https://)"
+    } else {
+        ""
+    };
+    match (io_kind, reqwest_kind) {
+        (_, Some((true, _))) => "timed out (secret.timeout)".into(),
+        (Some(std::io::ErrorKind::ConnectionRefused), _) => "connection refused".into(),
+        (Some(k), _) => format!("connection failed: {k}{hint}"),
+        (None, Some((_, true))) => "cannot connect".into(),
+        _ => format!("no valid HTTP response{hint}"),
+    }
+}
+
+fn tls_cause(t: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match t {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "TLS: the server's certificate is signed by an unknown CA (set secret.ca_file to the CA that issued it)".into(),
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "TLS: the server's certificate is not valid for the host in secret.address".into()
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "TLS: the server's certificate has expired".into()
+        }
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "TLS handshake failed: the server does not speak TLS (secret.address says https://; is it an http:// server?)".into()
+        }
+        other => format!("TLS: {other}"),
     }
 }
 
