@@ -19,7 +19,8 @@
 #   checkov     kubernetes + dockerfile frameworks on the rendered overlays and the
 #               Dockerfile, zero failed checks; skips are annotated in the manifests.
 #   hadolint    the Dockerfile, failing on any finding (deploy/hadolint.yaml).
-#   shell       ShellCheck on this script, deploy/vault/*.sh and deploy/tests/*.sh.
+#   shell       ShellCheck on this script, deploy/vault/*.sh, deploy/tests/*.sh and the
+#               overlays' scripts (overlays/fleet/make-acl.sh).
 #   policy      deploy/tests/test_manifests.py: no secret in env, secret volumes in memory,
 #               topology invariants, negative fixtures rejected.
 #   systemd     `systemd-analyze verify` (any message fails) and `systemd-analyze security
@@ -42,7 +43,7 @@ ROOT=$(dirname "$DEPLOY")
 VENV=${NIMGATE_VENV:-$HOME/.cache/nimgate-deploy-venv}
 PYTHON=${PYTHON:-python3}
 K8S_VERSIONS=(1.30.0 1.37.0)
-OVERLAYS=(sidecar standalone vault-agent)
+OVERLAYS=(sidecar standalone vault-agent fleet)
 RENDERED=deploy/kubernetes/rendered
 
 UPDATE=0
@@ -229,7 +230,7 @@ hadolint_scan() {
 shellcheck_scan() {
   local scripts
   shopt -s nullglob
-  scripts=(deploy/validate.sh deploy/vault/*.sh deploy/tests/*.sh)
+  scripts=(deploy/validate.sh deploy/vault/*.sh deploy/tests/*.sh deploy/kubernetes/overlays/*/*.sh)
   # -x: follow the `. lib.sh` of the setup scripts.
   "$VENV/bin/shellcheck" -x "${scripts[@]}"
   echo "shellcheck: ${#scripts[@]} scripts clean"
