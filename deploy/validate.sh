@@ -23,6 +23,11 @@
 #               overlays' scripts (overlays/fleet/make-acl.sh).
 #   policy      deploy/tests/test_manifests.py: no secret in env, secret volumes in memory,
 #               topology invariants, negative fixtures rejected.
+#   fleet       deploy/tests/test_fleet_redis.py: the fleet overlay's make-acl.sh and valkey.conf
+#               (from rendered/fleet.yaml) run a real redis-server (Debian's, installed when
+#               missing) on loopback; the ACL is checked command by command and two nimgate
+#               processes (target/{release,debug}) share one client's limit through it.
+#               Skipped (said loudly) without built binaries.
 #   systemd     `systemd-analyze verify` (any message fails) and `systemd-analyze security
 #               --offline` (exposure <= 2.0) on deploy/systemd/nimgate.service; installs
 #               Debian's systemd if systemd-analyze is missing.
@@ -274,6 +279,11 @@ systemd_unit() {
     tail -n 1
 }
 
+fleet_redis() {
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  "$VENV/bin/python" deploy/tests/test_fleet_redis.py ${NIMGATE_BIN_DIR:+"$NIMGATE_BIN_DIR"}
+}
+
 container_e2e() {
   if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
     echo "installing Debian's podman and runc ..."
@@ -303,6 +313,7 @@ step "checkov (kubernetes, dockerfile)" checkov_scan
 step "hadolint Dockerfile" hadolint_scan
 step "shellcheck" shellcheck_scan
 step "policy test (deploy/tests/test_manifests.py)" policy
+step "fleet Valkey config with redis-server and two gateways (deploy/tests/test_fleet_redis.py)" fleet_redis
 step "systemd unit (deploy/systemd/nimgate.service)" systemd_unit
 step "container end to end with podman (deploy/tests/container_e2e.sh)" container_e2e
 step "vault setup scripts against OpenBao (deploy/tests/test_vault_scripts.py)" vault_scripts
