@@ -55,7 +55,7 @@ UPDATE=0
 case "${1:-}" in
   "") ;;
   --update) UPDATE=1 ;;
-  -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: bash deploy/validate.sh [--update]" >&2; exit 2 ;;
 esac
 
