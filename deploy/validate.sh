@@ -19,9 +19,15 @@
 #   checkov     kubernetes + dockerfile frameworks on the rendered overlays and the
 #               Dockerfile, zero failed checks; skips are annotated in the manifests.
 #   hadolint    the Dockerfile, failing on any finding (deploy/hadolint.yaml).
-#   shell       ShellCheck on this script, deploy/vault/*.sh and deploy/tests/*.sh.
+#   shell       ShellCheck on this script, deploy/vault/*.sh, deploy/tests/*.sh and the
+#               overlays' scripts (overlays/fleet/make-acl.sh).
 #   policy      deploy/tests/test_manifests.py: no secret in env, secret volumes in memory,
 #               topology invariants, negative fixtures rejected.
+#   fleet       deploy/tests/test_fleet_redis.py: the fleet overlay's make-acl.sh and valkey.conf
+#               (from rendered/fleet.yaml) run a real redis-server (Debian's, installed when
+#               missing) on loopback; the ACL is checked command by command and two nimgate
+#               processes (target/{release,debug}) share one client's limit through it.
+#               Skipped (said loudly) without built binaries.
 #   systemd     `systemd-analyze verify` (any message fails) and `systemd-analyze security
 #               --offline` (exposure <= 2.0) on deploy/systemd/nimgate.service; installs
 #               Debian's systemd if systemd-analyze is missing.
@@ -42,14 +48,14 @@ ROOT=$(dirname "$DEPLOY")
 VENV=${NIMGATE_VENV:-$HOME/.cache/nimgate-deploy-venv}
 PYTHON=${PYTHON:-python3}
 K8S_VERSIONS=(1.30.0 1.37.0)
-OVERLAYS=(sidecar standalone vault-agent)
+OVERLAYS=(sidecar standalone vault-agent fleet)
 RENDERED=deploy/kubernetes/rendered
 
 UPDATE=0
 case "${1:-}" in
   "") ;;
   --update) UPDATE=1 ;;
-  -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: bash deploy/validate.sh [--update]" >&2; exit 2 ;;
 esac
 
@@ -229,7 +235,7 @@ hadolint_scan() {
 shellcheck_scan() {
   local scripts
   shopt -s nullglob
-  scripts=(deploy/validate.sh deploy/vault/*.sh deploy/tests/*.sh)
+  scripts=(deploy/validate.sh deploy/vault/*.sh deploy/tests/*.sh deploy/kubernetes/overlays/*/*.sh)
   # -x: follow the `. lib.sh` of the setup scripts.
   "$VENV/bin/shellcheck" -x "${scripts[@]}"
   echo "shellcheck: ${#scripts[@]} scripts clean"
@@ -273,6 +279,11 @@ systemd_unit() {
     tail -n 1
 }
 
+fleet_redis() {
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  "$VENV/bin/python" deploy/tests/test_fleet_redis.py ${NIMGATE_BIN_DIR:+"$NIMGATE_BIN_DIR"}
+}
+
 container_e2e() {
   if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
     echo "installing Debian's podman and runc ..."
@@ -302,6 +313,7 @@ step "checkov (kubernetes, dockerfile)" checkov_scan
 step "hadolint Dockerfile" hadolint_scan
 step "shellcheck" shellcheck_scan
 step "policy test (deploy/tests/test_manifests.py)" policy
+step "fleet Valkey config with redis-server and two gateways (deploy/tests/test_fleet_redis.py)" fleet_redis
 step "systemd unit (deploy/systemd/nimgate.service)" systemd_unit
 step "container end to end with podman (deploy/tests/container_e2e.sh)" container_e2e
 step "vault setup scripts against OpenBao (deploy/tests/test_vault_scripts.py)" vault_scripts

@@ -10,26 +10,36 @@ What it checks, on every YAML file under deploy/kubernetes (sources and rendered
 the rendered overlays as wholes:
 
 * Env: no container (containers, initContainers, ephemeralContainers) has an env var whose NAME
-  contains KEY, TOKEN, SECRET, PASSWORD, PASSWD, PASSPHRASE, CREDENTIAL or PRIVATE (flagged
-  whatever the value: a name like that invites a secret), whose VALUE looks like a credential
-  (known token prefixes, PEM blocks, JWTs, long high-entropy strings), or that comes from
-  `valueFrom.secretKeyRef`; no `envFrom.secretRef`; no secret-looking command-line argument.
+  contains KEY, TOKEN, SECRET, PASS (PASSWORD, PASSWD, ...), AUTH (REDISCLI_AUTH),
+  CREDENTIAL or PRIVATE (flagged whatever the value: a name like that invites a secret), whose
+  VALUE looks like a credential (known token prefixes, PEM blocks, JWTs, long high-entropy
+  strings), or that comes from `valueFrom.secretKeyRef`; no `envFrom.secretRef`; no
+  secret-looking command-line argument, and no Redis password on one (`requirepass`,
+  `masterauth`, redis-cli `-a`/`--pass`, an inline ACL `>password`).
 * Volumes (the decision, documented in deploy/README.md):
     - `secret` volumes and `projected` volumes (secret / serviceAccountToken / configMap /
       downwardAPI sources) are accepted: the kubelet keeps them on tmpfs;
     - an `emptyDir` holds secrets when a Vault Agent mounts it writable, or when its name or a
       mount path says so (secret, vault, token, cred, key); such an emptyDir must have
-      `medium: Memory`;
+      `medium: Memory`; so must an emptyDir that a container reading a Secret writes (the
+      Valkey ACL file built from the Redis password);
     - a `hostPath` is never accepted, and no persistent volume may be mounted where secrets go;
     - where nimgate's config names a file (`[secret] path` for `source = "file"`,
-      `[secret.auth] jwt_file`), that file must sit on a memory-backed volume, and the JWT on a
-      projected ServiceAccount token with an audience.
+      `[secret.auth] jwt_file`, `[ratelimit] redis_password_file`), that file must sit on a
+      memory-backed volume, and the JWT on a projected ServiceAccount token with an audience;
+      `ratelimit.redis_url` carries no `user:pass@`.
 * No pod automounts the API token; every ServiceAccount says automount false.
 * No Secret object with data is kept in the repo; no ConfigMap value looks like a credential;
-  nimgate configs use only known keys and never a key that would hold a secret literally.
+  nimgate configs use only known keys and never a key that would hold a secret literally; no
+  ConfigMap holds a Redis password (`requirepass`, `masterauth`, an ACL `>password`).
 * Topology: sidecar keeps the NIM unexposed; standalone has >= 2 replicas, PDB, HPA,
   anti-affinity and a NetworkPolicy letting only nimgate reach the NIM; the Vault Agent overlay
-  writes the key to memory and nimgate holds no Vault token there.
+  writes the key to memory and nimgate holds no Vault token there. Fleet: the standalone
+  invariants, plus one Valkey (Recreate, persistence off, hardened, resources) whose password
+  reaches it and nimgate only as files (Secret volume / projected source), turned into an ACL
+  of its SHA-256 on tmpfs that allows nimgate's key prefix only; any Redis/Valkey pod is
+  reachable by nimgate pods on TCP 6379 only, connects nowhere, and nimgate's egress and
+  `redis_url` point at its Service.
 * Command lines: no `NAME=` assignment of a secret-named variable in a container's command or
   args, with ONE allowed exception: the model download Job (Job nim-model-download, container
   download) may `export NGC_API_KEY="$(cat FILE)"` where FILE sits on a read-only mounted,
@@ -74,9 +84,9 @@ DEPLOY = Path(__file__).resolve().parents[1]
 K8S = DEPLOY / "kubernetes"
 RENDERED = K8S / "rendered"
 FIXTURES = DEPLOY / "tests" / "fixtures"
-OVERLAYS = ("sidecar", "standalone", "vault-agent")
+OVERLAYS = ("sidecar", "standalone", "vault-agent", "fleet")
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE", re.I)
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|AUTH|CREDENTIAL|PRIVATE", re.I)
 SECRET_VALUE = re.compile(
     r"(?:^|[\s=:\"'])(?:"
     r"nvapi-[A-Za-z0-9_-]{8,}"  # NVIDIA API / NGC keys
@@ -90,6 +100,12 @@ SECRET_VALUE = re.compile(
     r")"
 )
 SECRET_ARG = re.compile(r"--?[A-Za-z_-]*(key|token|secret|password|passwd)[A-Za-z_-]*=\S", re.I)
+# A Redis/Valkey password handed over on a command line: `--requirepass X`, `masterauth`,
+# redis-cli's `-a X` / `--pass X`, or an inline ACL password rule (`user default on >X`).
+REDIS_SECRET_ARG = re.compile(
+    r"(?:^|[\s-])(?:requirepass|masterauth)\b|(?:^|\s)(?:-a|--pass)(?:\s|$)|\son\s.*\s>\S", re.I)
+# The same in a config file (valkey.conf, an ACL file) kept in a ConfigMap.
+REDIS_CONF_SECRET = re.compile(r"^\s*(?:requirepass|masterauth)\s+\S|^\s*user\s.*\s>\S", re.I | re.M)
 SECRETISH_PATH = re.compile(r"secret|vault|token|cred|(^|[-_/.])keys?($|[-_/.])", re.I)
 MEMORY_BACKED = {"secret", "projected"}
 # `NAME=` (optionally after `export`) of a secret-named environment variable in a command line.
@@ -103,7 +119,8 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job",
 
 # nimgate config keys, per table (the design contract; see src/config/types.rs).
 CONFIG_KEYS = {
-    "": {"server", "admin", "upstream", "secret", "clients", "auth", "audit", "limits"},
+    "": {"server", "admin", "upstream", "secret", "clients", "auth", "audit", "limits",
+         "ratelimit"},
     "server": {"listen", "tls_cert", "tls_key", "route_prefixes", "drain_delay",
                "shutdown_grace", "workers"},
     "admin": {"listen"},
@@ -117,11 +134,14 @@ CONFIG_KEYS = {
     "secret.auth:approle": {"method", "role_id_file", "secret_id_file", "mount"},
     "secret.auth:token": {"method", "token_file"},
     "auth": {"clients_file"},
+    "ratelimit": {"backend", "redis_url", "redis_password_file", "ca_file", "failure_mode",
+                  "timeout", "key_prefix", "stream_usage"},
     "audit": {"enabled", "path", "fsync", "fsync_interval", "max_bytes", "keep", "max_wait",
               "queue"},
 }
 # Keys that would hold a credential literally: never allowed anywhere in a config.
-LITERAL_SECRET_KEYS = {"token", "secret_id", "role_id", "api_key", "key", "password", "jwt"}
+LITERAL_SECRET_KEYS = {"token", "secret_id", "role_id", "api_key", "key", "password", "jwt",
+                       "redis_password"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,6 +239,8 @@ def env_violations(doc: dict, configmaps: dict[str, dict] | None = None) -> list
         for arg in [*(c.get("command") or []), *(c.get("args") or [])]:
             if SECRET_ARG.search(str(arg)) or looks_secret_value(str(arg)):
                 out.append(f"{where}: command-line argument looks like a secret")
+            if REDIS_SECRET_ARG.search(str(arg)):
+                out.append(f"{where}: a Redis password on the command line ({str(arg)[:40]!r})")
             out += _command_assignments(doc, spec, c, str(arg), where)
     return out
 
@@ -261,10 +283,15 @@ def volume_violations(doc: dict) -> list[str]:
             SECRETISH_PATH.search(str(m.get("mountPath", ""))) for _, m in used
         )
         agent_writes = any(is_vault_agent(c) and not m.get("readOnly") for c, m in used)
+        # Written by a container that reads a Secret (e.g. an ACL file made from a password).
+        derived = any(not m.get("readOnly") and _reads_secret_volume(c, volumes)
+                      for c, m in used)
         if "emptyDir" in vol:
             medium = ((vol.get("emptyDir") or {}).get("medium")) or ""
             if (secretish or agent_writes) and medium != "Memory":
                 out.append(f"{where}: emptyDir holding secrets must have medium: Memory")
+            elif derived and medium != "Memory":
+                out.append(f"{where}: emptyDir written from a Secret must have medium: Memory")
         elif "persistentVolumeClaim" in vol or "ephemeral" in vol:
             if secretish or agent_writes:
                 out.append(f"{where}: secrets on a persistent/ephemeral disk volume")
@@ -277,6 +304,15 @@ def volume_violations(doc: dict) -> list[str]:
                     if int(sat.get("expirationSeconds", 3600)) > 3600:
                         out.append(f"{where}: projected ServiceAccount token lives > 1h")
     return out
+
+
+def _reads_secret_volume(c: dict, volumes: dict) -> bool:
+    for m in c.get("volumeMounts") or []:
+        vol = volumes.get(m.get("name")) or {}
+        if "secret" in vol or any("secret" in s for s in
+                                  (vol.get("projected") or {}).get("sources") or []):
+            return True
+    return False
 
 
 def is_patch(doc: dict) -> bool:
@@ -323,7 +359,7 @@ def config_violations(text: str, where: str) -> list[str]:
         return out  # a clients file
     unknown = set(cfg) - CONFIG_KEYS[""]
     out += [f"{where}: unknown top-level table [{k}]" for k in sorted(unknown)]
-    for table in ("server", "admin", "upstream", "auth", "audit"):
+    for table in ("server", "admin", "upstream", "auth", "audit", "ratelimit"):
         extra = set(cfg.get(table) or {}) - CONFIG_KEYS[table]
         out += [f"{where}: unknown key {table}.{k}" for k in sorted(extra)]
     sec = cfg.get("secret") or {}
@@ -354,6 +390,9 @@ def configmap_violations(doc: dict) -> list[str]:
                 out += config_violations(str(v), f"{name_of(doc)}:{k}")
             elif SECRET_VALUE.search(str(v)):
                 out.append(f"{name_of(doc)}: value of {k} looks like a secret")
+            if REDIS_CONF_SECRET.search(str(v)):
+                out.append(f"{name_of(doc)}: {k} holds a Redis password (requirepass, "
+                           "masterauth or an ACL >password): build it from the mounted Secret")
     return out
 
 
@@ -409,6 +448,12 @@ def config_file_violations(docs: list[dict]) -> list[str]:
                 if not sats or not all(s.get("audience") for s in sats):
                     out.append(f"{where}: jwt_file {jwt} is not a projected ServiceAccount "
                                "token with an audience")
+            rl = cfg.get("ratelimit") or {}
+            if rl.get("redis_password_file"):
+                out += _file_on_memory(c, volumes, str(rl["redis_password_file"]), where,
+                                       "ratelimit.redis_password_file")
+            if "@" in str(rl.get("redis_url", "")):
+                out.append(f"{where}: ratelimit.redis_url carries credentials (user:pass@)")
             clients = (cfg.get("auth") or {}).get("clients_file")
             if clients:
                 m = mount_for(c, str(clients))
@@ -436,7 +481,47 @@ def all_violations(docs: list[dict]) -> list[str]:
     for d in docs:
         out += env_violations(d, cms) + volume_violations(d) + automount_violations(d)
         out += configmap_violations(d)
-    return out + config_file_violations(docs)
+    return out + config_file_violations(docs) + redis_networkpolicy_violations(docs)
+
+
+def selects(selector: dict | None, labels: dict) -> bool:
+    """Whether a label selector (matchLabels; matchExpressions count as matching) picks labels."""
+    sel = selector or {}
+    return all(labels.get(k) == v for k, v in (sel.get("matchLabels") or {}).items())
+
+
+def is_redis(c: dict) -> bool:
+    image = str(c.get("image", "")).lower().rsplit("/", 1)[-1]
+    return image.startswith(("redis", "valkey"))
+
+
+NIMGATE_ONLY = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nimgate"}}}]
+
+
+def redis_networkpolicy_violations(docs: list[dict]) -> list[str]:
+    """A Redis/Valkey holding nimgate's limits is reachable by nimgate pods on 6379, nothing
+    else, and reaches nothing: every NetworkPolicy that selects its pods is counted."""
+    out = []
+    nps = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is None or is_patch(doc) or not any(is_redis(c) for c in containers(spec)):
+            continue
+        labels = ((doc["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+        mine = [n for n in nps if selects(n["spec"].get("podSelector"), labels)]
+        where = f"{name_of(doc)} (Redis)"
+        types = {t for n in mine for t in n["spec"].get("policyTypes") or []}
+        if not {"Ingress", "Egress"} <= types:
+            out.append(f"{where}: no NetworkPolicy isolates it for Ingress and Egress")
+        for n in mine:
+            for r in n["spec"].get("ingress") or []:
+                ports = {(p.get("protocol", "TCP"), p.get("port")) for p in r.get("ports") or []}
+                if r.get("from") != NIMGATE_ONLY or ports != {("TCP", 6379)}:
+                    out.append(f"{where}: {name_of(n)} admits other than nimgate pods on "
+                               f"TCP 6379: {r}")
+            if n["spec"].get("egress"):
+                out.append(f"{where}: {name_of(n)} lets it connect out")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,7 +620,11 @@ def test_sidecar_nim_unexposed():
 
 
 def test_standalone_ha_and_isolation():
-    docs = rendered("standalone")
+    for o in ("standalone", "fleet"):
+        _standalone_ha_and_isolation(rendered(o))
+
+
+def _standalone_ha_and_isolation(docs):
     gw = _deployment(docs, "nimgate")
     assert gw["spec"]["replicas"] >= 2
     assert gw["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
@@ -729,7 +818,7 @@ def test_shutdown_order_and_grace_periods():
             "nimgate's image has no shell: drain_delay does what a preStop sleep would"
         grace = spec["terminationGracePeriodSeconds"]
         assert grace >= drain + margin, f"{o}: grace {grace}s < drain {drain}s + {margin}s"
-        if o == "standalone":
+        if o in ("standalone", "fleet"):
             continue
         # Sidecar pods: the NIM must outlive nimgate's drain.
         nim = _container(spec, "nim")
@@ -807,6 +896,146 @@ def test_servicemonitor_component():
         assert all(pspec.get("containers") and
                    _deployment(rendered(o), "nimgate")["spec"]["template"]["metadata"]
                    ["labels"].get(k) == v for k, v in svc["spec"]["selector"].items())
+
+
+def _fleet():
+    """The rendered fleet overlay: (docs, nimgate config, Valkey Deployment, its pod spec)."""
+    docs = rendered("fleet")
+    redis = [d for d in docs if pod_spec(d) and any(is_redis(c) for c in containers(pod_spec(d)))]
+    assert len(redis) == 1, [name_of(d) for d in redis]
+    return docs, _nimgate_config(docs), redis[0], pod_spec(redis[0])
+
+
+def _configmap_data(docs, spec, volume):
+    vols = {v["name"]: v for v in spec["volumes"]}
+    name = vols[volume]["configMap"]["name"]
+    return next(d for d in docs if d.get("kind") == "ConfigMap"
+                and d["metadata"]["name"] == name)["data"]
+
+
+def _valkey_conf(docs, spec) -> dict[str, str]:
+    server = next(c for c in spec["containers"] if is_redis(c))
+    assert server["command"][0] == "valkey-server" and len(server["command"]) == 2, \
+        f"the server takes its config file and nothing else: {server['command']}"
+    assert not server.get("args")
+    conf_path = server["command"][1]
+    m = mount_for(server, conf_path)
+    text = _configmap_data(docs, spec, m["name"])[Path(conf_path).name]
+    conf = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            k, _, v = line.strip().partition(" ")
+            conf[k.lower()] = v.strip()
+    return conf
+
+
+def test_fleet_redis_password_reaches_valkey_and_nimgate_as_files_only():
+    docs, cfg, redis, spec = _fleet()
+    rl = cfg["ratelimit"]
+    assert rl["backend"] == "redis" and "@" not in rl["redis_url"]
+    # nimgate: the password file is a Secret source of its projected config volume.
+    gw_spec = pod_spec(_deployment(docs, "nimgate"))
+    gw = _container(gw_spec, "nimgate")
+    m = mount_for(gw, rl["redis_password_file"])
+    vol = {v["name"]: v for v in gw_spec["volumes"]}[m["name"]]
+    rel = str(Path(rl["redis_password_file"]).relative_to(m["mountPath"]))
+    srcs = [s["secret"] for s in vol["projected"]["sources"] if "secret" in s
+            and any(i["path"] == rel for i in s["secret"].get("items") or [])]
+    assert len(srcs) == 1 and m.get("readOnly"), (vol, rel)
+    secret = srcs[0]["name"]
+    item = next(i for i in srcs[0]["items"] if i["path"] == rel)
+    assert item["mode"] & 0o007 == 0, "the password file must not be world-readable"
+    # Valkey: the same Secret and key, as a Secret volume, read by the init container only.
+    vols = {v["name"]: v for v in spec["volumes"]}
+    pw_vols = [n for n, v in vols.items() if (v.get("secret") or {}).get("secretName") == secret]
+    assert len(pw_vols) == 1, vols
+    assert vols[pw_vols[0]]["secret"]["items"][0]["key"] == item["key"]
+    readers = [c for c in containers(spec)
+               if any(x["name"] == pw_vols[0] for x in c.get("volumeMounts") or [])]
+    assert [c["name"] for c in readers] == ["acl"] and readers[0] in spec["initContainers"]
+    acl = readers[0]
+    assert acl["command"] == ["/bin/sh", "/etc/valkey/conf/make-acl.sh"], acl["command"]
+    pw_path, acl_path, prefix = acl["args"]
+    assert mount_for(acl, pw_path)["name"] == pw_vols[0] and mount_for(acl, pw_path)["readOnly"]
+    assert prefix == rl["key_prefix"], "the ACL must allow exactly nimgate's key prefix"
+    # The ACL file: on tmpfs, written by the init container, read-only for the server.
+    acl_vol = vols[mount_for(acl, acl_path)["name"]]
+    assert acl_vol["emptyDir"]["medium"] == "Memory"
+    server = next(c for c in spec["containers"] if is_redis(c))
+    sm = mount_for(server, acl_path)
+    assert sm and sm["name"] == mount_for(acl, acl_path)["name"] and sm["readOnly"]
+    conf = _valkey_conf(docs, spec)
+    assert conf["aclfile"] == acl_path, conf
+    assert not {"requirepass", "masterauth", "user"} & set(conf), conf
+    # The script hashes what it reads and writes only the hash.
+    script = _configmap_data(docs, spec, mount_for(acl, acl["command"][1])["name"])["make-acl.sh"]
+    code = "\n".join(line.split("#", 1)[0] if not line.lstrip().startswith("printf") else line
+                     for line in script.splitlines())
+    assert '<"$secret" | sha256sum' in code and "user default on #%s" in code, script
+    assert "$secret" not in code.replace('<"$secret"', "").replace("echo \"make-acl: $secret", ""), \
+        "make-acl.sh may only redirect the password file into sha256sum"
+    # Nowhere an env var or argument with it (the generic env checks, on this overlay).
+    for d in docs:
+        for c in containers(pod_spec(d) or {}):
+            assert not c.get("envFrom") and all("valueFrom" not in e or "secretKeyRef" not in
+                                                e["valueFrom"] for e in c.get("env") or []), c
+            for arg in [*(c.get("command") or []), *(c.get("args") or [])]:
+                assert not REDIS_SECRET_ARG.search(str(arg)), (c["name"], arg)
+
+
+def test_fleet_valkey_is_one_hardened_replica_without_persistence():
+    docs, _, redis, spec = _fleet()
+    assert redis["kind"] == "Deployment" and redis["spec"]["replicas"] == 1
+    assert redis["spec"]["strategy"]["type"] == "Recreate", \
+        "two Valkeys behind the Service would split each client's state"
+    assert not any("persistentVolumeClaim" in v or "ephemeral" in v or "hostPath" in v
+                   for v in spec["volumes"]), "limits are soft state: no disk"
+    conf = _valkey_conf(docs, spec)
+    assert conf["save"] == '""' and conf["appendonly"] == "no", conf
+    assert conf["maxmemory-policy"] == "noeviction", "evicting would reset a daily budget"
+    assert conf["port"] == "6379" and conf["databases"] == "1"
+    assert spec["automountServiceAccountToken"] is False
+    sa = next(d for d in docs if d.get("kind") == "ServiceAccount"
+              and d["metadata"]["name"] == spec["serviceAccountName"])
+    assert sa["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    for c in containers(spec):
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True
+        assert sc["runAsUser"] >= 10000 and c["image"].split(":")[-1] not in ("", "latest")
+        assert c["resources"]["requests"] and c["resources"]["limits"], c["name"]
+    server = next(c for c in spec["containers"] if is_redis(c))
+    assert server["livenessProbe"] and server["readinessProbe"]
+    mem = server["resources"]["limits"]["memory"]
+    assert mem.endswith("Mi") and int(mem[:-2]) > int(conf["maxmemory"].rstrip("mb")), \
+        "the memory limit must leave room above maxmemory"
+
+
+def test_fleet_redis_networkpolicy_admits_only_nimgate():
+    docs, cfg, redis, spec = _fleet()
+    assert redis_networkpolicy_violations(docs) == []
+    labels = redis["spec"]["template"]["metadata"]["labels"]
+    nps = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    mine = [n for n in nps if selects(n["spec"]["podSelector"], labels)]
+    # The namespace default deny and the Valkey policy; one ingress rule in all.
+    assert sorted(n["metadata"]["name"] for n in mine) == ["default-deny-all", "nimgate-redis"]
+    rules = [r for n in mine for r in n["spec"].get("ingress") or []]
+    assert rules == [{"from": NIMGATE_ONLY, "ports": [{"protocol": "TCP", "port": 6379}]}], rules
+    # nimgate may reach it: egress to the Valkey pods on 6379.
+    gw_np = next(n for n in nps if n["metadata"]["name"] == "nimgate")
+    assert {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nimgate-redis"}}}],
+            "ports": [{"protocol": "TCP", "port": 6379}]} in gw_np["spec"]["egress"]
+    assert selects({"matchLabels": {"app.kubernetes.io/name": "nimgate-redis"}}, labels)
+    # redis_url names the Service in front of exactly these pods, on the server's port.
+    m = re.fullmatch(r"redis://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)/0", cfg["ratelimit"]["redis_url"])
+    assert m, cfg["ratelimit"]["redis_url"]
+    svc = next(d for d in docs if d.get("kind") == "Service" and d["metadata"]["name"] == m[1])
+    assert m[2] == "nimgate" and selects({"matchLabels": svc["spec"]["selector"]}, labels)
+    port = next(p for p in svc["spec"]["ports"] if p["port"] == int(m[3]))
+    server = next(c for c in spec["containers"] if is_redis(c))
+    assert {p["name"]: p["containerPort"] for p in server["ports"]}[port["targetPort"]] == 6379
 
 
 def fixture_files() -> list[Path]:
