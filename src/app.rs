@@ -59,7 +59,7 @@ pub struct App {
 }
 
 impl App {
-    /// The default upstream's key store (metrics and readiness of the single-upstream form).
+    /// The first upstream's key store (the key gauges of `/metrics`; the single form's only one).
     pub fn store(&self) -> Option<&Arc<SecretStore>> {
         self.routes.all().first().map(|u| &u.store)
     }

@@ -248,22 +248,8 @@ fn audit_verify(
             "{}",
             serde_json::to_string(&s).unwrap_or_else(|_| "{\"ok\":false}".into())
         );
-    } else if s.ok {
-        println!(
-            "OK: {} records, seq {}..{}{}",
-            s.records,
-            s.first_seq.map_or("-".into(), |v| v.to_string()),
-            s.last_seq.map_or("-".into(), |v| v.to_string()),
-            if s.partial_start {
-                " (chain starts mid-way: earlier files not given)"
-            } else {
-                ""
-            }
-        );
     } else {
-        for e in &s.errors {
-            println!("BROKEN: {e}");
-        }
+        print!("{}", s.text());
     }
     if s.ok {
         ExitCode::SUCCESS

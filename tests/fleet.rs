@@ -484,3 +484,93 @@ async fn streamed_requests_of_budgeted_clients_are_charged_without_changing_thei
     assert_eq!(&gw.nim.seen().last().unwrap().body[..], body.as_bytes());
     gw.stop().await;
 }
+
+/// One audit story for a fleet: two gateways' trails merged by timestamp, as a log pipeline
+/// merges pods, verify as two chains; an edited record and a deleted one are still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interleaved_stream_of_two_chains_verifies_per_chain() {
+    let a = start_with(Opts::default().audit("instance = \"pod-a\"")).await;
+    let b = start_with(Opts::default().audit("instance = \"pod-b\"")).await;
+    for _ in 0..4 {
+        assert_eq!(chat(a.addr, CLIENT_KEY).await.0, 200);
+        assert_eq!(chat(b.addr, CLIENT_KEY).await.0, 200);
+    }
+    let (fa, fb) = (a.audit_file.clone(), b.audit_file.clone());
+    let _keep_a = a.stop().await;
+    let _keep_b = b.stop().await;
+    let mut lines: Vec<String> = [&fa, &fb]
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // What a log collector does: order by timestamp (stable, so each chain keeps its order).
+    lines.sort_by_key(|l| {
+        serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let merged = dir.path().join("merged.jsonl");
+    let write = |ls: &[String]| std::fs::write(&merged, ls.join("\n") + "\n").unwrap();
+    write(&lines);
+    let verify = |json: bool| {
+        let args: &[&str] = if json {
+            &["audit", "verify", "--json"]
+        } else {
+            &["audit", "verify"]
+        };
+        let out = common::bin::run_bin(args, &[merged.as_path()]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = verify(true);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["interleaved"], true, "{v}");
+    let chains = v["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2, "{v}");
+    for (c, name) in chains.iter().zip(["pod-a-", "pod-b-"]) {
+        assert!(c["chain"].as_str().unwrap().starts_with(name), "{c}");
+        assert_eq!(c["first_seq"], 0);
+        assert_eq!(c["partial_start"], false);
+        assert!(
+            c["records"].as_u64().unwrap() >= 9,
+            "start + 4 × (use, done): {c}"
+        );
+    }
+    let (_, text) = verify(false);
+    assert!(text.contains("2 interleaved chains"), "{text}");
+    // Edit a record of pod-b's chain: the next record of that chain no longer links.
+    let i = lines
+        .iter()
+        .position(|l| l.contains("\"chain\":\"pod-b-") && l.contains("\"event\":\"done\""))
+        .unwrap();
+    let mut edited = lines.clone();
+    edited[i] = edited[i].replace("\"status\":200", "\"status\":201");
+    write(&edited);
+    let (code, text) = verify(false);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("was edited"), "{text}");
+    // Delete one of pod-a's records from the middle: a gap in that chain only.
+    let j = lines
+        .iter()
+        .position(|l| l.contains("\"chain\":\"pod-a-") && l.contains("\"event\":\"use\""))
+        .unwrap();
+    let mut cut = lines.clone();
+    cut.remove(j);
+    write(&cut);
+    let (code, text) = verify(false);
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains("records missing") && text.contains("1 record(s) deleted"),
+        "{text}"
+    );
+}

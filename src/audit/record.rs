@@ -135,15 +135,17 @@ fn capped<S: serde::Serializer, T: AsRef<str>>(v: &Option<T>, s: S) -> Result<S:
 /// Append one chained audit line (`{"ts":…,"seq":…,"prev_hash":…,<record fields>}` + `\n`) to
 /// `buf`; returns the hex SHA-256 of the line (without `\n`), the next record's `prev_hash`.
 pub fn encode_line(buf: &mut Vec<u8>, rec: &Record, seq: u64, prev_hash: &str) -> String {
-    encode_line_keyed(buf, rec, seq, prev_hash, &super::ChainKey::none())
+    encode_line_keyed(buf, rec, seq, prev_hash, None, &super::ChainKey::none())
 }
 
-/// `encode_line` with the chain's link function (HMAC-SHA256 when the chain is keyed).
+/// `encode_line` with the writer's chain id and the chain's link function (HMAC-SHA256 when the
+/// chain is keyed).
 pub fn encode_line_keyed(
     buf: &mut Vec<u8>,
     rec: &Record,
     seq: u64,
     prev_hash: &str,
+    chain: Option<&str>,
     key: &super::ChainKey,
 ) -> String {
     use std::io::Write;
@@ -151,6 +153,10 @@ pub fn encode_line_keyed(
     buf.extend_from_slice(b"{\"ts\":\"");
     write_ts(buf, SystemTime::now());
     let _ = write!(buf, "\",\"seq\":{seq},\"prev_hash\":\"{prev_hash}\"");
+    if let Some(c) = chain {
+        // `writer::chain_id` makes it of `[A-Za-z0-9._-]` only: no escaping needed.
+        let _ = write!(buf, ",\"chain\":\"{c}\"");
+    }
     let brace = buf.len();
     if serde_json::to_writer(&mut *buf, rec).is_err() {
         buf.truncate(brace);

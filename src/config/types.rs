@@ -172,6 +172,9 @@ pub struct AuditConfig {
     /// Key for an HMAC-SHA256 chain (read from this file at start; never from the environment).
     /// Unset: plain SHA-256 links.
     pub chain_key_file: Option<PathBuf>,
+    /// This gateway's name in the `chain` id of its records (default: the host name, i.e. the
+    /// pod name in Kubernetes); a start nonce is appended.
+    pub instance: Option<String>,
     /// Free space the audit volume keeps for `use` records: below it, records an
     /// unauthenticated peer causes (`denied`) are only counted (`denied_summary`).
     pub min_free_bytes: u64,
@@ -189,6 +192,7 @@ impl Default for AuditConfig {
             max_wait: Duration::from_secs(2),
             queue: 8192,
             chain_key_file: None,
+            instance: None,
             min_free_bytes: 64 * 1024 * 1024,
         }
     }

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Semaphore};
 use super::record::{encode_line_keyed, Record};
 use super::{ChainKey, Event};
 use crate::config::{AuditConfig, FsyncPolicy};
-use recover::{lock, open_and_recover};
+use recover::{chain_id, lock, open_and_recover};
 use sync::spawn_syncer;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -85,6 +85,8 @@ pub(crate) struct Writer {
     chain: Chain,
     /// The chain's link function (HMAC-SHA256 under `audit.chain_key_file`, else SHA-256).
     key: ChainKey,
+    /// This writer's `chain` id on every record (`chain_id`).
+    chain_id: String,
     headroom_checked: Option<Instant>,
     cfg: AuditConfig,
     shared: Arc<Shared>,
@@ -138,6 +140,7 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         lock,
         chain,
         key,
+        chain_id: chain_id(cfg.instance.as_deref()),
         headroom_checked: None,
         cfg: cfg.clone(),
         shared,
@@ -363,6 +366,7 @@ impl Writer {
             rec,
             self.chain.next_seq,
             &self.chain.prev,
+            Some(&self.chain_id),
             &self.key,
         );
         self.chain.next_seq += 1;

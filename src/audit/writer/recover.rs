@@ -1,4 +1,4 @@
-//! Opening the audit file and recovering the chain head from its last complete line (or from the
+//! The chain id of this writer, opening the audit file and recovering the chain head from its last complete line (or from the
 //! newest rotated file when the current one is empty); a torn final line from a crash is cut off.
 //! Complete lines at the end that are not records (garbage) do not block a restart, nor does the
 //! chain silently restart from genesis: they are moved to `<path>.quarantine`, the caller writes
@@ -197,4 +197,33 @@ fn last_line(file: &mut File, len: u64) -> io::Result<Option<(Vec<u8>, u64)>> {
             None => window *= 4,
         }
     }
+}
+
+/// `<instance>-<8 hex>`: the instance (`audit.instance`, else the host name — the pod name in
+/// Kubernetes) and a nonce drawn at start, so the chains of a fleet, and of one gateway's
+/// successive starts, stay apart when a log pipeline merges them. Only `[A-Za-z0-9._-]`.
+pub(crate) fn chain_id(instance: Option<&str>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = instance
+        .unwrap_or(host.trim())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    let name = if name.is_empty() {
+        "nimgate".into()
+    } else {
+        name
+    };
+    let mut nonce = [0u8; 4];
+    if getrandom::getrandom(&mut nonce).is_err() {
+        nonce = std::process::id().to_be_bytes();
+    }
+    format!("{name}-{}", hex::encode(nonce))
 }
