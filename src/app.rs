@@ -78,11 +78,18 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
             Box::new(crate::secret::vault::VaultSource::new(v).map_err(InitError::Config)?)
         }
     };
-    let metrics = Arc::new(Metrics::default());
     let registry = Arc::new(ClientRegistry::new(&cfg.clients));
     let upstream =
         Upstream::new("default", &cfg.upstream, store.clone()).map_err(InitError::Config)?;
     let routes = Arc::new(Routes::single(upstream));
+    // Label slots: clients in config order (their `Principal` carries the index), upstreams by name.
+    let client_ids: Vec<Arc<str>> = cfg
+        .clients
+        .iter()
+        .map(|c| Arc::from(c.id.as_str()))
+        .collect();
+    let upstream_names: Vec<Arc<str>> = routes.all().iter().map(|u| u.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&client_ids, &upstream_names, &[]));
     let settings = ProxySettings {
         route_prefixes: cfg.server.route_prefixes.clone(),
         max_body_bytes: cfg.limits.max_body_bytes,

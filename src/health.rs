@@ -73,10 +73,13 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         "/metrics" => {
-            let text = match app.store() {
-                Some(store) => app.metrics.render(store, &app.audit),
-                None => String::new(),
-            };
+            let sources: Vec<(&str, &crate::secret::SecretStore)> = app
+                .routes
+                .all()
+                .iter()
+                .map(|u| (&*u.name, &*u.store))
+                .collect();
+            let text = app.metrics.render(&sources, &app.audit);
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fakenim;
 pub mod hardening;
 pub mod health;
+pub mod hist;
 pub mod names;
 pub mod proxy;
 pub mod request;

@@ -31,6 +31,8 @@ impl std::fmt::Debug for Principal {
 
 pub struct ClientEntry {
     pub id: Arc<str>,
+    /// Position in `[[clients]]`: the client's slot in the per-client metrics.
+    pub index: usize,
     pub limiter: Option<Gcra>,
     pub concurrency: Option<Arc<Semaphore>>,
 }
@@ -62,7 +64,8 @@ impl ClientRegistry {
     pub fn new(clients: &[ClientConfig]) -> Self {
         let by_digest = clients
             .iter()
-            .filter_map(|c| {
+            .enumerate()
+            .filter_map(|(index, c)| {
                 let mut d = [0u8; 32];
                 hex::decode_to_slice(c.key_sha256.to_ascii_lowercase(), &mut d).ok()?;
                 let limiter = c
@@ -75,6 +78,7 @@ impl ClientRegistry {
                     d,
                     Arc::new(ClientEntry {
                         id: Arc::from(c.id.as_str()),
+                        index,
                         limiter,
                         concurrency,
                     }),

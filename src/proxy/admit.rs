@@ -8,11 +8,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::Proxy;
 use crate::auth::Principal;
 use crate::error::GatewayError;
+use crate::telemetry::Gauge;
 
 /// Concurrency slots a request holds until its response body ends.
 pub struct Permits {
     _global: OwnedSemaphorePermit,
     _client: Option<OwnedSemaphorePermit>,
+    /// `nimgate_requests_in_flight` counts the requests holding these permits.
+    _in_flight: Gauge,
 }
 
 impl Proxy {
@@ -69,6 +72,7 @@ impl Proxy {
         Ok(Permits {
             _global: global,
             _client: client,
+            _in_flight: self.metrics.in_flight(),
         })
     }
 }

@@ -20,6 +20,7 @@ use crate::error::GatewayError;
 use crate::names::X_REQUEST_ID;
 use crate::request::ReqInfo;
 use crate::secret::KeyMaterial;
+use crate::telemetry::{Finished, Gauge};
 
 /// Longest wait for a fresh key after the NIM rejected the current one.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
@@ -106,7 +107,11 @@ impl Attempt {
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
         let up = &self.upstream;
+        let sent = std::time::Instant::now();
         let result = tokio::time::timeout(up.response_timeout, up.pool.client.request(req)).await;
+        if let Ok(Ok(_)) = &result {
+            p.metrics.upstream_ttfb(&up.name, sent.elapsed());
+        }
         let err = match result {
             // A 101 would hand the client a raw tunnel to the NIM (nimgate never asks for one).
             Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -129,8 +134,10 @@ impl Attempt {
         let mut d = self.done_record(key, err.status_code().as_u16());
         d.reason = Some(err.code().to_string());
         p.audit.record_done(d);
+        let status = err.status_code().as_u16();
+        let took = self.info.start.elapsed();
         p.metrics
-            .response(err.status_code().as_u16(), self.info.start.elapsed());
+            .response(self.info.labels, Some(&up.name), status, took);
         Err(Failure::Failed(err))
     }
 
@@ -204,6 +211,8 @@ pub(super) fn wrap_response(
     }
     let done = Done {
         status: rparts.status.as_u16(),
+        _stream: sse.then(|| attempt.proxy.metrics.open_stream()),
+        sse,
         attempt,
         key,
         _permits: permits,
@@ -258,7 +267,10 @@ struct Done {
     attempt: Attempt,
     key: Arc<KeyMaterial>,
     status: u16,
+    sse: bool,
     _permits: Permits,
+    /// `nimgate_sse_streams_open` while an SSE body streams.
+    _stream: Option<Gauge>,
 }
 
 impl OnDone for Done {
@@ -270,12 +282,23 @@ impl OnDone for Done {
             r.model = o.model.map(Arc::from);
         }
         r.reason = o.error.map(String::from);
-        let m = &self.attempt.proxy.metrics;
+        let a = &self.attempt;
+        let m = &a.proxy.metrics;
         m.key_redactions(o.redactions);
-        m.response(self.status, self.attempt.info.start.elapsed());
-        if let Some(u) = o.usage {
-            m.tokens(u.prompt_tokens, u.completion_tokens);
-        }
+        m.finished(&Finished {
+            labels: a.info.labels,
+            upstream: &a.upstream.name,
+            status: self.status,
+            took: a.info.start.elapsed(),
+            model: r.model.as_deref(),
+            usage: o.usage,
+            bytes_in: r.bytes_in.unwrap_or(0),
+            bytes_out: o.bytes_out,
+            first_token: o
+                .first_byte
+                .filter(|_| self.sse && self.status < 300)
+                .map(|t| t.duration_since(a.info.start)),
+        });
         self.attempt.proxy.audit.record_done(r);
     }
 }

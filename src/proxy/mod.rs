@@ -40,7 +40,7 @@ use crate::auth::Principal;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::request::{method_name, truncated_path, RemoteAddr, ReqInfo, RequestId};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Op, ReqLabels};
 use attempt::{build_upstream_request, wrap_response, Attempt};
 pub use upstream::{Routes, Upstream};
 
@@ -133,6 +133,10 @@ impl Proxy {
                 Some(p) => Arc::from(p.as_str()),
                 None => truncated_path(req.uri().path()),
             },
+            labels: ReqLabels {
+                client: principal.0.index,
+                op: Op::of_path(normalized.as_deref().unwrap_or("")),
+            },
         };
         match self.forward(req, normalized, &principal, &info).await {
             Ok(resp) => resp,
@@ -191,7 +195,7 @@ impl Proxy {
         e: GatewayError,
         model: Option<Arc<str>>,
     ) -> Response<GatewayBody> {
-        self.metrics.denied(e);
+        self.metrics.denied(info.labels.client, e);
         let mut r = info.record(Event::Denied);
         r.status = Some(e.status_code().as_u16());
         r.reason = Some(e.code().to_string());
@@ -203,8 +207,9 @@ impl Proxy {
                 "audit queue full: denied record not written"
             );
         }
+        let status = e.status_code().as_u16();
         self.metrics
-            .response(e.status_code().as_u16(), info.start.elapsed());
+            .response(info.labels, None, status, info.start.elapsed());
         e.into_response(Some(&info.request_id))
     }
 }

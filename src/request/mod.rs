@@ -70,6 +70,8 @@ pub struct ReqInfo {
     pub method: Cow<'static, str>,
     /// Normalised, or (when it cannot be) the raw path cut to 512 characters.
     pub path: Arc<str>,
+    /// The client and operation slots of the request's metrics.
+    pub labels: crate::telemetry::ReqLabels,
 }
 
 impl ReqInfo {

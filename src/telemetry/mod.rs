@@ -1,8 +1,13 @@
 //! Logging (tracing, to stderr; `RUST_LOG` filter, `NIMGATE_LOG_FORMAT=json` for JSON lines)
 //! and Prometheus metrics.
 
+mod labels;
 mod metrics;
-pub use metrics::Metrics;
+mod render;
+#[cfg(test)]
+mod tests;
+pub use labels::{Op, MODEL_CAP};
+pub use metrics::{Finished, Gauge, Metrics, ReqLabels, DURATION_HELP};
 
 /// Install the global subscriber once. Secrets never reach it: header values are marked
 /// sensitive, keys live in `SecretString`, and no code logs a secret.
