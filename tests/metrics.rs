@@ -240,20 +240,93 @@ fn listening_ports(pid: u32) -> Vec<u16> {
     ports
 }
 
-/// A PromQL instant query's single value (`None`: no result yet).
-async fn query(prom: SocketAddr, q: &str) -> Option<f64> {
-    let mut url = format!("http://{prom}/api/v1/query?query=");
+fn observability() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/observability")
+}
+
+/// GET a Prometheus API path: its JSON.
+async fn api(prom: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let resp = client()
+        .request(get(&format!("http://{prom}{path}"), None))
+        .await
+        .ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+/// `/api/v1/query` for PromQL `q`.
+async fn query_json(prom: SocketAddr, q: &str) -> Option<serde_json::Value> {
+    let mut path = String::from("/api/v1/query?query=");
     for b in q.bytes() {
         if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
-            url.push(b as char);
+            path.push(b as char);
         } else {
-            url.push_str(&format!("%{b:02X}"));
+            path.push_str(&format!("%{b:02X}"));
         }
     }
-    let resp = client().request(get(&url, None)).await.ok()?;
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    api(prom, &path).await
+}
+
+/// A PromQL instant query's single value (`None`: no result yet).
+async fn query(prom: SocketAddr, q: &str) -> Option<f64> {
+    let v = query_json(prom, q).await?;
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Every query of the Grafana dashboard parses and runs on the real Prometheus, and every
+/// metric family it names is one nimgate exposes.
+async fn dashboard_queries_run(prom: SocketAddr, admin: SocketAddr) {
+    let text = std::fs::read_to_string(observability().join("nimgate-dashboard.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let live = metrics_text(admin).await;
+    let mut n = 0;
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let q = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*")
+                .replace("$client", ".*");
+            let v = query_json(prom, &q).await.unwrap();
+            assert_eq!(v["status"], "success", "{q}: {v}");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("nimgate_") || w.starts_with("gen_ai_client"))
+            {
+                let family = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    live.contains(&format!("# TYPE {family} ")),
+                    "dashboard uses {name}, not on /metrics"
+                );
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 16, "{n} dashboard queries");
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let dir = observability();
+    for args in [
+        vec!["check", "rules", "nimgate-alerts.yml"],
+        vec!["test", "rules", "nimgate-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Poll `q` until it equals `want` (or 60 s pass): its last value.
@@ -279,8 +352,9 @@ async fn a_real_prometheus_scrapes_the_admin_listener_and_sees_traffic() {
     std::fs::write(
         &prom_cfg,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: nimgate\n    static_configs:\n      - targets: ['{}']\n",
-            gw.admin
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: nimgate\n    static_configs:\n      - targets: ['{}']\n",
+            gw.admin,
+            rules = observability().join("nimgate-alerts.yml").display(),
         ),
     )
     .unwrap();
@@ -295,6 +369,7 @@ async fn a_real_prometheus_scrapes_the_admin_listener_and_sees_traffic() {
         .expect("prometheus (Debian package prometheus; .ci/run installs it)");
     let pid = prom.id();
     let gw_addr = gw.gw;
+    let gw_admin = gw.admin;
     let result = async move {
         let mut port = None;
         for _ in 0..150 {
@@ -326,6 +401,24 @@ async fn a_real_prometheus_scrapes_the_admin_listener_and_sees_traffic() {
         assert_eq!(wait_for(prom_addr, q, 4.0).await, Some(4.0));
         let h = format!("sum(gen_ai_client_token_usage_count{{gen_ai_request_model=\"{MODEL}\"}})");
         assert_eq!(wait_for(prom_addr, &h, 8.0).await, Some(8.0));
+        dashboard_queries_run(prom_addr, gw_admin).await;
+        // The alerting rules loaded and evaluate without error against the live series.
+        let mut healthy = 0;
+        for _ in 0..100 {
+            let v = api(prom_addr, "/api/v1/rules").await.unwrap_or_default();
+            let rules: Vec<&serde_json::Value> = v["data"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+                .collect();
+            healthy = rules.iter().filter(|r| r["health"] == "ok").count();
+            if healthy == 7 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(healthy, 7, "alert rules not all evaluated ok");
     };
     // End prometheus (by its pid) whether or not the checks passed.
     let outcome = tokio::spawn(result).await;
