@@ -1,4 +1,5 @@
-//! PEM loading and the server-side rustls config (ALPN h2 + http/1.1).
+//! PEM loading (rustls certificates and keys, reqwest extra roots) and the server-side rustls
+//! config (ALPN h2 + http/1.1).
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -29,4 +30,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     .map_err(|e| format!("server.tls_cert/tls_key: {e}"))?;
     c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(c))
+}
+
+/// The PEM bundle at `path` as extra roots for a reqwest client; errors name `field`.
+pub fn reqwest_roots(path: &Path, field: &str) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("{field} {}: {}", path.display(), e.kind()))?;
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|_| format!("{field} {}: not a PEM certificate bundle", path.display()))
 }

@@ -6,9 +6,11 @@
 mod env;
 mod preflight;
 mod secret;
+mod telemetry;
 mod types;
 mod validate;
 
+pub use telemetry::TelemetryConfig;
 pub use types::*;
 pub use validate::ConfigError;
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub telemetry: super::telemetry::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

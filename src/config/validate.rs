@@ -56,6 +56,9 @@ impl Config {
         self.validate_clients(&mut err);
         self.validate_audit(&mut err);
         self.validate_limits(&mut err);
+        for (field, m) in self.telemetry.problems() {
+            err(field, m);
+        }
         errs
     }
 

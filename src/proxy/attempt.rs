@@ -20,7 +20,7 @@ use crate::error::GatewayError;
 use crate::names::X_REQUEST_ID;
 use crate::request::ReqInfo;
 use crate::secret::KeyMaterial;
-use crate::telemetry::{Finished, Gauge};
+use crate::telemetry::{spans, Finished, Gauge};
 
 /// Longest wait for a fresh key after the NIM rejected the current one.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
@@ -107,10 +107,27 @@ impl Attempt {
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
         let up = &self.upstream;
+        // The CLIENT span of this attempt (none with tracing off); the NIM gets it as parent.
+        let span = spans::attempt(
+            &self.info.span,
+            parts.method.as_str(),
+            up.pool.authority.host(),
+            up.pool
+                .authority
+                .port_u16()
+                .unwrap_or(if up.pool.scheme == http::uri::Scheme::HTTPS {
+                    443
+                } else {
+                    80
+                }),
+            &self.info.path,
+        );
+        spans::inject(&span, req.headers_mut());
         let sent = std::time::Instant::now();
         let result = tokio::time::timeout(up.response_timeout, up.pool.client.request(req)).await;
-        if let Ok(Ok(_)) = &result {
+        if let Ok(Ok(resp)) = &result {
             p.metrics.upstream_ttfb(&up.name, sent.elapsed());
+            spans::status(&span, resp.status().as_u16(), None);
         }
         let err = match result {
             // A 101 would hand the client a raw tunnel to the NIM (nimgate never asks for one).
@@ -131,6 +148,12 @@ impl Attempt {
             }
         };
         p.metrics.upstream_error(err);
+        spans::status(&span, err.status_code().as_u16(), Some(err.code()));
+        spans::status(
+            &self.info.span,
+            err.status_code().as_u16(),
+            Some(err.code()),
+        );
         let mut d = self.done_record(key, err.status_code().as_u16());
         d.reason = Some(err.code().to_string());
         p.audit.record_done(d);
@@ -278,11 +301,18 @@ impl OnDone for Done {
         let mut r = self.attempt.done_record(&self.key, self.status);
         r.bytes_out = Some(o.bytes_out);
         r.usage = o.usage;
+        spans::outcome(&self.attempt.info.span, o.usage, o.model.as_deref(), None);
         if r.model.is_none() {
             r.model = o.model.map(Arc::from);
         }
         r.reason = o.error.map(String::from);
         let a = &self.attempt;
+        let first_token = o
+            .first_byte
+            .filter(|_| self.sse && self.status < 300)
+            .map(|t| t.duration_since(a.info.start));
+        spans::status(&a.info.span, self.status, o.error);
+        spans::outcome(&a.info.span, None, None, first_token);
         let m = &a.proxy.metrics;
         m.key_redactions(o.redactions);
         m.finished(&Finished {
@@ -294,10 +324,7 @@ impl OnDone for Done {
             usage: o.usage,
             bytes_in: r.bytes_in.unwrap_or(0),
             bytes_out: o.bytes_out,
-            first_token: o
-                .first_byte
-                .filter(|_| self.sse && self.status < 300)
-                .map(|t| t.duration_since(a.info.start)),
+            first_token,
         });
         self.attempt.proxy.audit.record_done(r);
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::{SecretErrorKind, SecretOp, SecretSource, SecretStore};
 use crate::audit::{Audit, Event, Record};
@@ -54,7 +55,12 @@ pub async fn run(
     let mut last_on_demand: Option<Instant> = None;
     let mut last_failure: Option<String> = None;
     loop {
-        let result = src.fetch().await;
+        let span = crate::telemetry::spans::background("secret fetch", kind);
+        let result = src.fetch().instrument(span.clone()).await;
+        if result.is_err() {
+            crate::telemetry::spans::failed(&span, "fetch_failed");
+        }
+        drop(span);
         for ev in src.drain_events() {
             if ev.reason.as_deref() == Some("failure") {
                 match ev.event {

@@ -79,7 +79,6 @@ pub struct Metrics {
     pub(super) in_flight: AtomicI64,
     pub(super) open_streams: AtomicI64,
     pub(super) key_redactions: AtomicU64,
-    pub(super) spans_dropped: AtomicU64,
 }
 
 fn zeros(n: usize) -> Box<[AtomicU64]> {
@@ -120,7 +119,6 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             open_streams: AtomicI64::new(0),
             key_redactions: AtomicU64::new(0),
-            spans_dropped: AtomicU64::new(0),
         }
     }
 
@@ -205,11 +203,6 @@ impl Metrics {
         if n > 0 {
             self.key_redactions.fetch_add(n, Ordering::Relaxed);
         }
-    }
-
-    /// Spans the trace exporter could not queue or send.
-    pub fn spans_dropped(&self, n: u64) {
-        self.spans_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Count a request as in flight until the guard drops.

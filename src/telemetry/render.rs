@@ -192,7 +192,7 @@ impl Metrics {
         let _ = writeln!(
             o,
             "nimgate_trace_spans_dropped_total {}",
-            g(&self.spans_dropped)
+            super::otel::dropped()
         );
     }
 
