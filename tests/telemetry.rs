@@ -468,3 +468,100 @@ fn grpc_and_bad_telemetry_settings_are_refused_naming_the_field() {
         assert!(text.contains(field), "{table}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_queued_are_flushed_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (got, col) = collector(false).await;
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(5)).await;
+    // Exports would wait a minute: only the shutdown flush can deliver the request's spans.
+    let table =
+        format!("[telemetry]\notlp_endpoint = \"http://{col}\"\nexport_interval = \"60s\"\n");
+    let mut p = spawn_serve(&write_config(dir.path(), nim_addr, &table), None);
+    wait_ready(p.admin).await;
+    let url = format!("http://{}/v1/chat/completions", p.gw);
+    assert_eq!(
+        send_json(post(&url, Some(CLIENT_KEY), &chat_body(false)))
+            .await
+            .0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !got.lock()
+            .unwrap()
+            .spans
+            .iter()
+            .any(|(_, s)| s.kind == SpanKind::Server as i32),
+        "exported before shutdown: the test would not show the flush"
+    );
+    kill_pid(p.child.id(), "-TERM");
+    let (status, _, err) = tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .unwrap();
+    assert!(status.success(), "{err}");
+    let r = got.lock().unwrap();
+    assert!(
+        r.spans
+            .iter()
+            .any(|(_, s)| s.kind == SpanKind::Server as i32 && s.name == format!("chat {MODEL}")),
+        "no server span after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_inside_a_request_carry_its_trace_and_span_ids() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let (got, col) = collector(false).await;
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(5)).await;
+    let cfg = write_config(dir.path(), nim_addr, &telemetry_table(col, ""));
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NIMGATE_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let serving = rx
+        .iter()
+        .find(|v| v["fields"]["message"] == "nimgate serving")
+        .unwrap();
+    let addr = |k: &str| -> SocketAddr { serving["fields"][k].as_str().unwrap().parse().unwrap() };
+    wait_ready(addr("admin")).await;
+    // A rejected key logs a warning inside the request.
+    nim.set_keys(vec!["nvapi-test-key-0002".into()]);
+    std::fs::write(dir.path().join("key"), "nvapi-test-key-0002\n").unwrap();
+    let url = format!("http://{}/v1/chat/completions", addr("listen"));
+    let mut req = post(&url, Some(CLIENT_KEY), &chat_body(false));
+    req.headers_mut().insert(
+        "traceparent",
+        format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+    );
+    assert_eq!(send_json(req).await.0, 200);
+    let warn = rx
+        .iter()
+        .find(|v| v["fields"]["message"] == "upstream rejected the key; refreshing")
+        .unwrap();
+    kill_pid(child.id(), "-TERM");
+    let _ = child.wait();
+    assert_eq!(warn["span"]["trace_id"], TRACE, "{warn}");
+    let spans = spans_until(&got, |s| {
+        s.iter().any(|(_, x)| x.kind == SpanKind::Server as i32)
+    })
+    .await;
+    let sv = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(warn["span"]["span_id"], hex::encode(&sv.span_id), "{warn}");
+}
