@@ -51,8 +51,13 @@ pub fn init_logging(otel: Option<&otel::Otel>) {
         fmt.with_filter(filter).boxed()
     };
     let traces = otel.map(|o| {
+        // Only the attributes `spans` sets: no source location, thread or timing extras.
         tracing_opentelemetry::layer()
             .with_tracer(o.tracer.clone())
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(Targets::new().with_target(otel::TARGET, LevelFilter::INFO))
     });
     let _ = tracing_subscriber::registry()
