@@ -565,3 +565,86 @@ async fn json_log_lines_inside_a_request_carry_its_trace_and_span_ids() {
         .unwrap();
     assert_eq!(warn["span"]["span_id"], hex::encode(&sv.span_id), "{warn}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_login_and_key_fetches_are_spans_without_credentials() {
+    use common::fake_vault::FakeVault;
+    let dir = tempfile::tempdir().unwrap();
+    let (got, col) = collector(false).await;
+    let (_nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(5)).await;
+    let fv = FakeVault::start().await;
+    fv.put_kv2(
+        "secret",
+        "nim/prod",
+        serde_json::json!({"api_key": NIM_KEY}),
+    );
+    fv.add_approle(
+        "approle",
+        "role-1",
+        "secret-id-1",
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        true,
+    );
+    std::fs::write(dir.path().join("role-id"), "role-1\n").unwrap();
+    std::fs::write(dir.path().join("secret-id"), "secret-id-1\n").unwrap();
+    let cfg = dir.path().join("nimgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[upstream]
+url = "http://{nim_addr}"
+[secret]
+source = "vault"
+address = "{url}"
+path = "nim/prod"
+field = "api_key"
+refresh = "200ms"
+[secret.auth]
+method = "approle"
+role_id_file = "{d}/role-id"
+secret_id_file = "{d}/secret-id"
+[[clients]]
+id = "team-a"
+key_sha256 = "{a}"
+[audit]
+path = "{d}/audit.jsonl"
+{t}
+"#,
+            url = fv.url(),
+            d = dir.path().display(),
+            a = key_digest_hex(CLIENT_KEY),
+            t = telemetry_table(col, ""),
+        ),
+    )
+    .unwrap();
+    let p = spawn_serve(&cfg, None);
+    wait_ready(p.admin).await;
+    let spans = spans_until(&got, |s| {
+        s.iter().any(|(_, x)| x.name == "vault login")
+            && s.iter().filter(|(_, x)| x.name == "secret fetch").count() >= 2
+    })
+    .await;
+    let login = spans.iter().find(|s| s.name == "vault login").unwrap();
+    assert_eq!(str_attr(login, "nimgate.secret_source"), "vault");
+    assert!(attr(login, "error.type").is_none());
+    let fetch = spans.iter().find(|s| s.name == "secret fetch").unwrap();
+    assert_eq!(
+        login.trace_id, fetch.trace_id,
+        "the login ran inside the first fetch"
+    );
+    let mut secrets = vec![NIM_KEY.to_string(), "secret-id-1".into()];
+    secrets.extend(fv.tokens_issued());
+    for b in &got.lock().unwrap().raw {
+        for s in &secrets {
+            assert!(
+                memchr::memmem::find(b, s.as_bytes()).is_none(),
+                "a credential was exported"
+            );
+        }
+    }
+}
