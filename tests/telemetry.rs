@@ -41,6 +41,8 @@ const PARENT: &str = "00f067aa0ba902b7";
 struct Received {
     spans: Vec<(String, Span)>,
     raw: Vec<Bytes>,
+    /// The `x-collector-token` header of each export.
+    tokens: Vec<String>,
 }
 
 /// An OTLP/HTTP collector on 127.0.0.1:0; `hang`: accept and never answer.
@@ -60,6 +62,11 @@ async fn collector(hang: bool) -> (Arc<Mutex<Received>>, SocketAddr) {
                         async move {
                             assert_eq!(req.uri().path(), "/v1/traces");
                             assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                            let token = req
+                                .headers()
+                                .get("x-collector-token")
+                                .map(|v| v.to_str().unwrap().to_string())
+                                .unwrap_or_default();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             if hang {
                                 std::future::pending::<()>().await;
@@ -67,6 +74,7 @@ async fn collector(hang: bool) -> (Arc<Mutex<Received>>, SocketAddr) {
                             let msg = ExportTraceServiceRequest::decode(body.clone()).unwrap();
                             let mut r = g.lock().unwrap();
                             r.raw.push(body);
+                            r.tokens.push(token);
                             for rs in msg.resource_spans {
                                 let service = rs
                                     .resource
@@ -194,8 +202,12 @@ async fn spans_continue_the_client_trace_into_the_nim_with_genai_attributes() {
     let dir = tempfile::tempdir().unwrap();
     let (got, col) = collector(false).await;
     let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(5)).await;
-    let cfg = write_config(dir.path(), nim_addr, &telemetry_table(col, ""));
-    let p = spawn_serve(&cfg, None);
+    // Export headers come from a file (a collector token), never from the config or env.
+    let headers = dir.path().join("otel-headers");
+    std::fs::write(&headers, "# collector auth\nx-collector-token: tok-123\n").unwrap();
+    let extra = format!("headers_file = \"{}\"\n", headers.display());
+    let cfg = write_config(dir.path(), nim_addr, &telemetry_table(col, &extra));
+    let p = spawn_serve(&cfg, Some("debug"));
     wait_ready(p.admin).await;
     let url = format!("http://{}/v1/chat/completions", p.gw);
     let mut req = post(&url, Some(CLIENT_KEY), &chat_with(PROMPT, false));
@@ -299,6 +311,11 @@ async fn spans_continue_the_client_trace_into_the_nim_with_genai_attributes() {
             "{ev} record without trace_id"
         );
     }
+    assert!(got.lock().unwrap().tokens.iter().all(|t| t == "tok-123"));
+    assert!(
+        !p.stderr.lock().unwrap().contains("tok-123"),
+        "collector token logged"
+    );
     // No key, client key or prompt in anything exported.
     let raw = got.lock().unwrap().raw.clone();
     assert!(got
