@@ -1,7 +1,8 @@
 //! The last phases: `build_upstream_request` (the upstream URI, stripped headers, the key),
 //! `send_with_retry` (a `use` record, then the request; one retry with a refreshed key when the
 //! NIM rejects the key and the body can be replayed) and `wrap_response` (headers for the client,
-//! the body streamed through with the `done` record at its end).
+//! the body streamed through with the `done` record at its end). With tracing on, each send is a
+//! CLIENT span whose context goes to the NIM as `traceparent` (`telemetry::spans`).
 
 use http::{request::Parts, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
