@@ -75,7 +75,6 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
     };
     let store = Arc::new(SecretStore::new(&cfg.upstream.auth_value, max_staleness));
     let source = crate::secret::source_for(&cfg.secret).map_err(InitError::Config)?;
-    let metrics = Arc::new(Metrics::default());
     let registry = Arc::new(ClientRegistry::new(
         &cfg.clients,
         cfg.limits.client_concurrency_default(),
@@ -90,6 +89,14 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
             crate::fleet::target(&cfg.ratelimit).map_err(InitError::Config)?,
         )),
     };
+    // Label slots: clients in config order (their `Principal` carries the index), upstreams by name.
+    let client_ids: Vec<Arc<str>> = cfg
+        .clients
+        .iter()
+        .map(|c| Arc::from(c.id.as_str()))
+        .collect();
+    let upstream_names: Vec<Arc<str>> = routes.all().iter().map(|u| u.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&client_ids, &upstream_names, &[]));
     let settings = ProxySettings {
         route_prefixes: cfg.server.route_prefixes.clone(),
         max_body_bytes: cfg.limits.max_body_bytes,

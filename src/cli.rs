@@ -179,8 +179,22 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(errs) => return config_errors(&config, &errs),
             };
-            crate::telemetry::init_logging();
-            runtime(cfg.server.workers, crate::server::serve(cfg))
+            // Built before the runtime: the exporter's blocking HTTP client owns its own.
+            let otel = match crate::telemetry::otel::init(&cfg.telemetry) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            crate::telemetry::init_logging(otel.as_ref());
+            let grace = cfg.server.shutdown_grace;
+            let code = runtime(cfg.server.workers, crate::server::serve(cfg));
+            // Spans still queued are exported within the grace period.
+            if let Some(o) = otel {
+                o.shutdown(grace);
+            }
+            code
         }
         Cmd::Keys {
             cmd: KeysCmd::New { id, key_out },
@@ -220,7 +234,7 @@ pub fn main() -> ExitCode {
             listen,
             admin_listen,
         } => {
-            crate::telemetry::init_logging();
+            crate::telemetry::init_logging(None);
             runtime(0, crate::demo::run(listen, admin_listen))
         }
     }

@@ -73,10 +73,13 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             )
         }
         "/metrics" => {
-            let mut text = match app.store() {
-                Some(store) => app.metrics.render(store, &app.audit),
-                None => String::new(),
-            };
+            let sources: Vec<(&str, &crate::secret::SecretStore)> = app
+                .routes
+                .all()
+                .iter()
+                .map(|u| (&*u.name, &*u.store))
+                .collect();
+            let mut text = app.metrics.render(&sources, &app.audit);
             if let Some(s) = &app.shared_limits {
                 s.render(&mut text);
             }

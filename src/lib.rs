@@ -16,6 +16,7 @@ pub mod fakenim;
 pub mod fleet;
 pub mod hardening;
 pub mod health;
+pub mod hist;
 pub mod names;
 pub mod proxy;
 pub mod request;

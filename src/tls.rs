@@ -1,5 +1,6 @@
-//! PEM loading, the server-side rustls config (ALPN h2 + http/1.1), and the client-side config
-//! for outbound TLS (system roots plus an optional CA bundle).
+//! PEM loading (rustls certificates and keys, reqwest extra roots), the server-side rustls
+//! config (ALPN h2 + http/1.1), and the client-side config for outbound TLS (system roots plus an
+//! optional CA bundle).
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -50,4 +51,12 @@ pub fn client_config(ca_file: Option<&Path>, field: &str) -> Result<rustls::Clie
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth())
+}
+
+/// The PEM bundle at `path` as extra roots for a reqwest client; errors name `field`.
+pub fn reqwest_roots(path: &Path, field: &str) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("{field} {}: {}", path.display(), e.kind()))?;
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|_| format!("{field} {}: not a PEM certificate bundle", path.display()))
 }

@@ -251,8 +251,16 @@ async fn wait_readyz(gw: &Gateway, want: u16, limit: Duration) -> Option<Duratio
 
 async fn metric(gw: &Gateway, name: &str) -> f64 {
     let (_, m) = get_admin(gw.admin, "/metrics").await.unwrap();
+    // `name value` or `name{labels} value`
     m.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?.1,
+                None => rest,
+            };
+            rest.trim().parse().ok()
+        })
         .unwrap_or(f64::NAN)
 }
 

@@ -597,7 +597,7 @@ async fn health_and_metrics() {
         "{m}"
     );
     assert!(m.contains("nimgate_denied_total{reason=\"invalid_api_key\"} 1"));
-    assert!(m.contains("nimgate_key_loaded 1"));
+    assert!(m.contains("nimgate_key_loaded{upstream=\"default\"} 1"));
     assert!(!m.contains(NIM_KEY) && !m.contains("ngk_"));
     // The gateway's client port does not serve admin routes.
     assert_eq!(

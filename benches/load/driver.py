@@ -4,7 +4,8 @@
 Layout on a 2-core machine: every proxy under test is pinned to core 0 (`taskset -c 0`); the load
 generator (oha) and the upstream (nginx returning a fixed chat completion, or the project's
 fake-nim when nginx is absent) share core 1. Targets: direct (upstream itself), nimgate (audit
-fsync=interval), nimgate with fsync=batch, nimgate with audit off, hyper-floor (the smallest hyper +
+fsync=interval), nimgate with fsync=batch, nimgate with audit off, nimgate-otel and
+nimgate-otel-1pct (traces exported to a local OTLP sink at sample_ratio 1.0 and 0.01), hyper-floor (the smallest hyper +
 hyper-util proxy: what the stack alone costs), nginx and HAProxy (when on PATH; same job:
 client-key check, key injection, one JSON log line per request, keep-alive pool).
 
@@ -37,7 +38,8 @@ CLIENT_KEY = "ngk_bench_client_key_0123456789abcdef0123456789ab"
 NIM_KEY = "nvapi-bench-key-0123456789abcdef"
 BODY = json.dumps({"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16})
 PORTS = {"upstream": 18000, "ssenim": 18001, "nimgate": 18080, "nimgate-batch": 18083, "nimgate-noaudit": 18084,
-         "nimgate-2core": 18085, "nimgate-sse": 18086, "hyper-floor": 18088, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
+         "nimgate-2core": 18085, "nimgate-sse": 18086, "nimgate-otel": 18087, "nimgate-otel-1pct": 18089,
+         "otlp": 18010, "hyper-floor": 18088, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
          "haproxy-sse": 18092, "nimgate-redis": 18094, "redis": 18093}
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
@@ -151,7 +153,24 @@ def write_templ(src, dst, **vals):
         f.write(s)
 
 
-def nimgate_config(d, name, port, upstream_port, audit, workers, client_extra="", extra=""):
+# A local OTLP/HTTP collector for the nimgate-otel targets: reads each export and answers 200
+# with an empty ExportTraceServiceResponse (its CPU is not counted: it shares core 1 with oha).
+OTLP_SINK = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def nimgate_config(d, name, port, upstream_port, audit, workers, sample_ratio=None, client_extra="", extra=""):
     key_file = os.path.join(d, "nim-key")
     with open(key_file, "w") as f:
         f.write(NIM_KEY + "\n")
@@ -178,6 +197,11 @@ key_sha256 = "{digest}"
 [audit]
 {audit_toml}
 {extra}
+""")
+        if sample_ratio is not None:
+            f.write(f"""[telemetry]
+otlp_endpoint = "http://127.0.0.1:{PORTS['otlp']}"
+sample_ratio = {sample_ratio}
 """)
     return cfg
 
@@ -278,8 +302,12 @@ def main():
         wait_port(PORTS["upstream"])
         wait_port(PORTS["ssenim"], "/v1/health/ready")
         # Proxies on core 0.
-        for name, audit in (("nimgate", "interval"), ("nimgate-batch", "batch"), ("nimgate-noaudit", "off")):
-            cfg = nimgate_config(d, name, PORTS[name], PORTS["upstream"], audit, 1)
+        start(["python3", "-c", OTLP_SINK, str(PORTS["otlp"])], "1", f"{d}/otlp.log")
+        wait_port(PORTS["otlp"])
+        for name, audit, ratio in (("nimgate", "interval", None), ("nimgate-batch", "batch", None),
+                                   ("nimgate-noaudit", "off", None), ("nimgate-otel", "interval", 1.0),
+                                   ("nimgate-otel-1pct", "interval", 0.01)):
+            cfg = nimgate_config(d, name, PORTS[name], PORTS["upstream"], audit, 1, ratio)
             pids[name] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/{name}.log").pid]
         # Shared limits: the client has an (unreachable) rate limit, checked in a Redis on core 1
         # each request (issue 19's budget: what the round trip adds).

@@ -49,6 +49,8 @@ struct Inner {
     max_wait: Duration,
     /// Queue permits only `use` (and `record`) may take: `record_unreserved` leaves them.
     reserve: usize,
+    /// `audit.queue`: all permits.
+    capacity: usize,
 }
 
 impl Drop for Inner {
@@ -110,6 +112,7 @@ impl Audit {
             thread_batches: AtomicU64::new(0),
             inline_batches: AtomicU64::new(0),
             low_disk: AtomicBool::new(false),
+            write_latency: crate::hist::Histogram::new(crate::hist::SECONDS),
         });
         let (committer, handle) = commit::Committer::start(writer::open(cfg, shared.clone())?)?;
         let inner = Arc::new(Inner {
@@ -117,6 +120,7 @@ impl Audit {
             shared,
             max_wait: cfg.max_wait,
             reserve: cfg.queue / 4,
+            capacity: cfg.queue,
         });
         Ok((Self { inner: Some(inner) }, Some(handle)))
     }
@@ -146,6 +150,19 @@ impl Audit {
                 i.shared.inline_batches.load(Ordering::Relaxed),
             )
         })
+    }
+
+    /// Records holding queue room (queued or being written), for metrics.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.as_ref().map_or(0, |i| {
+            i.capacity
+                .saturating_sub(i.shared.permits.available_permits())
+        })
+    }
+
+    /// The batch write latency histogram (none without an audit trail).
+    pub fn write_latency(&self) -> Option<&crate::hist::Histogram> {
+        self.inner.as_ref().map(|i| &i.shared.write_latency)
     }
 
     /// Write a `use` record; returns once `write(2)` has returned for it.

@@ -25,6 +25,9 @@ pub struct Record {
     pub event: Event,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub request_id: Option<Arc<str>>,
+    /// The request's trace (32 hex digits), on `use`/`done` when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
+    pub trace_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub client_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
@@ -83,6 +86,7 @@ impl Record {
         Self {
             event,
             request_id: None,
+            trace_id: None,
             client_id: None,
             remote_addr: None,
             method: None,

@@ -19,7 +19,7 @@ use crate::audit::{Audit, Event, Record};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::request::{method_name, RemoteAddr, RequestId};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Op, ReqLabels};
 
 /// Characters of an unauthenticated request's path kept in its `denied` record.
 pub const DENIED_PATH_CHARS: usize = 128;
@@ -83,6 +83,8 @@ where
                 let remote = req.extensions().get::<RemoteAddr>().map(|a| a.0.clone());
                 let ip = remote.as_deref().and_then(ip_of);
                 let reason = why.reason();
+                // The raw path's ending is enough for a label (no normalising allocation here).
+                let op = Op::of_path(req.uri().path());
                 let within = self.cfg.budget.allow(ip);
                 let mut r = Record::event(Event::Denied);
                 r.remote_addr = remote;
@@ -107,8 +109,12 @@ where
                             retry_after_secs: 60,
                         }
                     };
-                    metrics.denied(e);
-                    metrics.response(e.status_code().as_u16(), start.elapsed());
+                    let l = ReqLabels {
+                        client: metrics.unauthenticated(),
+                        op,
+                    };
+                    metrics.denied(l.client, e);
+                    metrics.response(l, None, e.status_code().as_u16(), start.elapsed());
                     Ok(e.into_response(id.as_ref()))
                 }))
             }

@@ -32,6 +32,8 @@ impl std::fmt::Debug for Principal {
 
 pub struct ClientEntry {
     pub id: Arc<str>,
+    /// Position in `[[clients]]`: the client's slot in the per-client metrics.
+    pub index: usize,
     pub limiter: Option<Gcra>,
     pub concurrency: Option<Arc<Semaphore>>,
     /// `tpm` / `tokens_per_day`, kept in this process (the floor with a shared backend).
@@ -68,7 +70,8 @@ impl ClientRegistry {
     pub fn new(clients: &[ClientConfig], default_concurrency: usize) -> Self {
         let by_digest = clients
             .iter()
-            .filter_map(|c| {
+            .enumerate()
+            .filter_map(|(index, c)| {
                 let mut d = [0u8; 32];
                 hex::decode_to_slice(c.key_sha256.to_ascii_lowercase(), &mut d).ok()?;
                 let limiter = c
@@ -88,6 +91,7 @@ impl ClientRegistry {
                     d,
                     Arc::new(ClientEntry {
                         id: Arc::from(c.id.as_str()),
+                        index,
                         limiter,
                         concurrency,
                         budget: budget::TokenBudget::new(c.tpm, c.tokens_per_day),

@@ -1,7 +1,7 @@
 //! The response body type every layer answers with. `GatewayBody::Full` carries the gateway's own
 //! answers (errors); `GatewayBody::Upstream` forwards each frame of the NIM's response as it
-//! arrives (never buffered), counts bytes, sniffs token usage on the side (`sniff`) and emits the
-//! request's outcome exactly once when the stream ends, fails or is dropped by a departing client.
+//! arrives (never buffered), counts bytes, notes when the first byte left (time to first token),
+//! sniffs token usage on the side (`sniff`) and emits the request's outcome exactly once when the stream ends, fails or is dropped by a departing client.
 //!
 //! A leaf module: it knows nothing of the proxy, so `error` and `proxy` both use it without
 //! importing each other.
@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use crate::audit::Usage;
 use redact::Redactor;
@@ -36,6 +37,8 @@ pub struct Outcome {
     pub redactions: u64,
     /// `None` = complete; else why it ended early.
     pub error: Option<&'static str>,
+    /// When the first body byte went to the client (time to first token, for streams).
+    pub first_byte: Option<Instant>,
 }
 
 pin_project_lite::pin_project! {
@@ -54,6 +57,7 @@ pub struct Track {
     strip: Option<UsageStrip>,
     /// A non-data frame that waits for held-back body bytes to go first.
     pending: Option<Frame<Bytes>>,
+    first_byte: Option<Instant>,
     on_done: Option<Box<dyn OnDone>>,
 }
 
@@ -67,6 +71,7 @@ impl Track {
                 model,
                 redactions: self.redact.as_ref().map_or(0, |r| r.count),
                 error,
+                first_byte: self.first_byte,
             });
         }
     }
@@ -143,6 +148,7 @@ impl GatewayBody {
                 redact,
                 strip: (sse && strip_usage).then(UsageStrip::default),
                 pending: None,
+                first_byte: None,
                 on_done: Some(on_done),
             }),
         }
@@ -177,6 +183,9 @@ impl Body for GatewayBody {
                                 let d = t.pass(d, end);
                                 if d.is_empty() && !end {
                                     continue;
+                                }
+                                if t.first_byte.is_none() && !d.is_empty() {
+                                    t.first_byte = Some(Instant::now());
                                 }
                                 Frame::data(d)
                             }

@@ -9,9 +9,11 @@ mod hints;
 mod preflight;
 mod ratelimit;
 mod secret;
+mod telemetry;
 mod types;
 mod validate;
 
+pub use telemetry::TelemetryConfig;
 pub use types::*;
 pub use validate::ConfigError;
 

@@ -28,6 +28,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub ratelimit: RateLimitConfig,
+    #[serde(default)]
+    pub telemetry: super::telemetry::TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -58,6 +58,9 @@ impl Config {
         self.validate_limits(&mut err);
         self.ratelimit.validate(&mut err);
         self.validate_durations(&mut err);
+        for (field, m) in self.telemetry.problems() {
+            err(field, m);
+        }
         errs
     }
 

@@ -15,6 +15,7 @@ use crate::auth::Principal;
 use crate::config::FailureMode;
 use crate::error::GatewayError;
 use crate::fleet::{Shared, Verdict};
+use crate::telemetry::Gauge;
 
 /// Concurrency slots a request holds until its response body ends, and its client's limits.
 pub struct Permits {
@@ -25,6 +26,8 @@ pub struct Permits {
     /// (limit, remaining, reset) of requests and of tokens, for the response headers.
     requests: Option<(u64, u64, Duration)>,
     tokens: Option<(u64, u64, Duration)>,
+    /// `nimgate_requests_in_flight` counts the requests holding these permits.
+    _in_flight: Gauge,
 }
 
 impl Permits {
@@ -191,6 +194,7 @@ impl Proxy {
             shared: shared.cloned(),
             requests,
             tokens,
+            _in_flight: self.metrics.in_flight(),
         })
     }
 }

@@ -1,7 +1,8 @@
 //! The last phases: `build_upstream_request` (the upstream URI, stripped headers, the key),
 //! `send_with_retry` (a `use` record, then the request; one retry with a refreshed key when the
 //! NIM rejects the key and the body can be replayed) and `wrap_response` (headers for the client,
-//! the body streamed through with the `done` record at its end).
+//! the body streamed through with the `done` record at its end). With tracing on, each send is a
+//! CLIENT span whose context goes to the NIM as `traceparent` (`telemetry::spans`).
 
 use http::{request::Parts, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -20,6 +21,7 @@ use crate::error::GatewayError;
 use crate::names::X_REQUEST_ID;
 use crate::request::ReqInfo;
 use crate::secret::KeyMaterial;
+use crate::telemetry::{spans, Finished, Gauge};
 
 /// Longest wait for a fresh key after the NIM rejected the current one.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
@@ -108,7 +110,28 @@ impl Attempt {
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
         let up = &self.upstream;
+        // The CLIENT span of this attempt (none with tracing off); the NIM gets it as parent.
+        let span = spans::attempt(
+            &self.info.span,
+            parts.method.as_str(),
+            up.pool.authority.host(),
+            up.pool
+                .authority
+                .port_u16()
+                .unwrap_or(if up.pool.scheme == http::uri::Scheme::HTTPS {
+                    443
+                } else {
+                    80
+                }),
+            &self.info.path,
+        );
+        spans::inject(&span, req.headers_mut());
+        let sent = std::time::Instant::now();
         let result = tokio::time::timeout(up.response_timeout, up.pool.client.request(req)).await;
+        if let Ok(Ok(resp)) = &result {
+            p.metrics.upstream_ttfb(&up.name, sent.elapsed());
+            spans::status(&span, resp.status().as_u16(), None);
+        }
         let err = match result {
             // A 101 would hand the client a raw tunnel to the NIM (nimgate never asks for one).
             Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -128,11 +151,19 @@ impl Attempt {
             }
         };
         p.metrics.upstream_error(err);
+        spans::status(&span, err.status_code().as_u16(), Some(err.code()));
+        spans::status(
+            &self.info.span,
+            err.status_code().as_u16(),
+            Some(err.code()),
+        );
         let mut d = self.done_record(key, err.status_code().as_u16());
         d.reason = Some(err.code().to_string());
         p.audit.record_done(d);
+        let status = err.status_code().as_u16();
+        let took = self.info.start.elapsed();
         p.metrics
-            .response(err.status_code().as_u16(), self.info.start.elapsed());
+            .response(self.info.labels, Some(&up.name), status, took);
         Err(Failure::Failed(err))
     }
 
@@ -208,6 +239,8 @@ pub(super) fn wrap_response(
     let strip = attempt.strip_usage;
     let done = Done {
         status: rparts.status.as_u16(),
+        _stream: sse.then(|| attempt.proxy.metrics.open_stream()),
+        sse,
         attempt,
         key,
         permits,
@@ -262,8 +295,11 @@ struct Done {
     attempt: Attempt,
     key: Arc<KeyMaterial>,
     status: u16,
+    sse: bool,
     /// Released when the record is written; charges the client's token budget first.
     permits: Permits,
+    /// `nimgate_sse_streams_open` while an SSE body streams.
+    _stream: Option<Gauge>,
 }
 
 impl OnDone for Done {
@@ -271,15 +307,32 @@ impl OnDone for Done {
         let mut r = self.attempt.done_record(&self.key, self.status);
         r.bytes_out = Some(o.bytes_out);
         r.usage = o.usage;
+        spans::outcome(&self.attempt.info.span, o.usage, o.model.as_deref(), None);
         if r.model.is_none() {
             r.model = o.model.map(Arc::from);
         }
         r.reason = o.error.map(String::from);
-        let m = &self.attempt.proxy.metrics;
+        let a = &self.attempt;
+        let first_token = o
+            .first_byte
+            .filter(|_| self.sse && self.status < 300)
+            .map(|t| t.duration_since(a.info.start));
+        spans::status(&a.info.span, self.status, o.error);
+        spans::outcome(&a.info.span, None, None, first_token);
+        let m = &a.proxy.metrics;
         m.key_redactions(o.redactions);
-        m.response(self.status, self.attempt.info.start.elapsed());
+        m.finished(&Finished {
+            labels: a.info.labels,
+            upstream: &a.upstream.name,
+            status: self.status,
+            took: a.info.start.elapsed(),
+            model: r.model.as_deref(),
+            usage: o.usage,
+            bytes_in: r.bytes_in.unwrap_or(0),
+            bytes_out: o.bytes_out,
+            first_token,
+        });
         if let Some(u) = o.usage {
-            m.tokens(u.prompt_tokens, u.completion_tokens);
             self.permits
                 .charge(u.prompt_tokens.saturating_add(u.completion_tokens));
         }

@@ -40,8 +40,9 @@ use crate::auth::Principal;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::request::{method_name, truncated_path, RemoteAddr, ReqInfo, RequestId};
-use crate::telemetry::Metrics;
+use crate::telemetry::{otel, spans, Metrics, Op, ReqLabels};
 use attempt::{build_upstream_request, wrap_response, Attempt};
+use tracing::Instrument;
 pub use upstream::{Routes, Upstream};
 
 /// Why a request got no upstream response.
@@ -126,19 +127,50 @@ impl Proxy {
             return GatewayError::Unauthenticated.into_response(Some(&request_id));
         };
         let normalized = path::normalize(req.uri().path());
+        let remote = req.extensions().get::<RemoteAddr>().map(|r| r.0.clone());
+        let method = method_name(req.method());
+        let path: Arc<str> = match &normalized {
+            Some(p) => Arc::from(p.as_str()),
+            None => truncated_path(req.uri().path()),
+        };
+        let id_text = request_id.to_str().ok().map(Arc::from);
+        // Tracing off: no span, no header read, nothing recorded (`spans::*` return at once).
+        let (span, trace_id) = if otel::enabled() {
+            spans::server(
+                req.headers(),
+                &method,
+                &path,
+                &principal.0.id,
+                id_text.as_deref(),
+                remote.as_deref(),
+            )
+        } else {
+            (tracing::Span::none(), None)
+        };
         let info = ReqInfo {
             start,
-            id_text: request_id.to_str().ok().map(Arc::from),
+            id_text,
             request_id,
             client_id: principal.0.id.clone(),
-            remote: req.extensions().get::<RemoteAddr>().map(|r| r.0.clone()),
-            method: method_name(req.method()),
-            path: match &normalized {
-                Some(p) => Arc::from(p.as_str()),
-                None => truncated_path(req.uri().path()),
+            remote,
+            method,
+            path,
+            labels: ReqLabels {
+                client: principal.0.index,
+                op: Op::of_path(normalized.as_deref().unwrap_or("")),
             },
+            span,
+            trace_id,
         };
-        match self.forward(req, normalized, &principal, &info).await {
+        let forwarded = if info.span.is_none() {
+            self.forward(req, normalized, &principal, &info).await
+        } else {
+            let span = info.span.clone();
+            self.forward(req, normalized, &principal, &info)
+                .instrument(span)
+                .await
+        };
+        match forwarded {
             Ok(resp) => resp,
             Err(Failure::Failed(e)) => e.into_response(Some(&info.request_id)),
             Err(Failure::Denied(e, model)) => self.deny(&info, e, model).await,
@@ -167,6 +199,7 @@ impl Proxy {
         let strip_usage = self.settings.stream_usage
             && principal.0.budget.is_some()
             && prefix.ask_for_usage(&mut parts.headers);
+        spans::model(&info.span, info.labels.op, prefix.model.as_deref());
         let denied = |e: GatewayError| Failure::Denied(e, prefix.model.clone());
         let upstream = self
             .routes
@@ -177,6 +210,7 @@ impl Proxy {
             .store
             .load()
             .map_err(|_| denied(GatewayError::KeyUnavailable))?;
+        spans::key_version(&info.span, &key.version);
         build_upstream_request(&mut parts, path, &upstream, &key, info).map_err(denied)?;
         let attempt = Attempt {
             proxy: self.clone(),
@@ -199,7 +233,7 @@ impl Proxy {
         e: GatewayError,
         model: Option<Arc<str>>,
     ) -> Response<GatewayBody> {
-        self.metrics.denied(e);
+        self.metrics.denied(info.labels.client, e);
         let mut r = info.record(Event::Denied);
         r.status = Some(e.status_code().as_u16());
         r.reason = Some(e.code().to_string());
@@ -211,8 +245,10 @@ impl Proxy {
                 "audit queue full: denied record not written"
             );
         }
+        let status = e.status_code().as_u16();
+        spans::status(&info.span, status, Some(e.code()));
         self.metrics
-            .response(e.status_code().as_u16(), info.start.elapsed());
+            .response(info.labels, None, status, info.start.elapsed());
         e.into_response(Some(&info.request_id))
     }
 }

@@ -70,12 +70,20 @@ pub struct ReqInfo {
     pub method: Cow<'static, str>,
     /// Normalised, or (when it cannot be) the raw path cut to 512 characters.
     pub path: Arc<str>,
+    /// The client and operation slots of the request's metrics.
+    pub labels: crate::telemetry::ReqLabels,
+    /// The SERVER span (`Span::none()` with tracing off); it ends when the last clone drops,
+    /// with the response body.
+    pub span: tracing::Span,
+    /// Its trace id, for the `use`/`done` records.
+    pub trace_id: Option<Arc<str>>,
 }
 
 impl ReqInfo {
     pub fn record(&self, event: Event) -> Record {
         let mut r = Record::event(event);
         r.request_id = self.id_text.clone();
+        r.trace_id = self.trace_id.clone();
         r.client_id = Some(self.client_id.clone());
         r.remote_addr = self.remote.clone();
         r.method = Some(self.method.clone());

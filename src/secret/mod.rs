@@ -17,6 +17,29 @@ use std::time::Duration;
 
 pub use store::{KeyMaterial, SecretStore};
 
+/// A secret-source operation whose failures are counted (metrics label `op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretOp {
+    /// Reading the key (any source).
+    Fetch,
+    /// A Vault token renewal.
+    Renew,
+    /// A Vault login (or token-file read).
+    Login,
+}
+
+impl SecretOp {
+    pub const ALL: [Self; 3] = [Self::Fetch, Self::Renew, Self::Login];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fetch => "fetch",
+            Self::Renew => "renew",
+            Self::Login => "login",
+        }
+    }
+}
+
 /// A key as fetched, before validation.
 pub struct Fetched {
     pub secret: SecretString,

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
-use super::{SecretErrorKind, SecretSource, SecretStore};
+use super::{SecretErrorKind, SecretOp, SecretSource, SecretStore};
 use crate::audit::{Audit, Event, Record};
 
 /// Least time between two on-demand (NIM said 401/403) fetches.
@@ -54,8 +55,20 @@ pub async fn run(
     let mut last_on_demand: Option<Instant> = None;
     let mut last_failure: Option<String> = None;
     loop {
-        let result = src.fetch().await;
+        let span = crate::telemetry::spans::background("secret fetch", kind);
+        let result = src.fetch().instrument(span.clone()).await;
+        if result.is_err() {
+            crate::telemetry::spans::failed(&span, "fetch_failed");
+        }
+        drop(span);
         for ev in src.drain_events() {
+            if ev.reason.as_deref() == Some("failure") {
+                match ev.event {
+                    Event::VaultLogin => store.count_failure(SecretOp::Login),
+                    Event::VaultRenew => store.count_failure(SecretOp::Renew),
+                    _ => {}
+                }
+            }
             let _ = audit.record(ev).await;
         }
         let delay = match result.and_then(|f| {
@@ -94,6 +107,7 @@ pub async fn run(
                 src.interval()
             }
             Err(e) => {
+                store.count_failure(SecretOp::Fetch);
                 let n = store.note_failure();
                 let keeping = store.peek().is_some() && e.kind != SecretErrorKind::Forbidden;
                 // The same failure again (a file source re-reads every poll) is logged at debug

@@ -45,6 +45,8 @@ pub struct SecretStore {
     /// Nanoseconds since `epoch` of the last successful fetch (0 = never).
     last_success: AtomicU64,
     consecutive_failures: AtomicU32,
+    /// Failures by `SecretOp` (for metrics).
+    failures: [AtomicU64; 3],
     max_staleness: Option<Duration>,
     generation: AtomicU64,
     refresh_wanted: Notify,
@@ -69,6 +71,7 @@ impl SecretStore {
             epoch: Instant::now(),
             last_success: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            failures: Default::default(),
             max_staleness,
             generation: AtomicU64::new(0),
             refresh_wanted: Notify::new(),
@@ -140,6 +143,15 @@ impl SecretStore {
         let n = (self.epoch.elapsed().as_nanos() as u64).max(1);
         self.last_success.store(n, Ordering::Release);
         self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Count one failed `op` of this store's source.
+    pub fn count_failure(&self, op: super::SecretOp) {
+        self.failures[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failures(&self, op: super::SecretOp) -> u64 {
+        self.failures[op as usize].load(Ordering::Relaxed)
     }
 
     pub fn note_failure(&self) -> u32 {

@@ -1,61 +1,201 @@
-//! Prometheus metrics from plain atomics: no lock and no allocation on the request path. The
+//! Prometheus metrics from plain atomics: no lock and no allocation on the request path. Every
+//! labelled family is a flat array of atomics allocated at start, indexed by label slots
+//! (`labels.rs`): client (config order, then `unauthenticated`), operation, upstream (configured
+//! names, then `none` for requests that never reached one), status class, model. The
 //! `reason`/`kind` labels are `GatewayError::code()` for every variant of `GatewayError::ALL`.
+//! `render.rs` writes the text format.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::audit::Audit;
+use super::labels::{Models, Op, MODEL_SLOTS};
+use crate::audit::Usage;
 use crate::error::GatewayError;
-use crate::secret::SecretStore;
+use crate::hist::{Histogram, SECONDS, TOKENS};
 
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+pub(super) const N: usize = GatewayError::ALL.len();
+/// Status classes 1xx..5xx.
+pub(super) const CLASSES: usize = 5;
+/// Limit refusals counted per client.
+pub(super) const REJECTIONS: [GatewayError; 3] = [
+    GatewayError::RateLimited {
+        retry_after_secs: 0,
+    },
+    GatewayError::ClientConcurrency,
+    GatewayError::Overloaded,
 ];
-const N: usize = GatewayError::ALL.len();
 
 /// HELP text of the request duration histogram (pinned by a test against what `response` measures).
 pub const DURATION_HELP: &str =
     "Time from the request's arrival to the end of its response (last body byte, or the error).";
 
-#[derive(Default)]
-pub struct Metrics {
-    responses: [AtomicU64; 6],
-    denied: [AtomicU64; N],
-    upstream_errors: [AtomicU64; N],
-    duration_buckets: [AtomicU64; BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_us: AtomicU64,
-    prompt_tokens: AtomicU64,
-    completion_tokens: AtomicU64,
-    key_redactions: AtomicU64,
+/// Who and what a request is, as label slots (cheap to copy).
+#[derive(Clone, Copy, Debug)]
+pub struct ReqLabels {
+    /// The client's `index`, or `Metrics::unauthenticated()`.
+    pub client: usize,
+    pub op: Op,
 }
 
-/// `# HELP` and `# TYPE` lines of one family.
-fn family(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// What a proxied response's end reports.
+pub struct Finished<'a> {
+    pub labels: ReqLabels,
+    pub upstream: &'a str,
+    pub status: u16,
+    pub took: Duration,
+    pub model: Option<&'a str>,
+    pub usage: Option<Usage>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Arrival to the first body byte, for a streamed (SSE) response.
+    pub first_token: Option<Duration>,
+}
+
+pub struct Metrics {
+    pub(super) clients: Box<[Arc<str>]>,
+    pub(super) upstreams: Box<[Arc<str>]>,
+    pub(super) models: Models,
+    pub(super) responses: [AtomicU64; 6],
+    pub(super) denied: [AtomicU64; N],
+    pub(super) upstream_errors: [AtomicU64; N],
+    /// [client][op][upstream][class]
+    pub(super) requests: Box<[AtomicU64]>,
+    /// [op]
+    pub(super) duration: [Histogram; 4],
+    /// [upstream]
+    pub(super) ttfb: Box<[Histogram]>,
+    /// [model]
+    pub(super) ttft: Box<[Histogram]>,
+    /// [model][input, output]
+    pub(super) token_usage: Box<[Histogram]>,
+    /// [client][model][input, output]
+    pub(super) tokens: Box<[AtomicU64]>,
+    /// [client]
+    pub(super) bytes_in: Box<[AtomicU64]>,
+    pub(super) bytes_out: Box<[AtomicU64]>,
+    /// [client][REJECTIONS]
+    pub(super) rejections: Box<[AtomicU64]>,
+    pub(super) in_flight: AtomicI64,
+    pub(super) open_streams: AtomicI64,
+    pub(super) key_redactions: AtomicU64,
+}
+
+fn zeros(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl Default for Metrics {
+    /// No configured clients, one upstream named `default`.
+    fn default() -> Self {
+        Self::new(&[], &[Arc::from("default")], &[])
+    }
 }
 
 impl Metrics {
-    /// A response is finished (its last byte sent, or an error answered) after `took`.
-    pub fn response(&self, status: u16, took: Duration) {
-        let class = usize::from(status / 100).min(5);
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
+    /// Slots for the configured clients (in config order) and upstreams, and model labels seeded
+    /// with the configured models.
+    pub fn new(clients: &[Arc<str>], upstreams: &[Arc<str>], models: &[&str]) -> Self {
+        let c = clients.len() + 1;
+        let u = upstreams.len() + 1;
+        Self {
+            clients: clients.into(),
+            upstreams: upstreams.into(),
+            models: Models::new(models),
+            responses: Default::default(),
+            denied: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            requests: zeros(c * Op::ALL.len() * u * CLASSES),
+            duration: std::array::from_fn(|_| Histogram::new(SECONDS)),
+            ttfb: (0..u).map(|_| Histogram::new(SECONDS)).collect(),
+            ttft: (0..MODEL_SLOTS).map(|_| Histogram::new(SECONDS)).collect(),
+            token_usage: (0..MODEL_SLOTS * 2)
+                .map(|_| Histogram::new(TOKENS))
+                .collect(),
+            tokens: zeros(c * MODEL_SLOTS * 2),
+            bytes_in: zeros(c),
+            bytes_out: zeros(c),
+            rejections: zeros(c * REJECTIONS.len()),
+            in_flight: AtomicI64::new(0),
+            open_streams: AtomicI64::new(0),
+            key_redactions: AtomicU64::new(0),
         }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub fn denied(&self, e: GatewayError) {
+    /// The client slot of requests that did not authenticate.
+    pub fn unauthenticated(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn client(&self, i: usize) -> usize {
+        i.min(self.clients.len())
+    }
+
+    /// The slot of a configured upstream; `none` (the last) for any other name.
+    pub(super) fn upstream_slot(&self, name: &str) -> usize {
+        self.upstreams
+            .iter()
+            .position(|u| &**u == name)
+            .unwrap_or(self.upstreams.len())
+    }
+
+    pub(super) fn request_index(&self, c: usize, op: usize, up: usize, class: usize) -> usize {
+        ((c * Op::ALL.len() + op) * (self.upstreams.len() + 1) + up) * CLASSES + class
+    }
+
+    /// A response is finished (its last byte sent, or an error answered) after `took`;
+    /// `upstream`: the upstream it came from or was meant for (`None`: refused before routing).
+    pub fn response(&self, l: ReqLabels, upstream: Option<&str>, status: u16, took: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5);
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        let up = upstream.map_or(self.upstreams.len(), |n| self.upstream_slot(n));
+        let i = self.request_index(self.client(l.client), l.op.index(), up, class - 1);
+        self.requests[i].fetch_add(1, Ordering::Relaxed);
+        self.duration[l.op.index()].observe(took.as_secs_f64());
+    }
+
+    /// A request refused before its key was used; limit refusals are also counted per client.
+    pub fn denied(&self, client: usize, e: GatewayError) {
         self.denied[e.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = REJECTIONS.iter().position(|r| r.index() == e.index()) {
+            let i = self.client(client) * REJECTIONS.len() + k;
+            self.rejections[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn upstream_error(&self, e: GatewayError) {
         self.upstream_errors[e.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upstream's response head arrived `took` after the request was sent.
+    pub fn upstream_ttfb(&self, upstream: &str, took: Duration) {
+        self.ttfb[self.upstream_slot(upstream)].observe(took.as_secs_f64());
+    }
+
+    /// The end of a proxied response: the request counters, bytes, tokens and stream TTFT.
+    pub fn finished(&self, f: &Finished<'_>) {
+        self.response(f.labels, Some(f.upstream), f.status, f.took);
+        let c = self.client(f.labels.client);
+        self.bytes_in[c].fetch_add(f.bytes_in, Ordering::Relaxed);
+        self.bytes_out[c].fetch_add(f.bytes_out, Ordering::Relaxed);
+        // Only answers the NIM produced name a model slot, so junk names sent by a client
+        // cannot use up the first-seen slots.
+        if f.usage.is_none() && f.first_token.is_none() {
+            return;
+        }
+        let m = self.models.slot(f.model.unwrap_or("unknown"));
+        if let Some(t) = f.first_token {
+            self.ttft[m].observe(t.as_secs_f64());
+        }
+        if let Some(u) = f.usage {
+            for (k, n) in [u.prompt_tokens, u.completion_tokens]
+                .into_iter()
+                .enumerate()
+            {
+                self.token_usage[m * 2 + k].observe(n as f64);
+                self.tokens[(c * MODEL_SLOTS + m) * 2 + k].fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Occurrences of the injected key removed from NIM responses (headers, bodies, `Location`).
@@ -65,240 +205,35 @@ impl Metrics {
         }
     }
 
-    pub fn tokens(&self, prompt: u64, completion: u64) {
-        self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
-        self.completion_tokens
-            .fetch_add(completion, Ordering::Relaxed);
+    /// Count a request as in flight until the guard drops.
+    pub fn in_flight(self: &Arc<Self>) -> Gauge {
+        Gauge::up(self, |m| &m.in_flight)
     }
 
-    /// Prometheus text exposition format 0.0.4.
-    pub fn render(&self, store: &SecretStore, audit: &Audit) -> String {
-        let mut o = String::with_capacity(4096);
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        family(
-            &mut o,
-            "nimgate_responses_total",
-            "counter",
-            "Responses sent to clients, by status class.",
-        );
-        for (i, c) in self.responses.iter().enumerate().skip(1) {
-            let _ = writeln!(o, "nimgate_responses_total{{class=\"{i}xx\"}} {}", g(c));
-        }
-        family(
-            &mut o,
-            "nimgate_denied_total",
-            "counter",
-            "Requests refused before the key was used, by reason.",
-        );
-        for (e, c) in GatewayError::ALL.iter().zip(&self.denied) {
-            let _ = writeln!(
-                o,
-                "nimgate_denied_total{{reason=\"{}\"}} {}",
-                e.code(),
-                g(c)
-            );
-        }
-        family(
-            &mut o,
-            "nimgate_upstream_errors_total",
-            "counter",
-            "Upstream failures after the key was sent, by kind.",
-        );
-        for (e, c) in GatewayError::ALL.iter().zip(&self.upstream_errors) {
-            if e.is_upstream() {
-                let _ = writeln!(
-                    o,
-                    "nimgate_upstream_errors_total{{kind=\"{}\"}} {}",
-                    e.code(),
-                    g(c)
-                );
-            }
-        }
-        family(
-            &mut o,
-            "nimgate_request_duration_seconds",
-            "histogram",
-            DURATION_HELP,
-        );
-        let mut cum = 0;
-        for (b, c) in BUCKETS.iter().zip(&self.duration_buckets) {
-            cum += g(c);
-            let _ = writeln!(
-                o,
-                "nimgate_request_duration_seconds_bucket{{le=\"{b}\"}} {cum}"
-            );
-        }
-        let count = g(&self.duration_count);
-        let _ = writeln!(
-            o,
-            "nimgate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            o,
-            "nimgate_request_duration_seconds_sum {}",
-            g(&self.duration_sum_us) as f64 / 1e6
-        );
-        let _ = writeln!(o, "nimgate_request_duration_seconds_count {count}");
-        family(
-            &mut o,
-            "nimgate_tokens_total",
-            "counter",
-            "Tokens the NIM reported in responses' usage, by kind.",
-        );
-        let _ = writeln!(o, "nimgate_tokens_total{{kind=\"prompt\"}} {}\nnimgate_tokens_total{{kind=\"completion\"}} {}", g(&self.prompt_tokens), g(&self.completion_tokens));
-        family(
-            &mut o,
-            "nimgate_key_redactions_total",
-            "counter",
-            "Occurrences of the injected NIM key removed from upstream responses (headers, bodies, Location).",
-        );
-        let _ = writeln!(
-            o,
-            "nimgate_key_redactions_total {}",
-            g(&self.key_redactions)
-        );
-
-        family(
-            &mut o,
-            "nimgate_key_loaded",
-            "gauge",
-            "1 if a NIM key is loaded and fresh.",
-        );
-        let _ = writeln!(o, "nimgate_key_loaded {}", u8::from(store.ready().is_ok()));
-        if let Some(k) = &store.peek() {
-            family(
-                &mut o,
-                "nimgate_key_age_seconds",
-                "gauge",
-                "Time since the current key was loaded.",
-            );
-            let _ = writeln!(
-                o,
-                "nimgate_key_age_seconds {:.3}",
-                k.loaded_at.elapsed().as_secs_f64()
-            );
-            family(
-                &mut o,
-                "nimgate_key_generation",
-                "gauge",
-                "Keys loaded since start (each rotation adds one).",
-            );
-            let _ = writeln!(o, "nimgate_key_generation {}", k.generation);
-        }
-        if let Some(s) = store.since_success() {
-            family(
-                &mut o,
-                "nimgate_secret_last_success_age_seconds",
-                "gauge",
-                "Time since the last successful secret fetch.",
-            );
-            let _ = writeln!(
-                o,
-                "nimgate_secret_last_success_age_seconds {:.3}",
-                s.as_secs_f64()
-            );
-        }
-        family(
-            &mut o,
-            "nimgate_secret_consecutive_failures",
-            "gauge",
-            "Secret fetches failed in a row (0 after a success).",
-        );
-        let _ = writeln!(
-            o,
-            "nimgate_secret_consecutive_failures {}",
-            store.consecutive_failures()
-        );
-        let (records, errors) = audit.counters();
-        let (thread_batches, inline_batches) = audit.batches();
-        family(
-            &mut o,
-            "nimgate_audit_batches_total",
-            "counter",
-            "Audit batches written, by the thread that wrote them.",
-        );
-        let _ = writeln!(o, "nimgate_audit_batches_total{{by=\"writer_thread\"}} {thread_batches}\nnimgate_audit_batches_total{{by=\"runtime_thread\"}} {inline_batches}");
-        family(
-            &mut o,
-            "nimgate_audit_records_total",
-            "counter",
-            "Audit records written.",
-        );
-        let _ = writeln!(o, "nimgate_audit_records_total {records}");
-        family(
-            &mut o,
-            "nimgate_audit_write_errors_total",
-            "counter",
-            "Failed audit writes and syncs.",
-        );
-        let _ = writeln!(o, "nimgate_audit_write_errors_total {errors}");
-        family(
-            &mut o,
-            "nimgate_audit_healthy",
-            "gauge",
-            "1 if the last audit write succeeded.",
-        );
-        let _ = writeln!(o, "nimgate_audit_healthy {}", u8::from(audit.healthy()));
-        o
+    /// Count an open SSE stream until the guard drops.
+    pub fn open_stream(self: &Arc<Self>) -> Gauge {
+        Gauge::up(self, |m| &m.open_streams)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::{BTreeMap, BTreeSet};
+/// One unit of a gauge, given back on drop.
+pub struct Gauge {
+    m: Arc<Metrics>,
+    which: fn(&Metrics) -> &AtomicI64,
+}
 
-    #[test]
-    fn every_family_has_help_and_type_and_every_error_a_label() {
-        let store = SecretStore::new("Bearer {key}", None);
-        let m = Metrics::default();
-        for e in GatewayError::ALL {
-            m.denied(e);
+impl Gauge {
+    fn up(m: &Arc<Metrics>, which: fn(&Metrics) -> &AtomicI64) -> Self {
+        which(m).fetch_add(1, Ordering::Relaxed);
+        Self {
+            m: m.clone(),
+            which,
         }
-        m.response(200, Duration::from_millis(3));
-        let text = m.render(&store, &Audit::off());
-        let mut help = BTreeSet::new();
-        let mut types = BTreeMap::new();
-        let mut samples = BTreeSet::new();
-        for line in text.lines() {
-            let mut w = line.split(' ');
-            match (w.next(), w.next(), w.next()) {
-                (Some("#"), Some("HELP"), Some(n)) => assert!(help.insert(n.to_string()), "{n}"),
-                (Some("#"), Some("TYPE"), Some(n)) => {
-                    types.insert(n.to_string(), w.next().unwrap_or("").to_string());
-                }
-                (Some(s), Some(_), None) => {
-                    let name = s.split('{').next().unwrap_or(s);
-                    let base = ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .find_map(|suf| {
-                            name.strip_suffix(suf)
-                                .filter(|b| types.get(*b).is_some_and(|t| t == "histogram"))
-                        })
-                        .unwrap_or(name);
-                    samples.insert(base.to_string());
-                }
-                _ => panic!("unexpected line {line:?}"),
-            }
-        }
-        for s in &samples {
-            assert!(
-                help.contains(s) && types.contains_key(s),
-                "{s} lacks HELP or TYPE"
-            );
-        }
-        for e in GatewayError::ALL {
-            assert!(
-                text.contains(&format!(
-                    "nimgate_denied_total{{reason=\"{}\"}} 1",
-                    e.code()
-                )),
-                "{e:?}"
-            );
-        }
-        assert!(text.contains(&format!(
-            "# HELP nimgate_request_duration_seconds {DURATION_HELP}"
-        )));
-        assert!(text.contains("nimgate_request_duration_seconds_bucket{le=\"0.005\"} 1"));
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        (self.which)(&self.m).fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -60,6 +60,8 @@ pub struct Shared {
     /// Free space on the audit volume is below `audit.min_free_bytes` (checked at most once a
     /// second by whoever commits): `record_unreserved` then refuses.
     pub low_disk: AtomicBool,
+    /// Time of each batch write (`write_buf`, with its sync under `fsync = "batch"`).
+    pub write_latency: crate::hist::Histogram,
 }
 
 enum Sink {
@@ -264,7 +266,10 @@ impl Writer {
         let result = if self.buf.is_empty() {
             Ok(())
         } else {
-            self.write_buf()
+            let t = std::time::Instant::now();
+            let r = self.write_buf();
+            self.shared.write_latency.observe(t.elapsed().as_secs_f64());
+            r
         };
         let ok = result.is_ok();
         let mut released = 0;

@@ -201,14 +201,7 @@ pub(super) fn http_client(
         // As vaultrs does (reqwest#2988): no TLS roots are needed for plain http.
         b = b.tls_certs_only(Vec::new());
     } else if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("secret.ca_file {}: {}", path.display(), e.kind()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
-            format!(
-                "secret.ca_file {}: not a PEM certificate bundle",
-                path.display()
-            )
-        })?;
+        let certs = crate::tls::reqwest_roots(path, "secret.ca_file")?;
         b = b.tls_certs_merge(certs);
     }
     let http = b

@@ -15,6 +15,8 @@ use super::VaultSource;
 use crate::audit::Event;
 use crate::config::VaultAuthConfig;
 use crate::secret::SecretError;
+use crate::telemetry::spans;
+use tracing::Instrument;
 
 pub(super) fn read_cred(path: &Path, what: &str) -> Result<Zeroizing<String>, SecretError> {
     let s = std::fs::read_to_string(path).map_err(|e| {
@@ -64,7 +66,7 @@ impl VaultSource {
                 .token
                 .is_some_and(|t| t.file_action(now) == Action::Renew)
             {
-                let _ = self.renew().await;
+                let _ = self.traced_renew().await;
             }
             return Ok(());
         }
@@ -74,9 +76,29 @@ impl VaultSource {
         }
         match self.token.map_or(Action::Login, |t| t.action(now)) {
             Action::Keep => Ok(()),
-            Action::Renew if self.renew().await.is_ok() => Ok(()),
-            Action::Renew | Action::Login => self.login().await,
+            Action::Renew if self.traced_renew().await.is_ok() => Ok(()),
+            Action::Renew | Action::Login => self.traced_login().await,
         }
+    }
+
+    /// `login` in a `vault login` span (with tracing on).
+    pub(super) async fn traced_login(&mut self) -> Result<(), SecretError> {
+        let span = spans::background("vault login", "vault");
+        let r = self.login().instrument(span.clone()).await;
+        if r.is_err() {
+            spans::failed(&span, "login_failed");
+        }
+        r
+    }
+
+    /// `renew` in a `vault renew` span (with tracing on).
+    async fn traced_renew(&mut self) -> Result<(), ()> {
+        let span = spans::background("vault renew", "vault");
+        let r = self.renew().instrument(span.clone()).await;
+        if r.is_err() {
+            spans::failed(&span, "renew_failed");
+        }
+        r
     }
 
     pub(super) async fn login(&mut self) -> Result<(), SecretError> {

@@ -156,7 +156,7 @@ impl VaultSource {
                         self.token_file_digest = None;
                         self.ensure_token().await
                     }
-                    _ => self.login().await,
+                    _ => self.traced_login().await,
                 };
                 relogged?;
                 match self.read_secret().await {
