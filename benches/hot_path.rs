@@ -27,6 +27,7 @@ fn registry(n: usize) -> ClientRegistry {
             rpm: None,
             burst: None,
             max_concurrent: None,
+            models: None,
         })
         .collect();
     ClientRegistry::new(&clients)

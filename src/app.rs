@@ -63,26 +63,42 @@ impl App {
     }
 }
 
-/// A secret source and the store its refresher keeps fresh (one per upstream).
-pub type SourceFor = (Arc<SecretStore>, Box<dyn SecretSource>);
+/// A secret source, the store its refresher keeps fresh, and the upstream's name (one per upstream).
+pub type SourceFor = (Arc<str>, Arc<SecretStore>, Box<dyn SecretSource>);
+
+/// Each upstream with its own store and secret source (so its own refresher, Vault token and
+/// `key_version`): one upstream's source failing never touches another's key.
+fn upstreams(cfg: &Config) -> Result<(Vec<Arc<Upstream>>, Vec<SourceFor>), InitError> {
+    let mut ups = Vec::new();
+    let mut sources = Vec::new();
+    for u in cfg.upstream_list() {
+        let secret = u.secret.ok_or_else(|| {
+            InitError::Config(format!("{}: the secret table is missing", u.secret_field))
+        })?;
+        let max_staleness = match secret {
+            SecretConfig::Vault(v) => Some(v.max_staleness),
+            SecretConfig::File(_) => None,
+        };
+        let store = Arc::new(SecretStore::new(&u.cfg.auth_value, max_staleness));
+        let source: Box<dyn SecretSource> = match secret {
+            SecretConfig::File(f) => Box::new(FileSource::new(f)),
+            SecretConfig::Vault(v) => {
+                Box::new(crate::secret::vault::VaultSource::new(v).map_err(InitError::Config)?)
+            }
+        };
+        let up = Upstream::new(u.name, u.cfg, u.models.clone(), store.clone())
+            .map_err(|e| InitError::Config(format!("{}: {e}", u.field)))?;
+        sources.push((up.name.clone(), store, source));
+        ups.push(Arc::new(up));
+    }
+    Ok((ups, sources))
+}
 
 pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitError> {
-    let max_staleness = match &cfg.secret {
-        SecretConfig::Vault(v) => Some(v.max_staleness),
-        SecretConfig::File(_) => None,
-    };
-    let store = Arc::new(SecretStore::new(&cfg.upstream.auth_value, max_staleness));
-    let source: Box<dyn SecretSource> = match &cfg.secret {
-        SecretConfig::File(f) => Box::new(FileSource::new(f)),
-        SecretConfig::Vault(v) => {
-            Box::new(crate::secret::vault::VaultSource::new(v).map_err(InitError::Config)?)
-        }
-    };
+    let (ups, sources) = upstreams(cfg)?;
     let metrics = Arc::new(Metrics::default());
     let registry = Arc::new(ClientRegistry::new(&cfg.clients));
-    let upstream =
-        Upstream::new("default", &cfg.upstream, store.clone()).map_err(InitError::Config)?;
-    let routes = Arc::new(Routes::single(upstream));
+    let routes = Arc::new(Routes::new(cfg, ups));
     let settings = ProxySettings {
         route_prefixes: cfg.server.route_prefixes.clone(),
         max_body_bytes: cfg.limits.max_body_bytes,
@@ -115,5 +131,5 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         draining: AtomicBool::new(false),
         denied_budget,
     };
-    Ok((app, vec![(store, source)]))
+    Ok((app, sources))
 }

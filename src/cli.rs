@@ -98,14 +98,10 @@ pub fn main() -> ExitCode {
         }) {
             Ok(cfg) => {
                 println!(
-                    "{}: OK ({} client(s), secret source {}, upstream {})",
+                    "{}: OK ({} client(s), {})",
                     config.display(),
                     cfg.clients.len(),
-                    match cfg.secret {
-                        config::SecretConfig::File(_) => "file",
-                        config::SecretConfig::Vault(_) => "vault",
-                    },
-                    cfg.upstream.url
+                    upstreams_summary(&cfg)
                 );
                 ExitCode::SUCCESS
             }
@@ -266,4 +262,38 @@ fn runtime(
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// `secret source file, upstream http://…` (single form) or
+/// `upstreams llama (vault, 2 replica(s)), embed (file, 1 replica(s))`.
+fn upstreams_summary(cfg: &config::Config) -> String {
+    let source = |s: Option<&config::SecretConfig>| match s {
+        Some(config::SecretConfig::Vault(_)) => "vault",
+        _ => "file",
+    };
+    let list = cfg.upstream_list();
+    if cfg.upstream.is_some() {
+        let urls: Vec<&str> = list
+            .iter()
+            .flat_map(|u| u.cfg.replica_urls(""))
+            .map(|(_, u)| u)
+            .collect();
+        return format!(
+            "secret source {}, upstream {}",
+            source(cfg.secret.as_ref()),
+            urls.join(" ")
+        );
+    }
+    let each: Vec<String> = list
+        .iter()
+        .map(|u| {
+            format!(
+                "{} ({}, {} replica(s))",
+                u.name,
+                source(u.secret),
+                u.cfg.replica_urls("").len()
+            )
+        })
+        .collect();
+    format!("upstreams {}", each.join(", "))
 }

@@ -41,6 +41,8 @@ pub struct FakeNim {
     pub requests: AtomicU64,
     pub streams_cancelled: AtomicU64,
     pub streams_completed: AtomicU64,
+    /// The ids `GET /v1/models` lists.
+    pub models: Mutex<Vec<String>>,
 }
 
 impl FakeNim {
@@ -54,6 +56,7 @@ impl FakeNim {
             requests: AtomicU64::new(0),
             streams_cancelled: AtomicU64::new(0),
             streams_completed: AtomicU64::new(0),
+            models: Mutex::new(vec!["meta/llama-3.1-8b-instruct".into()]),
         })
     }
 
@@ -152,10 +155,11 @@ impl FakeNim {
             .unwrap_or("meta/llama-3.1-8b-instruct")
             .to_string();
         match (&parts.method, path) {
-            (&Method::GET, "/v1/models") => ok_json(json!({
-                "object": "list",
-                "data": [{"id": "meta/llama-3.1-8b-instruct", "object": "model", "created": 1_700_000_000, "owned_by": "system", "root": "meta/llama-3.1-8b-instruct", "parent": null, "max_model_len": 131_072}]
-            })),
+            (&Method::GET, "/v1/models") => {
+                let ids = self.models.lock().map(|m| m.clone()).unwrap_or_default();
+                let data: Vec<Value> = ids.iter().map(|id| json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "system", "root": id, "parent": null, "max_model_len": 131_072})).collect();
+                ok_json(json!({"object": "list", "data": data}))
+            }
             (&Method::GET, "/v1/metadata") => ok_json(
                 json!({"version": "1.3.3", "modelInfo": [{"shortName": "llama-3.1-8b-instruct"}]}),
             ),

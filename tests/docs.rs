@@ -67,6 +67,7 @@ fn burst_default_is_the_documented_one() {
         rpm: Some(6),
         burst: None,
         max_concurrent: None,
+        models: None,
     }]);
     let mut h = http::HeaderMap::new();
     h.insert("authorization", "Bearer k".parse().unwrap());

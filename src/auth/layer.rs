@@ -132,6 +132,7 @@ mod tests {
             rpm: None,
             burst: None,
             max_concurrent: None,
+            models: None,
         }]))
     }
 

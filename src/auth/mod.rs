@@ -33,6 +33,8 @@ pub struct ClientEntry {
     pub id: Arc<str>,
     pub limiter: Option<Gcra>,
     pub concurrency: Option<Arc<Semaphore>>,
+    /// Model patterns this client may use; `None`: all.
+    pub models: Option<Vec<String>>,
 }
 
 /// Digest → client. Built once at start-up.
@@ -77,6 +79,7 @@ impl ClientRegistry {
                         id: Arc::from(c.id.as_str()),
                         limiter,
                         concurrency,
+                        models: c.models.clone(),
                     }),
                 ))
             })
@@ -150,6 +153,7 @@ mod tests {
             rpm: None,
             burst: None,
             max_concurrent: None,
+            models: None,
         }])
     }
 

@@ -7,6 +7,7 @@ mod env;
 mod preflight;
 mod secret;
 mod types;
+mod upstreams;
 mod validate;
 
 pub use types::*;

@@ -46,11 +46,20 @@ pub enum GatewayError {
     UpstreamTimeout,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// No upstream serves the request's `model`.
+    ModelNotFound,
+    /// The client's `models` list excludes the model: answered exactly as `ModelNotFound`
+    /// (existence is not revealed); only the audit `reason` differs.
+    ModelNotAllowed,
+    /// A body without a (findable) top-level `model` where routing needs one.
+    ModelRequired,
+    /// Every replica of the chosen upstream is ejected or failing its health check.
+    UpstreamUnavailable,
 }
 
 impl GatewayError {
     /// Every variant once (`RateLimited` with a placeholder wait), in metric-label order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 18] = [
         Self::Unauthenticated,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -67,6 +76,10 @@ impl GatewayError {
         Self::UpstreamUnreachable,
         Self::UpstreamTimeout,
         Self::ShuttingDown,
+        Self::ModelNotFound,
+        Self::ModelNotAllowed,
+        Self::ModelRequired,
+        Self::UpstreamUnavailable,
     ];
 
     /// Position in `ALL` (the metrics' counter index). Exhaustive: a new variant must be placed.
@@ -86,6 +99,10 @@ impl GatewayError {
             Self::UpstreamUnreachable => 11,
             Self::UpstreamTimeout => 12,
             Self::ShuttingDown => 13,
+            Self::ModelNotFound => 14,
+            Self::ModelNotAllowed => 15,
+            Self::ModelRequired => 16,
+            Self::UpstreamUnavailable => 17,
         }
     }
 
@@ -95,6 +112,7 @@ impl GatewayError {
             self,
             Self::UpstreamUnreachable
                 | Self::UpstreamTimeout
+                | Self::UpstreamUnavailable
                 | Self::BodyTooLarge
                 | Self::BodyTimeout
         )
@@ -103,16 +121,17 @@ impl GatewayError {
     pub fn status_code(self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::ModelNotFound | Self::ModelNotAllowed => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BadRequest | Self::ModelRequired => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } | Self::ClientConcurrency => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded
             | Self::KeyUnavailable
             | Self::AuditUnavailable
-            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ShuttingDown
+            | Self::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -183,18 +202,45 @@ impl GatewayError {
                 "server_error",
                 "shutting_down",
             ),
+            Self::ModelNotFound | Self::ModelNotAllowed => (
+                "The model does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            Self::ModelRequired => (
+                "The request body must name a `model` (a top-level string).",
+                "invalid_request_error",
+                "model_required",
+            ),
+            Self::UpstreamUnavailable => (
+                "No replica of the upstream model server is available. Retry shortly.",
+                "server_error",
+                "upstream_unavailable",
+            ),
         }
     }
 
     /// Short stable name: the OpenAI error `code`, the metric `reason` label, the audit `reason`.
     pub fn code(self) -> &'static str {
-        self.parts().2
+        match self {
+            Self::ModelNotAllowed => "model_not_allowed",
+            _ => self.parts().2,
+        }
+    }
+
+    /// The OpenAI error `param`: the request field at fault, if one is.
+    fn param(self) -> Option<&'static str> {
+        matches!(
+            self,
+            Self::ModelNotFound | Self::ModelNotAllowed | Self::ModelRequired
+        )
+        .then_some("model")
     }
 
     pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<GatewayBody> {
         let (message, kind, code) = self.parts();
         let body = serde_json::json!({
-            "error": { "message": message, "type": kind, "param": null, "code": code }
+            "error": { "message": message, "type": kind, "param": self.param(), "code": code }
         });
         let mut resp = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status_code();
@@ -223,134 +269,4 @@ impl GatewayError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    #[test]
-    fn all_lists_every_variant_once_with_a_unique_code() {
-        let mut codes = std::collections::HashSet::new();
-        for (i, e) in GatewayError::ALL.iter().enumerate() {
-            assert_eq!(e.index(), i, "{e:?} is out of place in ALL");
-            assert!(codes.insert(e.code()), "duplicate code {}", e.code());
-            assert!(e
-                .code()
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_'));
-        }
-        assert_eq!(codes.len(), GatewayError::ALL.len());
-    }
-
-    #[tokio::test]
-    async fn error_table() {
-        let table: [(GatewayError, u16, &str, &str); 14] = [
-            (
-                GatewayError::Unauthenticated,
-                401,
-                "invalid_request_error",
-                "invalid_api_key",
-            ),
-            (
-                GatewayError::NotFound,
-                404,
-                "invalid_request_error",
-                "not_found",
-            ),
-            (
-                GatewayError::MethodNotAllowed,
-                405,
-                "invalid_request_error",
-                "method_not_allowed",
-            ),
-            (
-                GatewayError::BodyTooLarge,
-                413,
-                "invalid_request_error",
-                "request_too_large",
-            ),
-            (
-                GatewayError::BadRequest,
-                400,
-                "invalid_request_error",
-                "bad_request",
-            ),
-            (
-                GatewayError::BodyTimeout,
-                408,
-                "invalid_request_error",
-                "request_timeout",
-            ),
-            (
-                GatewayError::RateLimited {
-                    retry_after_secs: 7,
-                },
-                429,
-                "rate_limit_error",
-                "rate_limit_exceeded",
-            ),
-            (
-                GatewayError::ClientConcurrency,
-                429,
-                "rate_limit_error",
-                "concurrency_limit_exceeded",
-            ),
-            (GatewayError::Overloaded, 503, "server_error", "overloaded"),
-            (
-                GatewayError::KeyUnavailable,
-                503,
-                "server_error",
-                "credential_unavailable",
-            ),
-            (
-                GatewayError::AuditUnavailable,
-                503,
-                "server_error",
-                "audit_unavailable",
-            ),
-            (
-                GatewayError::UpstreamUnreachable,
-                502,
-                "server_error",
-                "upstream_unreachable",
-            ),
-            (
-                GatewayError::UpstreamTimeout,
-                504,
-                "server_error",
-                "upstream_timeout",
-            ),
-            (
-                GatewayError::ShuttingDown,
-                503,
-                "server_error",
-                "shutting_down",
-            ),
-        ];
-        let id = HeaderValue::from_static("rid-1");
-        for (e, status, kind, code) in table {
-            let resp = e.into_response(Some(&id));
-            assert_eq!(resp.status().as_u16(), status, "{e:?}");
-            let h = resp.headers().clone();
-            assert_eq!(h["content-type"], "application/json");
-            assert_eq!(h["x-request-id"], "rid-1");
-            assert_eq!(
-                h.contains_key("retry-after"),
-                status == 429 && code == "rate_limit_exceeded"
-            );
-            assert_eq!(h.contains_key("www-authenticate"), status == 401);
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(v["error"]["type"], kind, "{e:?}");
-            assert_eq!(v["error"]["code"], code, "{e:?}");
-            assert!(v["error"]["param"].is_null());
-            assert!(v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()));
-        }
-        let r = GatewayError::RateLimited {
-            retry_after_secs: 0,
-        }
-        .into_response(None);
-        assert_eq!(r.headers()["retry-after"], "1");
-    }
-}
+mod tests;

@@ -1,7 +1,9 @@
-//! The last phases: `build_upstream_request` (the upstream URI, stripped headers, the key),
-//! `send_with_retry` (a `use` record, then the request; one retry with a refreshed key when the
-//! NIM rejects the key and the body can be replayed) and `wrap_response` (headers for the client,
-//! the body streamed through with the `done` record at its end).
+//! The last phases: `build_upstream_request` (the upstream path, stripped headers, the key),
+//! `send_with_retry` (pick a replica, a `use` record naming it, then the request; on another
+//! replica only when no byte reached the NIM — connect failed — and the body can be replayed; one
+//! retry with a refreshed key when the NIM rejects the key and the body can be replayed) and
+//! `wrap_response` (headers for the client, the body streamed through with the `done` record at
+//! its end).
 
 use http::{request::Parts, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::admit::Permits;
+use super::replica::{self, InFlight, Replica};
 use super::request_body::{BodyTimeout, BodyTooLarge, RequestBody};
 use super::upstream::Upstream;
 use super::{headers, path, Failure, Proxy};
@@ -24,9 +27,10 @@ use crate::secret::KeyMaterial;
 /// Longest wait for a fresh key after the NIM rejected the current one.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
 
-/// Rewrite the client's request head for `up`: absolute URI of the upstream with the normalised
-/// path and the query minus credential parameters, HTTP/1.1 semantics, headers stripped of
-/// hop-by-hop and client credentials *before* the key goes in, no client extensions.
+/// Rewrite the client's request head for `up`: the normalised path and the query minus
+/// credential parameters (the replica's scheme and authority are added per attempt), HTTP/1.1
+/// semantics, headers stripped of hop-by-hop and client credentials *before* the key goes in, no
+/// client extensions.
 pub(super) fn build_upstream_request(
     parts: &mut Parts,
     path: String,
@@ -43,17 +47,12 @@ pub(super) fn build_upstream_request(
         },
     };
     parts.uri = Uri::builder()
-        .scheme(up.pool.scheme.clone())
-        .authority(up.pool.authority.clone())
         .path_and_query(pq)
         .build()
         .map_err(|_| GatewayError::BadRequest)?;
     parts.version = http::Version::HTTP_11;
     headers::rewrite_request(&mut parts.headers, &up.auth_header, &key.header_value);
     parts.headers.insert(X_REQUEST_ID, info.request_id.clone());
-    if let Some(host) = &up.pool.host {
-        parts.headers.insert(http::header::HOST, host.clone());
-    }
     parts.extensions = http::Extensions::new();
     Ok(())
 }
@@ -65,13 +64,16 @@ pub(super) struct Attempt {
     pub info: ReqInfo,
     pub model: Option<Arc<str>>,
     pub bytes_in: Arc<AtomicU64>,
+    /// The replica of the current attempt (counted in its outstanding requests).
+    pub inflight: Option<InFlight>,
 }
 
 impl Attempt {
     fn done_record(&self, key: &KeyMaterial, status: u16) -> Record {
         let mut r = self.info.record(Event::Done);
         r.model = self.model.clone();
-        r.upstream = Some(self.upstream.pool.label.clone());
+        r.upstream = Some(self.upstream.name.clone());
+        r.replica = self.inflight.as_ref().map(|f| f.0.pool.label.clone());
         r.key_version = Some(key.version.clone());
         r.key_fingerprint = Some(key.fingerprint.clone());
         r.status = Some(status);
@@ -80,17 +82,21 @@ impl Attempt {
         r
     }
 
-    /// Write the `use` record, then send. After a successful `use`, every outcome gets a `done`.
+    /// Write the `use` record, then send to `rep`. After a successful `use`, every outcome gets a
+    /// `done`. `unsent` is set when the connection failed, so no byte reached the NIM.
     async fn send(
         &self,
         key: &Arc<KeyMaterial>,
         parts: &Parts,
         body: RequestBody,
+        rep: &Replica,
+        unsent: &mut bool,
     ) -> Result<Response<Incoming>, Failure> {
         let p = &self.proxy;
         let mut r = self.info.record(Event::Use);
         r.model = self.model.clone();
-        r.upstream = Some(self.upstream.pool.label.clone());
+        r.upstream = Some(self.upstream.name.clone());
+        r.replica = Some(rep.pool.label.clone());
         r.key_version = Some(key.version.clone());
         r.key_fingerprint = Some(key.fingerprint.clone());
         if let Err(e) = p.audit.record_use(r).await {
@@ -102,11 +108,17 @@ impl Attempt {
         }
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = parts.uri.clone();
+        let mut uri = parts.uri.clone().into_parts();
+        uri.scheme = Some(rep.pool.scheme.clone());
+        uri.authority = Some(rep.pool.authority.clone());
+        *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| parts.uri.clone());
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
+        if let Some(host) = &rep.pool.host {
+            req.headers_mut().insert(http::header::HOST, host.clone());
+        }
         let up = &self.upstream;
-        let result = tokio::time::timeout(up.response_timeout, up.pool.client.request(req)).await;
+        let result = tokio::time::timeout(up.response_timeout, rep.pool.client.request(req)).await;
         let err = match result {
             // A 101 would hand the client a raw tunnel to the NIM (nimgate never asks for one).
             Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -121,6 +133,7 @@ impl Attempt {
             Ok(Err(e)) if has_source::<BodyTooLarge>(&e) => GatewayError::BodyTooLarge,
             Ok(Err(e)) if has_source::<BodyTimeout>(&e) => GatewayError::BodyTimeout,
             Ok(Err(e)) => {
+                *unsent = e.is_connect();
                 tracing::warn!(request_id = self.info.id_text.as_deref().unwrap_or("-"), error = %e, source = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(), "upstream request failed");
                 GatewayError::UpstreamUnreachable
             }
@@ -141,14 +154,16 @@ impl Attempt {
         reason = "None: not replayable; Some(None): empty body"
     )]
     pub(super) async fn send_with_retry(
-        &self,
+        &mut self,
         mut key: Arc<KeyMaterial>,
         mut parts: Parts,
         body: RequestBody,
         replay: Option<Option<bytes::Bytes>>,
     ) -> Result<(Response<Incoming>, Arc<KeyMaterial>), Failure> {
-        let up = &self.upstream;
-        let mut resp = self.send(&key, &parts, body).await?;
+        let up = self.upstream.clone();
+        let mut resp = self
+            .send_to_replica(&key, &parts, body, replay.as_ref())
+            .await?;
         let status = resp.status();
         if !(up.retry_on_auth_failure
             && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN))
@@ -173,10 +188,62 @@ impl Attempt {
                 .insert(up.auth_header.clone(), new_key.header_value.clone());
             key = new_key;
             resp = self
-                .send(&key, &parts, RequestBody::Replay { data })
+                .send_to_replica(&key, &parts, RequestBody::Replay { data }, None)
                 .await?;
         }
         Ok((resp, key))
+    }
+
+    /// Pick a replica (P2C) and send. When the connection failed (nothing reached the NIM) and
+    /// the body can be replayed, the next replica that is up gets it, each attempt with its own
+    /// `use` record; never once the NIM may have started work. Connect failures, broken
+    /// exchanges and 5xx answers count towards the replica's ejection. `replay`: `None`, not
+    /// replayable; `Some(None)`, an empty body.
+    async fn send_to_replica(
+        &mut self,
+        key: &Arc<KeyMaterial>,
+        parts: &Parts,
+        mut body: RequestBody,
+        replay: Option<&Option<bytes::Bytes>>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let up = self.upstream.clone();
+        let mut tried = 0u64;
+        let mut last = None;
+        loop {
+            let now = replica::now_ms();
+            let Some(inflight) = replica::pick(&up.replicas, tried, now) else {
+                return Err(last.unwrap_or(Failure::Denied(
+                    GatewayError::UpstreamUnavailable,
+                    self.model.clone(),
+                )));
+            };
+            let rep = inflight.0.clone();
+            tried |= 1 << replica::index_of(&up.replicas, &rep);
+            self.inflight = Some(inflight);
+            let mut unsent = false;
+            match self.send(key, parts, body, &rep, &mut unsent).await {
+                Ok(resp) => {
+                    if resp.status().is_server_error() {
+                        up.failed(&rep, now);
+                    } else {
+                        rep.succeeded();
+                    }
+                    return Ok(resp);
+                }
+                Err(Failure::Failed(e)) if e == GatewayError::UpstreamUnreachable => {
+                    up.failed(&rep, now);
+                    match replay {
+                        Some(data) if unsent => {
+                            up.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            body = RequestBody::Replay { data: data.clone() };
+                            last = Some(Failure::Failed(e));
+                        }
+                        _ => return Err(Failure::Failed(e)),
+                    }
+                }
+                Err(f) => return Err(f),
+            }
+        }
     }
 }
 

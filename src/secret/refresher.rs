@@ -44,6 +44,7 @@ impl Backoff {
 }
 
 pub async fn run(
+    upstream: Arc<str>,
     mut src: Box<dyn SecretSource>,
     store: Arc<SecretStore>,
     audit: Audit,
@@ -55,7 +56,8 @@ pub async fn run(
     let mut last_failure: Option<String> = None;
     loop {
         let result = src.fetch().await;
-        for ev in src.drain_events() {
+        for mut ev in src.drain_events() {
+            ev.upstream.get_or_insert_with(|| upstream.clone());
             let _ = audit.record(ev).await;
         }
         let delay = match result.and_then(|f| {
@@ -73,6 +75,7 @@ pub async fn run(
                         tracing::info!(source = kind, key_version = %version, old_key_version = old.as_deref().unwrap_or("none"), "NIM key loaded");
                         let mut r = Record::event(Event::SecretRotate);
                         r.source = Some(kind);
+                        r.upstream = Some(upstream.clone());
                         r.key_version = Some(version.into());
                         r.key_fingerprint = fp;
                         r.old_key_version = old;
@@ -83,6 +86,7 @@ pub async fn run(
                     None if kind != "file" => {
                         let mut r = Record::event(Event::SecretFetch);
                         r.source = Some(kind);
+                        r.upstream = Some(upstream.clone());
                         r.key_version = Some(version.into());
                         r.key_fingerprint = fp;
                         r.vault_request_id = vault_request_id;
@@ -104,6 +108,7 @@ pub async fn run(
                     tracing::error!(source = kind, error = %e.message, consecutive_failures = n, keeping_cached_key = keeping, "NIM key fetch failed");
                     let mut r = Record::event(Event::SecretFailure);
                     r.source = Some(kind);
+                    r.upstream = Some(upstream.clone());
                     r.reason = Some(format!("{:?}", e.kind).to_lowercase());
                     r.detail = Some(e.message.clone());
                     let _ = audit.record(r).await;
@@ -114,6 +119,7 @@ pub async fn run(
                         tracing::error!(source = kind, key_version = %old.version, "access to the NIM key was revoked: cached key evicted");
                         let mut r = Record::event(Event::SecretEvict);
                         r.source = Some(kind);
+                        r.upstream = Some(upstream.clone());
                         r.key_version = Some(old.version.clone());
                         r.key_fingerprint = Some(old.fingerprint.clone());
                         r.reason = Some("forbidden".into());

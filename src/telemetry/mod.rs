@@ -2,7 +2,7 @@
 //! and Prometheus metrics.
 
 mod metrics;
-pub use metrics::Metrics;
+pub use metrics::{render_routes, Metrics};
 
 /// Install the global subscriber once. Secrets never reach it: header values are marked
 /// sensitive, keys live in `SecretString`, and no code logs a secret.
