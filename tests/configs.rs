@@ -31,7 +31,9 @@ fn shipped_configs_are_valid() {
     nimgate_configs(&root.join("deploy"), &mut files);
     assert!(files.len() >= 6, "{files:?}");
     assert!(
-        files.iter().any(|f| f.ends_with("config/nimgate.multi.toml")),
+        files
+            .iter()
+            .any(|f| f.ends_with("config/nimgate.multi.toml")),
         "{files:?}"
     );
     for f in &files {
