@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::openbao::{AppRole, Bao};
 use common::{get_admin, post, read_audit, send, send_json, CLIENT_KEY, CLIENT_KEY_B};
 use http_body_util::BodyExt;
 use nimgate::auth::key_digest_hex;
@@ -118,6 +119,15 @@ async fn start(sse_delay: Duration) -> Multi {
 
 /// `llama_extra`: more keys for the `llama` upstream.
 async fn start_with(sse_delay: Duration, llama_extra: &str) -> Multi {
+    start_cfg(sse_delay, llama_extra, None).await
+}
+
+/// `secrets`: the `[upstreams.secret]` tables of `llama` and `embed` (default: key files).
+async fn start_cfg(
+    sse_delay: Duration,
+    llama_extra: &str,
+    secrets: Option<(String, String)>,
+) -> Multi {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let key = |name: &str, k: &str| {
@@ -187,8 +197,12 @@ models = ["mistralai/*"]
         l1 = llama[1].url(),
         e = embed.url(),
         h = hosted.url(),
-        sl = secret(&kl),
-        se = secret(&ke),
+        sl = secrets
+            .as_ref()
+            .map_or_else(|| secret(&kl), |s| s.0.clone()),
+        se = secrets
+            .as_ref()
+            .map_or_else(|| secret(&ke), |s| s.1.clone()),
         sh = secret(&kh),
     );
     let cfg = nimgate::config::parse(&toml).unwrap_or_else(|e| panic!("{e:?}\n{toml}"));
@@ -677,4 +691,124 @@ async fn a_connect_failure_moves_the_request_to_the_other_replica_with_a_use_rec
         "{metrics}"
     );
     assert!(metrics.contains(&line("nimgate_upstream_retries_total", 0).replace("llama", "embed")));
+}
+
+/// `[upstreams.secret]` reading KV v2 `secret/<path>` field `api_key` with AppRole `ar`, whose
+/// files go to `dir`.
+fn vault_secret(bao: &Bao, path: &str, ar: &AppRole, dir: &std::path::Path) -> String {
+    let (rid, sid) = (
+        dir.join(format!("{path}.rid")),
+        dir.join(format!("{path}.sid")),
+    );
+    std::fs::write(&rid, format!("{}\n", ar.role_id)).unwrap();
+    std::fs::write(&sid, format!("{}\n", ar.secret_id)).unwrap();
+    format!(
+        "[upstreams.secret]\nsource = \"vault\"\naddress = \"{}\"\nmount = \"secret\"\npath = \"nim/{path}\"\nfield = \"api_key\"\nrefresh = \"300ms\"\nmax_staleness = \"30s\"\ntimeout = \"2s\"\n[upstreams.secret.auth]\nmethod = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"\n",
+        bao.addr,
+        rid.display(),
+        sid.display()
+    )
+}
+
+/// Poll `f` (a request) until it answers `want`, at most 10 s.
+async fn until_status(want: u16, f: impl AsyncFn() -> u16) -> bool {
+    for _ in 0..100 {
+        if f().await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn two_upstreams_read_two_vault_paths_and_one_losing_access_leaves_the_other_serving() {
+    let Some(bao) = Bao::dev().await else {
+        return;
+    };
+    assert_eq!(
+        bao.kv2_put("nim/llama", json!({"api_key": LLAMA_KEY}))
+            .await,
+        1
+    );
+    assert_eq!(
+        bao.kv2_put("nim/embed", json!({"api_key": EMBED_KEY}))
+            .await,
+        1
+    );
+    for name in ["llama", "embed"] {
+        let hcl = format!("path \"secret/data/nim/{name}\" {{ capabilities = [\"read\"] }}\n");
+        bao.policy(&format!("{name}-read"), &hcl).await;
+    }
+    let ar_l = bao
+        .approle(
+            "llama",
+            json!({"token_policies": ["llama-read"], "token_ttl": "1h"}),
+        )
+        .await;
+    let ar_e = bao
+        .approle(
+            "embed",
+            json!({"token_policies": ["embed-read"], "token_ttl": "1h"}),
+        )
+        .await;
+    let creds = tempfile::tempdir().unwrap();
+    let secrets = (
+        vault_secret(&bao, "llama", &ar_l, creds.path()),
+        vault_secret(&bao, "embed", &ar_e, creds.path()),
+    );
+    let m = start_cfg(Duration::from_millis(5), "", Some(secrets)).await;
+    assert_eq!(m.chat(CLIENT_KEY, chat_body(LLAMA_31)).await.0, 200);
+    assert_eq!(m.chat(CLIENT_KEY, chat_body(EMBED)).await.0, 200);
+    // Rotate llama's key in Vault only.
+    let k2 = "nvapi-llama-key-0002";
+    assert_eq!(bao.kv2_put("nim/llama", json!({"api_key": k2})).await, 2);
+    for r in &m.llama {
+        r.nim.set_keys(vec![k2.into()]);
+    }
+    assert!(
+        until_status(200, async || m
+            .chat(CLIENT_KEY, chat_body(LLAMA_33))
+            .await
+            .0)
+        .await
+    );
+    assert_eq!(m.chat(CLIENT_KEY, chat_body(EMBED)).await.0, 200);
+    only_key(&m.embed, EMBED_KEY, "embed");
+    // llama's AppRole loses its policy: its key is evicted (503), embed keeps serving.
+    let (s, _) = bao.api("DELETE", "sys/policies/acl/llama-read", None).await;
+    assert_eq!(s, 204);
+    assert!(
+        until_status(503, async || m
+            .chat(CLIENT_KEY, chat_body(LLAMA_31))
+            .await
+            .0)
+        .await
+    );
+    let (s, v) = m.chat(CLIENT_KEY, chat_body(LLAMA_31)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("credential_unavailable"))
+    );
+    assert_eq!(m.chat(CLIENT_KEY, chat_body(EMBED)).await.0, 200);
+    let r = m.readyz().await;
+    assert_eq!(r["status"], "degraded", "{r}");
+    assert_eq!(r["upstreams"]["embed"]["key"], "ok");
+    assert_ne!(r["upstreams"]["llama"]["key"], "ok");
+    let audit = m.audit().await;
+    let versions = |up: &str| -> BTreeSet<String> {
+        audit
+            .iter()
+            .filter(|r| r["event"] == "use" && r["upstream"] == up && r["path"] != "/v1/models")
+            .map(|r| r["key_version"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(versions("llama"), ["1", "2"].map(String::from).into());
+    assert_eq!(versions("embed"), ["1"].map(String::from).into());
+    let evicted: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["event"] == "secret_evict")
+        .map(|r| r["upstream"].as_str().unwrap())
+        .collect();
+    assert_eq!(evicted, vec!["llama"]);
 }
