@@ -37,7 +37,7 @@ CLIENT_KEY = "ngk_bench_client_key_0123456789abcdef0123456789ab"
 NIM_KEY = "nvapi-bench-key-0123456789abcdef"
 BODY = json.dumps({"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16})
 PORTS = {"upstream": 18000, "ssenim": 18001, "nimgate": 18080, "nimgate-batch": 18083, "nimgate-noaudit": 18084,
-         "nimgate-2core": 18085, "nimgate-sse": 18086, "hyper-floor": 18088, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
+         "nimgate-2core": 18085, "nimgate-sse": 18086, "nimgate-3up": 18087, "hyper-floor": 18088, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
          "haproxy-sse": 18092}
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
@@ -141,7 +141,34 @@ def write_templ(src, dst, **vals):
         f.write(s)
 
 
-def nimgate_config(d, name, port, upstream_port, audit, workers):
+def upstreams_toml(upstream_port, key_file, multi):
+    """The single [upstream] form, or (multi) three [[upstreams]] routed by model: the bench body's
+    model is claimed by the second one's pattern, so a request pays an exact-name miss, a pattern
+    match and the replica pick."""
+    if not multi:
+        return f"""[upstream]
+url = "http://127.0.0.1:{upstream_port}"
+[secret]
+source = "file"
+path = "{key_file}"
+"""
+    out = ""
+    for name, models, default in (("embed", '["nvidia/nv-embedqa-e5-v5"]', "true"),
+                                  ("llama", '["meta/llama-3.3-70b-instruct", "meta/llama-3.1-*"]', "false"),
+                                  ("hosted", '["mistralai/*"]', "false")):
+        out += f"""[[upstreams]]
+name = "{name}"
+url = "http://127.0.0.1:{upstream_port}"
+models = {models}
+default = {default}
+[upstreams.secret]
+source = "file"
+path = "{key_file}"
+"""
+    return out
+
+
+def nimgate_config(d, name, port, upstream_port, audit, workers, multi=False):
     key_file = os.path.join(d, "nim-key")
     with open(key_file, "w") as f:
         f.write(NIM_KEY + "\n")
@@ -156,12 +183,7 @@ listen = "127.0.0.1:{port}"
 workers = {workers}
 [admin]
 listen = "127.0.0.1:{port + 100}"
-[upstream]
-url = "http://127.0.0.1:{upstream_port}"
-[secret]
-source = "file"
-path = "{key_file}"
-[[clients]]
+{upstreams_toml(upstream_port, key_file, multi)}[[clients]]
 id = "team-a"
 key_sha256 = "{digest}"
 [audit]
@@ -269,6 +291,9 @@ def main():
         for name, audit in (("nimgate", "interval"), ("nimgate-batch", "batch"), ("nimgate-noaudit", "off")):
             cfg = nimgate_config(d, name, PORTS[name], PORTS["upstream"], audit, 1)
             pids[name] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/{name}.log").pid]
+        # Three upstreams, routing by model (issue 16): its cost against `nimgate`.
+        cfg = nimgate_config(d, "nimgate-3up", PORTS["nimgate-3up"], PORTS["upstream"], "interval", 1, multi=True)
+        pids["nimgate-3up"] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/nimgate-3up.log").pid]
         # The stack's floor: hyper + hyper-util alone (no auth, audit or limits), same pinning.
         pids["hyper-floor"] = [start([f"{REL}/examples/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
                                       f"http://127.0.0.1:{PORTS['upstream']}"], "0", f"{d}/hyper-floor.log").pid]
