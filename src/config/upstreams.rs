@@ -96,6 +96,9 @@ fn yes() -> bool {
     true
 }
 
+/// Most replicas of one upstream (a request's tried replicas are one bit each in a `u64`).
+pub const MAX_REPLICAS: usize = 64;
+
 /// One upstream as both config forms describe it.
 pub struct UpstreamRef<'a> {
     pub name: &'a str,
@@ -198,6 +201,11 @@ impl Config {
                 err(&format!("{p}.urls"), "set url or urls, not both".into());
             } else if u.cfg.replica_urls(p).is_empty() {
                 err(&format!("{p}.urls"), "must list at least one URL".into());
+            } else if u.cfg.urls.len() > MAX_REPLICAS {
+                err(
+                    &format!("{p}.urls"),
+                    format!("at most {MAX_REPLICAS} replicas"),
+                );
             }
             if !multi {
                 continue;

@@ -142,9 +142,16 @@ impl Attempt {
         let mut d = self.done_record(key, err.status_code().as_u16());
         d.reason = Some(err.code().to_string());
         p.audit.record_done(d);
-        p.metrics
-            .response(err.status_code().as_u16(), self.info.start.elapsed());
         Err(Failure::Failed(err))
+    }
+
+    /// The client's answer is this failure: count it once (not once per attempt).
+    fn answered(&self, f: Failure) -> Failure {
+        if let Failure::Failed(e) = &f {
+            let m = &self.proxy.metrics;
+            m.response(e.status_code().as_u16(), self.info.start.elapsed());
+        }
+        f
     }
 
     /// Send; if the NIM rejects the key (401/403) and the body can be replayed, wait for a newer
@@ -212,10 +219,10 @@ impl Attempt {
         loop {
             let now = replica::now_ms();
             let Some(inflight) = replica::pick(&up.replicas, tried, now) else {
-                return Err(last.unwrap_or(Failure::Denied(
+                return Err(self.answered(last.unwrap_or(Failure::Denied(
                     GatewayError::UpstreamUnavailable,
                     self.model.clone(),
-                )));
+                ))));
             };
             let rep = inflight.0.clone();
             tried |= 1 << replica::index_of(&up.replicas, &rep);
@@ -238,10 +245,10 @@ impl Attempt {
                             body = RequestBody::Replay { data: data.clone() };
                             last = Some(Failure::Failed(e));
                         }
-                        _ => return Err(Failure::Failed(e)),
+                        _ => return Err(self.answered(Failure::Failed(e))),
                     }
                 }
-                Err(f) => return Err(f),
+                Err(f) => return Err(self.answered(f)),
             }
         }
     }
