@@ -812,3 +812,89 @@ async fn two_upstreams_read_two_vault_paths_and_one_losing_access_leaves_the_oth
         .collect();
     assert_eq!(evicted, vec!["llama"]);
 }
+
+#[tokio::test]
+async fn a_rejected_key_is_refreshed_and_retried_on_a_routed_upstream() {
+    // llama's key file is polled hourly: only the 401's on-demand refresh can see the new key.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("llama-key");
+    std::fs::write(&file, format!("{LLAMA_KEY}\n")).unwrap();
+    let table = format!(
+        "[upstreams.secret]\nsource = \"file\"\npath = \"{}\"\npoll_interval = \"1h\"\n",
+        file.display()
+    );
+    let embed = format!(
+        "[upstreams.secret]\nsource = \"file\"\npath = \"{}\"\n",
+        dir.path().join("embed-key").display()
+    );
+    std::fs::write(dir.path().join("embed-key"), format!("{EMBED_KEY}\n")).unwrap();
+    let m = start_cfg(Duration::from_millis(5), "", Some((table, embed))).await;
+    let new = "nvapi-llama-key-0003";
+    for r in &m.llama {
+        r.nim.set_keys(vec![new.into()]);
+    }
+    std::fs::write(&file, format!("{new}\n")).unwrap();
+    // Sent with the old key, 401, refreshed (this upstream's store only), sent again.
+    let url = m.url("/v1/chat/completions");
+    let pending = tokio::spawn(async move {
+        send_json(post(
+            &url,
+            Some(CLIENT_KEY),
+            &chat_body(LLAMA_31).to_string(),
+        ))
+        .await
+    });
+    let (s, v) = pending.await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    let audit = m.audit().await;
+    let retried = audit
+        .iter()
+        .find(|r| r["event"] == "done" && r["reason"] == "upstream_rejected_key_retrying")
+        .unwrap();
+    assert_eq!(retried["upstream"], "llama");
+    assert_eq!(retried["status"], 401);
+    let uses = audit
+        .iter()
+        .filter(|r| r["event"] == "use" && r["request_id"] == retried["request_id"])
+        .count();
+    assert_eq!(uses, 2);
+    only_key(&m.embed, EMBED_KEY, "embed");
+}
+
+#[tokio::test]
+async fn keyed_health_checks_carry_the_key_and_are_audited_as_uses() {
+    let m = start_with(
+        Duration::from_millis(5),
+        "health_interval = \"100ms\"\nhealth_auth = true",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for r in &m.llama {
+        let checks: Vec<_> = r
+            .nim
+            .seen()
+            .into_iter()
+            .filter(|s| s.uri == "/v1/health/ready")
+            .collect();
+        assert!(!checks.is_empty());
+        for c in checks {
+            assert_eq!(
+                c.headers["authorization"],
+                format!("Bearer {LLAMA_KEY}").as_str()
+            );
+        }
+    }
+    // Keyless elsewhere: embed has no health checks at all.
+    assert!(m.embed.nim.seen().is_empty());
+    let audit = m.audit().await;
+    let probes: BTreeSet<&str> = audit
+        .iter()
+        .filter(|r| r["event"] == "use" && r["path"] == "/v1/health/ready")
+        .map(|r| {
+            assert_eq!(r["upstream"], "llama");
+            assert_eq!(r["reason"], "gateway_probe");
+            r["replica"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(probes.len(), 2, "both replicas, each check audited");
+}
