@@ -231,14 +231,14 @@ impl Attempt {
             match self.send(key, parts, body, &rep, &mut unsent).await {
                 Ok(resp) => {
                     if resp.status().is_server_error() {
-                        up.failed(&rep, now);
+                        up.failed(&rep, now, true);
                     } else {
                         rep.succeeded();
                     }
                     return Ok(resp);
                 }
                 Err(Failure::Failed(e)) if e == GatewayError::UpstreamUnreachable => {
-                    up.failed(&rep, now);
+                    up.failed(&rep, now, false);
                     match replay {
                         Some(data) if unsent => {
                             up.stats.retries.fetch_add(1, Ordering::Relaxed);

@@ -2,7 +2,10 @@
 //! outstanding requests among the replicas that are up. A replica is down while it is ejected
 //! (passive: `eject_after` consecutive connect failures or 5xx answers eject it for
 //! `eject_backoff`, doubled on each repeat up to 32×; once the time is over it gets requests
-//! again, and one more failure ejects it at once) or while its active health check fails.
+//! again, and one more failure ejects it at once) or while its active health check fails. A
+//! passing health check ends an ejection early only when the replica was ejected for being
+//! unreachable: one ejected for answering 5xx stays out for its backoff (its health endpoint
+//! answering proves nothing about its completions).
 //!
 //! All state is atomics (no lock on the request path); the clock is passed in (`now_ms`, ms
 //! since the process's epoch) so the ejection rules are unit-tested without sleeping.
@@ -28,6 +31,8 @@ pub struct Replica {
     ejected_until: AtomicU64,
     /// The last active health check failed.
     probe_down: AtomicBool,
+    /// The current ejection came from 5xx answers (not from connect failures).
+    ejected_answering: AtomicBool,
 }
 
 /// Passive-ejection settings of an upstream.
@@ -46,6 +51,7 @@ impl Replica {
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             probe_down: AtomicBool::new(false),
+            ejected_answering: AtomicBool::new(false),
         }
     }
 
@@ -59,8 +65,9 @@ impl Replica {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// A connect failure or a 5xx. Returns true when this ejects the replica.
-    pub fn failed(&self, e: Ejection, now: u64) -> bool {
+    /// A connect failure or broken exchange (`answered`: false) or a 5xx answer (true). Returns
+    /// true when this ejects the replica.
+    pub fn failed(&self, e: Ejection, now: u64, answered: bool) -> bool {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n < e.after.max(1) || self.ejected_until.load(Ordering::Relaxed) > now {
             return false;
@@ -68,6 +75,7 @@ impl Replica {
         let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(5);
         let ms = (e.backoff.as_millis() as u64).saturating_mul(1 << k).max(1);
         self.ejected_until.store(now + ms, Ordering::Relaxed);
+        self.ejected_answering.store(answered, Ordering::Relaxed);
         true
     }
 
@@ -83,8 +91,10 @@ impl Replica {
     /// The result of an active health check. Returns true when it changed the replica's state.
     pub fn probed(&self, ok: bool) -> bool {
         let was_down = self.probe_down.swap(!ok, Ordering::Relaxed);
-        if ok {
-            // A passing check ends an ejection early: the replica rejoins now.
+        if ok && self.ejected_answering.load(Ordering::Relaxed) {
+            was_down
+        } else if ok {
+            // Reachable again: an ejection for being unreachable ends now.
             let ejected = self.ejected_until.swap(0, Ordering::Relaxed) != 0;
             self.failures.store(0, Ordering::Relaxed);
             self.ejections.store(0, Ordering::Relaxed);
@@ -168,32 +178,43 @@ mod tests {
     #[test]
     fn ejected_after_threshold_then_backoff_doubles_and_success_resets() {
         let r = &replicas(1)[0];
-        assert!(!r.failed(E, 10));
-        assert!(!r.failed(E, 10));
-        assert!(r.failed(E, 10), "third consecutive failure ejects");
+        assert!(!r.failed(E, 10, false));
+        assert!(!r.failed(E, 10, false));
+        assert!(r.failed(E, 10, false), "third consecutive failure ejects");
         assert!(!r.is_up(10) && !r.is_up(1009) && r.is_up(1010));
         // Back after the backoff; one more failure ejects again, for twice as long.
-        assert!(r.failed(E, 1010));
+        assert!(r.failed(E, 1010, false));
         assert!(!r.is_up(3009) && r.is_up(3010));
         r.succeeded();
         assert!(r.is_up(3010));
-        assert!(!r.failed(E, 3010), "the streak started over");
+        assert!(!r.failed(E, 3010, false), "the streak started over");
     }
 
     #[test]
     fn backoff_is_capped_and_a_passing_probe_ends_an_ejection() {
         let r = &replicas(1)[0];
         for _ in 0..40 {
-            r.failed(E, 0);
+            r.failed(E, 0, false);
             r.ejected_until.store(0, Ordering::Relaxed);
         }
-        assert!(r.failed(E, 0));
+        assert!(r.failed(E, 0, false));
         assert_eq!(r.ejected_until.load(Ordering::Relaxed), 32_000);
         assert!(r.probed(true));
         assert!(r.is_up(0));
         assert!(r.probed(false) && !r.is_up(0));
         assert!(!r.probed(false), "no change");
         assert!(r.probed(true) && r.is_up(0));
+    }
+
+    #[test]
+    fn a_5xx_ejection_is_not_ended_by_a_passing_health_check() {
+        let r = &replicas(1)[0];
+        for _ in 0..3 {
+            r.failed(E, 0, true);
+        }
+        assert!(!r.is_up(0));
+        assert!(!r.probed(true), "still ejected");
+        assert!(!r.is_up(999) && r.is_up(1000));
     }
 
     #[test]
@@ -217,7 +238,7 @@ mod tests {
         drop(busy);
         assert_eq!(rs[0].outstanding(), 0);
         for _ in 0..3 {
-            rs[1].failed(E, 1);
+            rs[1].failed(E, 1, false);
         }
         for _ in 0..20 {
             assert!(Arc::ptr_eq(&pick(&rs, 0, 1).unwrap().0, &rs[0]));

@@ -85,9 +85,10 @@ impl Upstream {
         })
     }
 
-    /// A connect failure, broken exchange or 5xx from `r`: may eject it.
-    pub fn failed(&self, r: &Replica, now: u64) {
-        if r.failed(self.ejection, now) {
+    /// A connect failure or broken exchange (`answered`: false) or a 5xx (true) from `r`: may
+    /// eject it.
+    pub fn failed(&self, r: &Replica, now: u64, answered: bool) {
+        if r.failed(self.ejection, now, answered) {
             self.stats.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(upstream = %self.name, replica = %r.pool.label, "replica ejected");
         }
