@@ -29,6 +29,7 @@ fn registry(n: usize) -> ClientRegistry {
             max_concurrent: None,
             tpm: None,
             tokens_per_day: None,
+            models: None,
         })
         .collect();
     ClientRegistry::new(&clients, 1024)

@@ -65,23 +65,39 @@ impl App {
     }
 }
 
-/// A secret source and the store its refresher keeps fresh (one per upstream).
-pub type SourceFor = (Arc<SecretStore>, Box<dyn SecretSource>);
+/// A secret source, the store its refresher keeps fresh, and the upstream's name (one per upstream).
+pub type SourceFor = (Arc<str>, Arc<SecretStore>, Box<dyn SecretSource>);
+
+/// Each upstream with its own store and secret source (so its own refresher, Vault token and
+/// `key_version`): one upstream's source failing never touches another's key.
+fn upstreams(cfg: &Config) -> Result<(Vec<Arc<Upstream>>, Vec<SourceFor>), InitError> {
+    let mut ups = Vec::new();
+    let mut sources = Vec::new();
+    for u in cfg.upstream_list() {
+        let secret = u.secret.ok_or_else(|| {
+            InitError::Config(format!("{}: the secret table is missing", u.secret_field))
+        })?;
+        let max_staleness = match secret {
+            SecretConfig::Vault(v) => Some(v.max_staleness),
+            SecretConfig::File(_) => None,
+        };
+        let store = Arc::new(SecretStore::new(&u.cfg.auth_value, max_staleness));
+        let source = crate::secret::source_for(secret).map_err(InitError::Config)?;
+        let up = Upstream::new(u.name, u.cfg, u.models.clone(), store.clone())
+            .map_err(|e| InitError::Config(format!("{}: {e}", u.field)))?;
+        sources.push((up.name.clone(), store, source));
+        ups.push(Arc::new(up));
+    }
+    Ok((ups, sources))
+}
 
 pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitError> {
-    let max_staleness = match &cfg.secret {
-        SecretConfig::Vault(v) => Some(v.max_staleness),
-        SecretConfig::File(_) => None,
-    };
-    let store = Arc::new(SecretStore::new(&cfg.upstream.auth_value, max_staleness));
-    let source = crate::secret::source_for(&cfg.secret).map_err(InitError::Config)?;
+    let (ups, sources) = upstreams(cfg)?;
     let registry = Arc::new(ClientRegistry::new(
         &cfg.clients,
         cfg.limits.client_concurrency_default(),
     ));
-    let upstream =
-        Upstream::new("default", &cfg.upstream, store.clone()).map_err(InitError::Config)?;
-    let routes = Arc::new(Routes::single(upstream));
+    let routes = Arc::new(Routes::new(cfg, ups));
     let shared_limits = match cfg.ratelimit.backend {
         Backend::Local => None,
         Backend::Redis => Some(crate::fleet::Shared::new(
@@ -132,5 +148,5 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         denied_budget,
         shared_limits,
     };
-    Ok((app, vec![(store, source)]))
+    Ok((app, sources))
 }

@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::commands::{audit_verify, check_online, keys_new};
 use crate::config;
-use crate::error::{InitError, EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
+use crate::error::{InitError, EXIT_CONFIG, EXIT_SOFTWARE};
 
 /// After `nimgate --help`: what the binary reads from the environment, its signals, its exit
 /// codes (tests/binary.rs pins each line; README "Command line" says the same).
@@ -157,14 +158,10 @@ pub fn main() -> ExitCode {
         }) {
             Ok(cfg) => {
                 println!(
-                    "{}: OK ({} client(s), secret source {}, upstream {})",
+                    "{}: OK ({} client(s), {})",
                     config.display(),
                     cfg.clients.len(),
-                    match cfg.secret {
-                        config::SecretConfig::File(_) => "file",
-                        config::SecretConfig::Vault(_) => "vault",
-                    },
-                    cfg.upstream.url
+                    upstreams_summary(&cfg)
                 );
                 if online {
                     check_online(&cfg)
@@ -240,106 +237,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `audit verify`: exit 0 when the chain holds, 1 on any break, 66 when --key-file is unreadable.
-fn audit_verify(
-    files: &[PathBuf],
-    key_file: Option<&std::path::Path>,
-    opts: crate::audit::verify::Options,
-    json: bool,
-) -> ExitCode {
-    let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
-    let key = match key_file.map(crate::audit::ChainKey::from_file) {
-        None => crate::audit::ChainKey::none(),
-        Some(Ok(k)) => k,
-        Some(Err(e)) => {
-            println!("cannot read --key-file: {e}");
-            return ExitCode::from(66);
-        }
-    };
-    let s = crate::audit::verify::verify(&paths, &key, opts);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&s).unwrap_or_else(|_| "{\"ok\":false}".into())
-        );
-    } else {
-        print!("{}", s.text());
-    }
-    if s.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-/// `keys new`: the entry to stdout, the key to stderr or `--key-out` (0600, never overwritten).
-fn keys_new(id: &str, key_out: Option<&std::path::Path>) -> ExitCode {
-    if id.is_empty()
-        || id.len() > 128
-        || id.contains(['"', '\\'])
-        || id.chars().any(char::is_control)
-    {
-        eprintln!("error: --id must be 1–128 printable characters without quotes or backslashes");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let key = match crate::auth::new_client_key() {
-        Ok(k) => zeroize::Zeroizing::new(k),
-        Err(e) => {
-            eprintln!("error: no OS randomness available: {e}");
-            return ExitCode::from(EXIT_SOFTWARE);
-        }
-    };
-    if let Some(path) = key_out {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        {
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .and_then(|mut f| f.write_all(format!("{}\n", key.as_str()).as_bytes()));
-            if let Err(e) = written {
-                eprintln!("error: --key-out {}: {e}", path.display());
-                return ExitCode::from(EXIT_IO);
-            }
-            eprintln!("# The key for {id:?} is in {} (mode 0600).", path.display());
-        }
-    } else {
-        eprintln!("# Client key for {id:?}: give it to the client now, it is not stored anywhere:");
-        eprintln!("{}", key.as_str());
-    }
-    println!("[[clients]]");
-    println!("id = {id:?}");
-    println!("key_sha256 = \"{}\"", crate::auth::key_digest_hex(&key));
-    ExitCode::SUCCESS
-}
-
-/// `check --online`: fetch the key once (a runtime only for that), exit 69 on failure.
-fn check_online(cfg: &config::Config) -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start runtime: {e}");
-            return ExitCode::from(EXIT_SOFTWARE);
-        }
-    };
-    match rt.block_on(crate::secret::check_once(&cfg.secret)) {
-        Ok(what) => {
-            println!("{what}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-    }
-}
-
 fn config_errors(path: &std::path::Path, errs: &[config::ConfigError]) -> ExitCode {
     eprintln!("{}: {} problem(s):", path.display(), errs.len());
     for e in errs {
@@ -386,4 +283,38 @@ fn runtime(
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// `secret source file, upstream http://…` (single form) or
+/// `upstreams llama (vault, 2 replica(s)), embed (file, 1 replica(s))`.
+fn upstreams_summary(cfg: &config::Config) -> String {
+    let source = |s: Option<&config::SecretConfig>| match s {
+        Some(config::SecretConfig::Vault(_)) => "vault",
+        _ => "file",
+    };
+    let list = cfg.upstream_list();
+    if cfg.upstream.is_some() {
+        let urls: Vec<&str> = list
+            .iter()
+            .flat_map(|u| u.cfg.replica_urls(""))
+            .map(|(_, u)| u)
+            .collect();
+        return format!(
+            "secret source {}, upstream {}",
+            source(cfg.secret.as_ref()),
+            urls.join(" ")
+        );
+    }
+    let each: Vec<String> = list
+        .iter()
+        .map(|u| {
+            format!(
+                "{} ({}, {} replica(s))",
+                u.name,
+                source(u.secret),
+                u.cfg.replica_urls("").len()
+            )
+        })
+        .collect();
+    format!("upstreams {}", each.join(", "))
 }

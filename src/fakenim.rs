@@ -41,6 +41,8 @@ pub struct FakeNim {
     pub requests: AtomicU64,
     pub streams_cancelled: AtomicU64,
     pub streams_completed: AtomicU64,
+    /// The ids `GET /v1/models` lists.
+    pub models: Mutex<Vec<String>>,
 }
 
 impl FakeNim {
@@ -54,6 +56,7 @@ impl FakeNim {
             requests: AtomicU64::new(0),
             streams_cancelled: AtomicU64::new(0),
             streams_completed: AtomicU64::new(0),
+            models: Mutex::new(vec!["meta/llama-3.1-8b-instruct".into()]),
         })
     }
 
@@ -153,13 +156,17 @@ impl FakeNim {
             .to_string();
         match (&parts.method, path) {
             (&Method::GET, "/v1/models") => {
-                ok_json(json!({"object": "list", "data": [model_object()]}))
+                let ids = self.models.lock().map(|m| m.clone()).unwrap_or_default();
+                let data: Vec<Value> = ids.iter().map(|id| model_object(id)).collect();
+                ok_json(json!({"object": "list", "data": data}))
             }
             // `GET /v1/models/{model_id}`, as NIMs that serve it document it (the id may hold
             // `/`): the model object, or 404 for another id.
             (&Method::GET, p) if p.starts_with("/v1/models/") => {
-                if p["/v1/models/".len()..] == *MODEL_ID {
-                    ok_json(model_object())
+                let id = &p["/v1/models/".len()..];
+                let ids = self.models.lock().map(|m| m.clone()).unwrap_or_default();
+                if ids.iter().any(|m| m == id) {
+                    ok_json(model_object(id))
                 } else {
                     error(StatusCode::NOT_FOUND, "The model does not exist.")
                 }
@@ -353,10 +360,7 @@ fn error(status: StatusCode, msg: &str) -> Response<FakeBody> {
     r
 }
 
-/// The one model the fake NIM serves.
-const MODEL_ID: &str = "meta/llama-3.1-8b-instruct";
-
 /// Its model object, as `/v1/models` lists it (vLLM's fields).
-fn model_object() -> Value {
-    json!({"id": MODEL_ID, "object": "model", "created": 1_700_000_000, "owned_by": "system", "root": MODEL_ID, "parent": null, "max_model_len": 131_072})
+fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "system", "root": id, "parent": null, "max_model_len": 131_072})
 }

@@ -1,5 +1,10 @@
-//! The admin listener: `/healthz` (process alive), `/readyz` (key loaded and fresh, audit
-//! writable), `/metrics` (Prometheus). Separate address, never proxied, no secrets.
+//! The admin listener: `/healthz` (process alive), `/readyz` (keys loaded and fresh, audit
+//! writable; each upstream reported), `/metrics` (Prometheus). Separate address, never proxied,
+//! no secrets.
+//!
+//! Readiness with several upstreams: `ready` when every upstream has a fresh key; `degraded`
+//! (still 200, so the load balancer keeps sending the other upstreams' traffic) when only some
+//! have; 503 `not_ready` when none has, the audit is failing or the gateway is draining.
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -48,30 +53,7 @@ pub async fn serve_admin(listener: TcpListener, app: Arc<App>, mut stop: watch::
 fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-        "/readyz" => {
-            let key = match app.store().map(|s| s.ready()) {
-                Some(Ok(())) => "ok",
-                Some(Err(Unavailable::NotLoaded)) | None => "not_loaded",
-                Some(Err(Unavailable::Stale)) => "stale",
-            };
-            let audit = if app.audit.healthy() { "ok" } else { "failing" };
-            let draining = app.draining.load(Ordering::Acquire);
-            let ok = key == "ok" && audit == "ok" && !draining;
-            let status = if ok {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let state = match (ok, draining) {
-                (true, _) => "ready",
-                (false, true) => "draining",
-                (false, false) => "not_ready",
-            };
-            json(
-                status,
-                format!(r#"{{"status":"{state}","key":"{key}","audit":"{audit}"}}"#),
-            )
-        }
+        "/readyz" => readyz(app),
         "/metrics" => {
             let sources: Vec<(&str, &crate::secret::SecretStore)> = app
                 .routes
@@ -83,6 +65,7 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             if let Some(s) = &app.shared_limits {
                 s.render(&mut text);
             }
+            text.push_str(&crate::telemetry::render_routes(&app.routes));
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -92,6 +75,46 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
     }
+}
+
+fn readyz(app: &App) -> Response<Full<Bytes>> {
+    let now = crate::proxy::replica::now_ms();
+    let mut each = serde_json::Map::new();
+    let (mut fresh, mut worst) = (0, "ok");
+    for u in app.routes.all() {
+        let key = match u.store.ready() {
+            Ok(()) => "ok",
+            Err(Unavailable::NotLoaded) => "not_loaded",
+            Err(Unavailable::Stale) => "stale",
+        };
+        if key == "ok" {
+            fresh += 1;
+        } else if worst == "ok" || key == "not_loaded" {
+            worst = key;
+        }
+        let up = u.replicas.iter().filter(|r| r.is_up(now)).count();
+        each.insert(
+            u.name.to_string(),
+            serde_json::json!({"key": key, "replicas": u.replicas.len(), "replicas_up": up}),
+        );
+    }
+    let audit = if app.audit.healthy() { "ok" } else { "failing" };
+    let draining = app.draining.load(Ordering::Acquire);
+    let ok = fresh > 0 && audit == "ok" && !draining;
+    let state = match (ok, draining) {
+        (true, _) if worst == "ok" => "ready",
+        (true, _) => "degraded",
+        (false, true) => "draining",
+        (false, false) => "not_ready",
+    };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        serde_json::json!({"status": state, "key": worst, "audit": audit, "upstreams": each});
+    json(status, body.to_string())
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod cli;
+mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -16,7 +16,7 @@ fn nimgate_configs(dir: &Path, out: &mut Vec<PathBuf>) {
             nimgate_configs(&p, out);
         } else if p.extension().is_some_and(|x| x == "toml") {
             let text = std::fs::read_to_string(&p).unwrap();
-            if text.contains("[upstream]") {
+            if text.contains("[upstream]") || text.contains("[[upstreams]]") {
                 out.push(p);
             }
         }
@@ -30,6 +30,12 @@ fn shipped_configs_are_valid() {
     nimgate_configs(&root.join("config"), &mut files);
     nimgate_configs(&root.join("deploy"), &mut files);
     assert!(files.len() >= 6, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.ends_with("config/nimgate.multi.toml")),
+        "{files:?}"
+    );
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let mut cfg =

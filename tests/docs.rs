@@ -70,6 +70,7 @@ fn burst_default_is_the_documented_one() {
             max_concurrent: None,
             tpm: None,
             tokens_per_day: None,
+            models: None,
         }],
         1024,
     );

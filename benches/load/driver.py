@@ -38,7 +38,7 @@ CLIENT_KEY = "ngk_bench_client_key_0123456789abcdef0123456789ab"
 NIM_KEY = "nvapi-bench-key-0123456789abcdef"
 BODY = json.dumps({"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16})
 PORTS = {"upstream": 18000, "ssenim": 18001, "nimgate": 18080, "nimgate-batch": 18083, "nimgate-noaudit": 18084,
-         "nimgate-2core": 18085, "nimgate-sse": 18086, "nimgate-otel": 18087, "nimgate-otel-1pct": 18089,
+         "nimgate-2core": 18085, "nimgate-sse": 18086, "nimgate-otel": 18087, "nimgate-3up": 18095, "nimgate-otel-1pct": 18089,
          "otlp": 18010, "hyper-floor": 18088, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
          "haproxy-sse": 18092, "nimgate-redis": 18094, "redis": 18093}
 TICK = os.sysconf("SC_CLK_TCK")
@@ -170,7 +170,34 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 """
 
 
-def nimgate_config(d, name, port, upstream_port, audit, workers, sample_ratio=None, client_extra="", extra=""):
+def upstreams_toml(upstream_port, key_file, multi):
+    """The single [upstream] form, or (multi) three [[upstreams]] routed by model: the bench body's
+    model is claimed by the second one's pattern, so a request pays an exact-name miss, a pattern
+    match and the replica pick."""
+    if not multi:
+        return f"""[upstream]
+url = "http://127.0.0.1:{upstream_port}"
+[secret]
+source = "file"
+path = "{key_file}"
+"""
+    out = ""
+    for name, models, default in (("embed", '["nvidia/nv-embedqa-e5-v5"]', "true"),
+                                  ("llama", '["meta/llama-3.3-70b-instruct", "meta/llama-3.1-*"]', "false"),
+                                  ("hosted", '["mistralai/*"]', "false")):
+        out += f"""[[upstreams]]
+name = "{name}"
+url = "http://127.0.0.1:{upstream_port}"
+models = {models}
+default = {default}
+[upstreams.secret]
+source = "file"
+path = "{key_file}"
+"""
+    return out
+
+
+def nimgate_config(d, name, port, upstream_port, audit, workers, sample_ratio=None, client_extra="", extra="", multi=False):
     key_file = os.path.join(d, "nim-key")
     with open(key_file, "w") as f:
         f.write(NIM_KEY + "\n")
@@ -185,12 +212,7 @@ listen = "127.0.0.1:{port}"
 workers = {workers}
 [admin]
 listen = "127.0.0.1:{port + 100}"
-[upstream]
-url = "http://127.0.0.1:{upstream_port}"
-[secret]
-source = "file"
-path = "{key_file}"
-[[clients]]
+{upstreams_toml(upstream_port, key_file, multi)}[[clients]]
 id = "team-a"
 key_sha256 = "{digest}"
 {client_extra}
@@ -319,6 +341,9 @@ def main():
                                  client_extra="rpm = 100000000\nburst = 100000000",
                                  extra=f'[ratelimit]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{PORTS["redis"]}/0"\ntimeout = "50ms"')
             pids["nimgate-redis"] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/nimgate-redis.log").pid]
+        # Three upstreams, routing by model (issue 16): its cost against `nimgate`.
+        cfg = nimgate_config(d, "nimgate-3up", PORTS["nimgate-3up"], PORTS["upstream"], "interval", 1, multi=True)
+        pids["nimgate-3up"] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/nimgate-3up.log").pid]
         # The stack's floor: hyper + hyper-util alone (no auth, audit or limits), same pinning.
         pids["hyper-floor"] = [start([f"{REL}/examples/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
                                       f"http://127.0.0.1:{PORTS['upstream']}"], "0", f"{d}/hyper-floor.log").pid]

@@ -40,6 +40,9 @@ pub struct Record {
     pub model: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub upstream: Option<Arc<str>>,
+    /// The replica (`scheme://authority`) of the upstream this attempt went to.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
+    pub replica: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub key_version: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
@@ -93,6 +96,7 @@ impl Record {
             path: None,
             model: None,
             upstream: None,
+            replica: None,
             key_version: None,
             key_fingerprint: None,
             status: None,

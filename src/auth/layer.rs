@@ -141,6 +141,7 @@ mod tests {
                 max_concurrent: None,
                 tpm: None,
                 tokens_per_day: None,
+                models: None,
             }],
             1024,
         ))

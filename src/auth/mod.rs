@@ -40,6 +40,8 @@ pub struct ClientEntry {
     pub budget: Option<budget::TokenBudget>,
     /// The same limits in the shared backend's units (empty: the client never reaches it).
     pub shared: crate::fleet::Spec,
+    /// Model patterns this client may use; `None`: all.
+    pub models: Option<Vec<String>>,
 }
 
 /// Digest → client. Built once at start-up.
@@ -96,6 +98,7 @@ impl ClientRegistry {
                         concurrency,
                         budget: budget::TokenBudget::new(c.tpm, c.tokens_per_day),
                         shared,
+                        models: c.models.clone(),
                     }),
                 ))
             })
@@ -172,6 +175,7 @@ mod tests {
                 max_concurrent: None,
                 tpm: None,
                 tokens_per_day: None,
+                models: None,
             }],
             1024,
         )

@@ -12,7 +12,11 @@ const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// One duration setting: its field, its value, the least and the most it may be.
-struct Bound(&'static str, Duration, Duration, Duration);
+struct Bound(String, Duration, Duration, Duration);
+
+fn b(field: &str, v: Duration, lo: Duration, hi: Duration) -> Bound {
+    Bound(field.to_string(), v, lo, hi)
+}
 
 fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
@@ -21,68 +25,73 @@ fn human(d: Duration) -> String {
 impl Config {
     /// Every duration outside its bounds, as `(field, message)`.
     pub(super) fn validate_durations(&self, err: &mut impl FnMut(&str, String)) {
-        let (s, u, a, l) = (&self.server, &self.upstream, &self.audit, &self.limits);
+        let (s, a, l) = (&self.server, &self.audit, &self.limits);
         let mut table = vec![
-            Bound("server.drain_delay", s.drain_delay, Duration::ZERO, HOUR),
-            Bound(
+            b("server.drain_delay", s.drain_delay, Duration::ZERO, HOUR),
+            b(
                 "server.shutdown_grace",
                 s.shutdown_grace,
                 Duration::ZERO,
                 HOUR,
             ),
-            Bound("upstream.connect_timeout", u.connect_timeout, MS, 5 * MIN),
-            Bound(
-                "upstream.response_timeout",
-                u.response_timeout,
-                MS,
-                24 * HOUR,
-            ),
-            Bound(
-                "upstream.pool_idle_timeout",
-                u.pool_idle_timeout,
-                Duration::ZERO,
-                24 * HOUR,
-            ),
-            Bound("audit.max_wait", a.max_wait, MS, 5 * MIN),
-            Bound(
+            b("audit.max_wait", a.max_wait, MS, 5 * MIN),
+            b(
                 "limits.header_read_timeout",
                 l.header_read_timeout,
                 MS,
                 5 * MIN,
             ),
-            Bound("limits.body_timeout", l.body_timeout, MS, 24 * HOUR),
-            Bound("limits.send_timeout", l.send_timeout, MS, 24 * HOUR),
-            Bound("limits.idle_timeout", l.idle_timeout, MS, 24 * HOUR),
+            b("limits.body_timeout", l.body_timeout, MS, 24 * HOUR),
+            b("limits.send_timeout", l.send_timeout, MS, 24 * HOUR),
+            b("limits.idle_timeout", l.idle_timeout, MS, 24 * HOUR),
         ];
         if a.fsync == FsyncPolicy::Interval {
-            table.push(Bound("audit.fsync_interval", a.fsync_interval, MS, HOUR));
+            table.push(b("audit.fsync_interval", a.fsync_interval, MS, HOUR));
         }
-        match &self.secret {
-            SecretConfig::File(file) => {
-                table.push(Bound(
-                    "secret.poll_interval",
-                    file.poll_interval,
-                    10 * MS,
-                    HOUR,
-                ));
-            }
-            SecretConfig::Vault(vault) => {
-                let floor = if loopback(&vault.address) {
-                    100 * MS
-                } else {
-                    SEC
-                };
-                table.push(Bound("secret.refresh", vault.refresh, floor, 24 * HOUR));
-                table.push(Bound(
-                    "secret.max_staleness",
-                    vault.max_staleness,
-                    MS,
-                    7 * 24 * HOUR,
-                ));
-                table.push(Bound("secret.timeout", vault.timeout, MS, 5 * MIN));
+        // Every upstream (`upstream` or `upstreams[i]`) and its secret source.
+        for up in self.upstream_list() {
+            let (cfg, at) = (up.cfg, &up.field);
+            table.push(b(
+                &format!("{at}.connect_timeout"),
+                cfg.connect_timeout,
+                MS,
+                5 * MIN,
+            ));
+            table.push(b(
+                &format!("{at}.response_timeout"),
+                cfg.response_timeout,
+                MS,
+                24 * HOUR,
+            ));
+            let idle = cfg.pool_idle_timeout;
+            table.push(b(
+                &format!("{at}.pool_idle_timeout"),
+                idle,
+                Duration::ZERO,
+                24 * HOUR,
+            ));
+            let sf = &up.secret_field;
+            match up.secret {
+                None => {}
+                Some(SecretConfig::File(file)) => {
+                    let field = format!("{sf}.poll_interval");
+                    table.push(b(&field, file.poll_interval, 10 * MS, HOUR));
+                }
+                Some(SecretConfig::Vault(vault)) => {
+                    let floor = if loopback(&vault.address) {
+                        100 * MS
+                    } else {
+                        SEC
+                    };
+                    table.push(b(&format!("{sf}.refresh"), vault.refresh, floor, 24 * HOUR));
+                    let stale = vault.max_staleness;
+                    table.push(b(&format!("{sf}.max_staleness"), stale, MS, 7 * 24 * HOUR));
+                    table.push(b(&format!("{sf}.timeout"), vault.timeout, MS, 5 * MIN));
+                }
             }
         }
         for Bound(field, v, lo, hi) in table {
+            let field = field.as_str();
             if v < lo && lo == MS {
                 err(field, "must be greater than 0".into());
             } else if v < lo {

@@ -42,15 +42,24 @@ pub fn apply_overlay(
         }
     }
     if let Some(v) = get("NIMGATE_UPSTREAM_URL") {
-        cfg.upstream.url = v;
+        match &mut cfg.upstream {
+            Some(u) => {
+                u.url = v;
+                u.urls.clear();
+            }
+            None => errs.push(ConfigError::new(
+                "upstream.url (NIMGATE_UPSTREAM_URL)",
+                "set, but the config has no [upstream] (use [[upstreams]] urls)",
+            )),
+        }
     }
     if let Some(v) = get("NIMGATE_AUDIT_PATH") {
         cfg.audit.path = v;
     }
     if let Some(v) = get("NIMGATE_VAULT_ADDRESS") {
         match &mut cfg.secret {
-            super::SecretConfig::Vault(vc) => vc.address = v,
-            super::SecretConfig::File(_) => errs.push(ConfigError::new(
+            Some(super::SecretConfig::Vault(vc)) => vc.address = v,
+            _ => errs.push(ConfigError::new(
                 set_by("secret.address", "NIMGATE_VAULT_ADDRESS"),
                 "set, but secret.source is not \"vault\"",
             )),

@@ -11,6 +11,7 @@ mod ratelimit;
 mod secret;
 mod telemetry;
 mod types;
+mod upstreams;
 mod validate;
 
 pub use telemetry::TelemetryConfig;

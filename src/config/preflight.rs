@@ -21,15 +21,17 @@ impl Config {
                 errs.push(ConfigError::new("server.tls_cert", m));
             }
         }
-        if let Some(ca) = &self.upstream.ca_file {
-            if let Err(m) = crate::tls::load_certs(ca) {
-                errs.push(ConfigError::new("upstream.ca_file", m));
-            }
-        }
-        if let SecretConfig::Vault(v) = &self.secret {
-            if let Some(ca) = &v.ca_file {
+        for u in self.upstream_list() {
+            if let Some(ca) = &u.cfg.ca_file {
                 if let Err(m) = crate::tls::load_certs(ca) {
-                    errs.push(ConfigError::new("secret.ca_file", m));
+                    errs.push(ConfigError::new(format!("{}.ca_file", u.field), m));
+                }
+            }
+            if let Some(SecretConfig::Vault(v)) = u.secret {
+                if let Some(ca) = &v.ca_file {
+                    if let Err(m) = crate::tls::load_certs(ca) {
+                        errs.push(ConfigError::new(format!("{}.ca_file", u.secret_field), m));
+                    }
                 }
             }
         }

@@ -36,8 +36,8 @@ fn errors(text: &str) -> Vec<ConfigError> {
 fn issue_contract_parses_with_defaults() {
     let c = parse(&base()).unwrap();
     assert!(c.validate().is_empty(), "{:?}", c.validate());
-    assert_eq!(c.upstream.auth_header, "Authorization");
-    assert_eq!(c.upstream.auth_value, "Bearer {key}");
+    assert_eq!(c.upstream.as_ref().unwrap().auth_header, "Authorization");
+    assert_eq!(c.upstream.as_ref().unwrap().auth_value, "Bearer {key}");
     assert_eq!(c.audit.fsync, FsyncPolicy::Interval);
     assert_eq!(c.server.route_prefixes, vec!["/v1/"]);
 }
@@ -84,7 +84,7 @@ fn validation_names_each_field() {
 fn durations_are_human_strings() {
     let c = parse(&base().replace("[upstream]", "[upstream]\nresponse_timeout = \"90s\"")).unwrap();
     assert_eq!(
-        c.upstream.response_timeout,
+        c.upstream.as_ref().unwrap().response_timeout,
         std::time::Duration::from_secs(90)
     );
     let e = errors(&base().replace("[upstream]", "[upstream]\nresponse_timeout = \"soon\""));
@@ -101,7 +101,7 @@ fn env_overlay_changes_only_non_secrets() {
     };
     env::apply_overlay(&mut c, env).unwrap();
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
-    assert_eq!(c.upstream.url, "http://nim:8000");
+    assert_eq!(c.upstream.as_ref().unwrap().url, "http://nim:8000");
     let e = env::apply_overlay(&mut c, |k| {
         (k == "NIMGATE_ADMIN_LISTEN").then(|| "nope".into())
     })
@@ -129,7 +129,7 @@ secret_id_file = "/vault/approle/secret-id""#,
     );
     let c = parse(&v).unwrap();
     assert!(c.validate().is_empty(), "{:?}", c.validate());
-    match &c.secret {
+    match c.secret.as_ref().unwrap() {
         SecretConfig::Vault(vc) => {
             assert!(matches!(&vc.auth, VaultAuthConfig::Approle(a) if a.mount == "approle"));
             assert_eq!(vc.max_staleness, std::time::Duration::from_secs(900));
@@ -153,7 +153,7 @@ fn vault_jwt_agent_and_wrapped_approle_parse_and_validate() {
             &format!("[secret]\nsource = \"vault\"\naddress = \"http://127.0.0.1:8100\"\npath = \"nim\"\nfield = \"k\"\n[secret.auth]\n{auth}"),
         )
     };
-    let auth_of = |text: &str| match parse(text).unwrap().secret {
+    let auth_of = |text: &str| match parse(text).unwrap().secret.unwrap() {
         SecretConfig::Vault(vc) => vc.auth,
         SecretConfig::File(_) => panic!("not vault"),
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub use super::ratelimit::*;
 pub use super::secret::*;
+pub use super::upstreams::*;
 use super::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -16,8 +17,14 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub admin: AdminConfig,
-    pub upstream: UpstreamConfig,
-    pub secret: SecretConfig,
+    /// The single-upstream form (`[upstream]` + `[secret]`): one upstream named `default`.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+    #[serde(default)]
+    pub secret: Option<SecretConfig>,
+    /// The multi-upstream form (`[[upstreams]]`, each with its `[upstreams.secret]`).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
     #[serde(default)]
@@ -86,34 +93,6 @@ impl Default for AdminConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    pub url: String,
-    #[serde(default = "default_auth_header")]
-    pub auth_header: String,
-    #[serde(default = "default_auth_value")]
-    pub auth_value: String,
-    #[serde(default = "secs::<5>", with = "dur")]
-    pub connect_timeout: Duration,
-    /// Time from sending the request until the upstream's response headers arrive.
-    #[serde(default = "secs::<300>", with = "dur")]
-    pub response_timeout: Duration,
-    /// Speak HTTP/2 to the upstream (h2c prior knowledge for http://, ALPN for https://).
-    #[serde(default)]
-    pub http2: bool,
-    #[serde(default = "secs::<90>", with = "dur")]
-    pub pool_idle_timeout: Duration,
-    #[serde(default = "default_pool_max_idle")]
-    pub pool_max_idle: usize,
-    /// Extra CA bundle (PEM) trusted for an https:// upstream, besides the system roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// On a 401/403 from the upstream, refresh the key once and retry with a new key.
-    #[serde(default = "yes")]
-    pub retry_on_auth_failure: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub id: String,
     /// Hex SHA-256 digest of the client's key (`nimgate keys new` prints it).
@@ -134,6 +113,9 @@ pub struct ClientConfig {
     /// Tokens per UTC day; absent = unlimited.
     #[serde(default)]
     pub tokens_per_day: Option<u64>,
+    /// Models this client may use (exact names or a trailing `*`); absent = all.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -301,18 +283,6 @@ impl Config {
     }
 }
 
-fn default_auth_header() -> String {
-    "Authorization".into()
-}
-fn default_auth_value() -> String {
-    "Bearer {key}".into()
-}
-fn default_pool_max_idle() -> usize {
-    1024
-}
-fn yes() -> bool {
-    true
-}
 pub(super) fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
 }

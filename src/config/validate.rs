@@ -1,6 +1,6 @@
 //! `Config::validate()`: every problem found, each naming the field it is about.
 
-use super::types::{Config, SecretConfig, VaultAuthConfig};
+use super::types::{Config, SecretConfig, UpstreamConfig, VaultAuthConfig};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -41,7 +41,7 @@ const FORBIDDEN_AUTH_HEADERS: &[&str] = &[
 
 /// `scheme://user:pass@host`: a credential in a URL would land in logs, `check` output and
 /// audit records; every URL setting refuses it (the message never repeats the URL).
-fn has_userinfo(u: &http::Uri) -> bool {
+pub(super) fn has_userinfo(u: &http::Uri) -> bool {
     u.authority().is_some_and(|a| a.as_str().contains('@'))
 }
 
@@ -51,8 +51,13 @@ impl Config {
         let mut errs = Vec::new();
         let mut err = |f: &str, m: String| errs.push(ConfigError::new(f, m));
         self.validate_server(&mut err);
-        self.validate_upstream(&mut err);
-        self.validate_secret(&mut err);
+        self.validate_routing(&mut err);
+        for u in self.upstream_list() {
+            Self::validate_upstream(u.cfg, &u.field, &mut err);
+            if let Some(s) = u.secret {
+                Self::validate_secret(s, &u.secret_field, &mut err);
+            }
+        }
         self.validate_clients(&mut err);
         self.validate_audit(&mut err);
         self.validate_limits(&mut err);
@@ -97,53 +102,61 @@ impl Config {
     }
 
     /// `[upstream]`: URL, key header and template, timeouts.
-    fn validate_upstream(&self, err: &mut impl FnMut(&str, String)) {
-        match self.upstream.url.parse::<http::Uri>() {
-            Ok(u) => {
-                if !matches!(u.scheme_str(), Some("http" | "https")) {
-                    err(
-                        "upstream.url",
-                        format!(
-                            "scheme must be http or https{}",
-                            super::hints::url(&self.upstream.url)
-                        ),
-                    );
+    fn validate_upstream(u: &UpstreamConfig, p: &str, err: &mut impl FnMut(&str, String)) {
+        for (f, url) in u.replica_urls(p) {
+            match url.parse::<http::Uri>() {
+                Ok(uri) => {
+                    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                        err(
+                            &f,
+                            format!("scheme must be http or https{}", super::hints::url(url)),
+                        );
+                    }
+                    if uri.host().is_none() {
+                        err(&f, "must include a host".into());
+                    }
+                    if has_userinfo(&uri) {
+                        err(
+                            &f,
+                            "must not contain user:password@ (credentials come from [secret])"
+                                .into(),
+                        );
+                    }
+                    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                        err(
+                            &f,
+                            "must be scheme://host[:port] with no path or query".into(),
+                        );
+                    }
                 }
-                if u.host().is_none() {
-                    err("upstream.url", "must include a host".into());
-                }
-                if has_userinfo(&u) {
-                    err(
-                        "upstream.url",
-                        "must not contain user:password@ (credentials come from [secret])".into(),
-                    );
-                }
-                if !matches!(u.path(), "" | "/") || u.query().is_some() {
-                    err(
-                        "upstream.url",
-                        "must be scheme://host[:port] with no path or query".into(),
-                    );
-                }
+                Err(e) => err(&f, format!("not a valid URL: {e}")),
             }
-            Err(e) => err("upstream.url", format!("not a valid URL: {e}")),
         }
-        match http::HeaderName::from_bytes(self.upstream.auth_header.as_bytes()) {
+        match http::HeaderName::from_bytes(u.auth_header.as_bytes()) {
             Ok(h) if FORBIDDEN_AUTH_HEADERS.contains(&h.as_str()) => {
-                err("upstream.auth_header", format!("{h} cannot carry the key"));
+                err(
+                    &format!("{p}.auth_header"),
+                    format!("{h} cannot carry the key"),
+                );
             }
             Ok(_) => {}
-            Err(_) => err("upstream.auth_header", "not a valid header name".into()),
+            Err(_) => err(
+                &format!("{p}.auth_header"),
+                "not a valid header name".into(),
+            ),
         }
-        if self.upstream.auth_value.matches("{key}").count() != 1 {
+        if u.auth_value.matches("{key}").count() != 1 {
             err(
-                "upstream.auth_value",
+                &format!("{p}.auth_value"),
                 "must contain the placeholder {key} exactly once".into(),
             );
-        } else if http::HeaderValue::from_str(&self.upstream.auth_value.replace("{key}", "k"))
-            .is_err()
-        {
-            err("upstream.auth_value", "must be a valid header value".into());
+        } else if http::HeaderValue::from_str(&u.auth_value.replace("{key}", "k")).is_err() {
+            err(
+                &format!("{p}.auth_value"),
+                "must be a valid header value".into(),
+            );
         }
+        // `upstream.*` durations are bounded in `bounds`; a `[[upstreams]]` entry's here.
     }
 
     /// `[[clients]]` (including those from `auth.clients_file`).
@@ -191,6 +204,11 @@ impl Config {
                         &f(name),
                         "must be at least 1 (omit it for no budget)".into(),
                     );
+                }
+            }
+            for m in c.models.iter().flatten() {
+                if let Err(why) = super::upstreams::check_pattern(m) {
+                    err(&f("models"), format!("{m:?}: {why}"));
                 }
             }
         }
@@ -251,16 +269,16 @@ impl Config {
         }
     }
 
-    fn validate_secret(&self, err: &mut impl FnMut(&str, String)) {
-        match &self.secret {
+    fn validate_secret(secret: &SecretConfig, p: &str, err: &mut impl FnMut(&str, String)) {
+        match secret {
             SecretConfig::File(f) => {
                 if f.path.as_os_str().is_empty() {
-                    err("secret.path", "must be set".into());
+                    err(&format!("{p}.path"), "must be set".into());
                 }
                 if let Some(p) = &f.json_pointer {
                     if !p.starts_with('/') {
                         err(
-                            "secret.json_pointer",
+                            &format!("{p}.json_pointer"),
                             "must start with '/' (RFC 6901)".into(),
                         );
                     }
@@ -269,13 +287,13 @@ impl Config {
             SecretConfig::Vault(v) => {
                 match v.address.parse::<http::Uri>() {
                     Ok(u) if has_userinfo(&u) => err(
-                        "secret.address",
+                        &format!("{p}.address"),
                         "must not contain user:password@ (Vault credentials come from files)"
                             .into(),
                     ),
                     Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => {}
                     _ => err(
-                        "secret.address",
+                        &format!("{p}.address"),
                         format!(
                             "must be an http:// or https:// URL{}",
                             super::hints::url(&v.address)
@@ -283,39 +301,39 @@ impl Config {
                     ),
                 }
                 if v.mount.trim_matches('/').is_empty() {
-                    err("secret.mount", "must be set".into());
+                    err(&format!("{p}.mount"), "must be set".into());
                 }
                 if v.path.trim_matches('/').is_empty() {
-                    err("secret.path", "must be set".into());
+                    err(&format!("{p}.path"), "must be set".into());
                 }
                 if !matches!(v.kv_version, 1 | 2) {
-                    err("secret.kv_version", "must be 1 or 2".into());
+                    err(&format!("{p}.kv_version"), "must be 1 or 2".into());
                 }
                 if v.version.is_some() && v.kv_version != 2 {
-                    err("secret.version", "only KV v2 has versions".into());
+                    err(&format!("{p}.version"), "only KV v2 has versions".into());
                 }
                 if v.field.is_empty() {
-                    err("secret.field", "must be set".into());
+                    err(&format!("{p}.field"), "must be set".into());
                 }
                 if v.max_staleness < v.refresh {
                     err(
-                        "secret.max_staleness",
+                        &format!("{p}.max_staleness"),
                         "must be at least secret.refresh".into(),
                     );
                 }
                 match &v.auth {
                     VaultAuthConfig::Kubernetes(k) if k.role.is_empty() => {
-                        err("secret.auth.role", "must be set".into());
+                        err(&format!("{p}.auth.role"), "must be set".into());
                     }
                     VaultAuthConfig::Jwt(j) => {
                         if j.role.is_empty() {
-                            err("secret.auth.role", "must be set".into());
+                            err(&format!("{p}.auth.role"), "must be set".into());
                         }
                         if j.jwt_file.as_os_str().is_empty() {
-                            err("secret.auth.jwt_file", "must be set".into());
+                            err(&format!("{p}.auth.jwt_file"), "must be set".into());
                         }
                         if j.mount.trim_matches('/').is_empty() {
-                            err("secret.auth.mount", "must not be empty".into());
+                            err(&format!("{p}.auth.mount"), "must not be empty".into());
                         }
                     }
                     _ => {}

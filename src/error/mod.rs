@@ -50,11 +50,20 @@ pub enum GatewayError {
     TokensExhausted { retry_after_secs: u64 },
     /// `[ratelimit] failure_mode = "closed"` and the shared backend cannot answer.
     LimiterUnavailable,
+    /// No upstream serves the request's `model`.
+    ModelNotFound,
+    /// The client's `models` list excludes the model: answered exactly as `ModelNotFound`
+    /// (existence is not revealed); only the audit `reason` differs.
+    ModelNotAllowed,
+    /// A body without a (findable) top-level `model` where routing needs one.
+    ModelRequired,
+    /// Every replica of the chosen upstream is ejected or failing its health check.
+    UpstreamUnavailable,
 }
 
 impl GatewayError {
     /// Every variant once (`RateLimited` with a placeholder wait), in metric-label order.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 20] = [
         Self::Unauthenticated,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -75,6 +84,10 @@ impl GatewayError {
             retry_after_secs: 0,
         },
         Self::LimiterUnavailable,
+        Self::ModelNotFound,
+        Self::ModelNotAllowed,
+        Self::ModelRequired,
+        Self::UpstreamUnavailable,
     ];
 
     /// Position in `ALL` (the metrics' counter index). Exhaustive: a new variant must be placed.
@@ -96,6 +109,10 @@ impl GatewayError {
             Self::ShuttingDown => 13,
             Self::TokensExhausted { .. } => 14,
             Self::LimiterUnavailable => 15,
+            Self::ModelNotFound => 16,
+            Self::ModelNotAllowed => 17,
+            Self::ModelRequired => 18,
+            Self::UpstreamUnavailable => 19,
         }
     }
 
@@ -105,6 +122,7 @@ impl GatewayError {
             self,
             Self::UpstreamUnreachable
                 | Self::UpstreamTimeout
+                | Self::UpstreamUnavailable
                 | Self::BodyTooLarge
                 | Self::BodyTimeout
         )
@@ -113,10 +131,10 @@ impl GatewayError {
     pub fn status_code(self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::ModelNotFound | Self::ModelNotAllowed => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BadRequest | Self::ModelRequired => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } | Self::ClientConcurrency | Self::TokensExhausted { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -125,7 +143,8 @@ impl GatewayError {
             | Self::LimiterUnavailable
             | Self::KeyUnavailable
             | Self::AuditUnavailable
-            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ShuttingDown
+            | Self::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -206,18 +225,45 @@ impl GatewayError {
                 "server_error",
                 "rate_limit_unavailable",
             ),
+            Self::ModelNotFound | Self::ModelNotAllowed => (
+                "The model does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            Self::ModelRequired => (
+                "The request body must name a `model` (a top-level string).",
+                "invalid_request_error",
+                "model_required",
+            ),
+            Self::UpstreamUnavailable => (
+                "No replica of the upstream model server is available. Retry shortly.",
+                "server_error",
+                "upstream_unavailable",
+            ),
         }
     }
 
     /// Short stable name: the OpenAI error `code`, the metric `reason` label, the audit `reason`.
     pub fn code(self) -> &'static str {
-        self.parts().2
+        match self {
+            Self::ModelNotAllowed => "model_not_allowed",
+            _ => self.parts().2,
+        }
+    }
+
+    /// The OpenAI error `param`: the request field at fault, if one is.
+    fn param(self) -> Option<&'static str> {
+        matches!(
+            self,
+            Self::ModelNotFound | Self::ModelNotAllowed | Self::ModelRequired
+        )
+        .then_some("model")
     }
 
     pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<GatewayBody> {
         let (message, kind, code) = self.parts();
         let body = serde_json::json!({
-            "error": { "message": message, "type": kind, "param": null, "code": code }
+            "error": { "message": message, "type": kind, "param": self.param(), "code": code }
         });
         let mut resp = Response::new(GatewayBody::full(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status_code();

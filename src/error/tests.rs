@@ -1,4 +1,4 @@
-//! Unit tests of the error table: every variant's status, OpenAI type and code, and headers.
+//! The error table: every variant, its status, OpenAI type, code and param.
 
 use super::*;
 use http_body_util::BodyExt;
@@ -19,7 +19,7 @@ fn all_lists_every_variant_once_with_a_unique_code() {
 
 #[tokio::test]
 async fn error_table() {
-    let table: [(GatewayError, u16, &str, &str); 16] = [
+    let table: [(GatewayError, u16, &str, &str); 20] = [
         (
             GatewayError::Unauthenticated,
             401,
@@ -115,6 +115,30 @@ async fn error_table() {
             "server_error",
             "rate_limit_unavailable",
         ),
+        (
+            GatewayError::ModelNotFound,
+            404,
+            "invalid_request_error",
+            "model_not_found",
+        ),
+        (
+            GatewayError::ModelNotAllowed,
+            404,
+            "invalid_request_error",
+            "model_not_found",
+        ),
+        (
+            GatewayError::ModelRequired,
+            400,
+            "invalid_request_error",
+            "model_required",
+        ),
+        (
+            GatewayError::UpstreamUnavailable,
+            503,
+            "server_error",
+            "upstream_unavailable",
+        ),
     ];
     let id = HeaderValue::from_static("rid-1");
     for (e, status, kind, code) in table {
@@ -132,7 +156,12 @@ async fn error_table() {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["type"], kind, "{e:?}");
         assert_eq!(v["error"]["code"], code, "{e:?}");
-        assert!(v["error"]["param"].is_null());
+        let model = code.starts_with("model_");
+        assert_eq!(
+            v["error"]["param"].as_str(),
+            model.then_some("model"),
+            "{e:?}"
+        );
         assert!(v["error"]["message"]
             .as_str()
             .is_some_and(|m| !m.is_empty()));

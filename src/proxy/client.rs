@@ -1,4 +1,4 @@
-//! The pooled connection to one upstream (hyper-util legacy client, rustls for https). It never
+//! The pooled connection to one upstream replica (hyper-util legacy client, rustls for https). It never
 //! follows redirects; it only ever connects to its one configured authority.
 
 use http::uri::{Authority, Scheme};
@@ -25,8 +25,9 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, String> {
-        let uri: http::Uri = cfg.url.parse().map_err(|e| format!("upstream.url: {e}"))?;
+    /// The pool of one replica, `url`, with its upstream's settings.
+    pub fn new(cfg: &UpstreamConfig, url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("upstream.url: {e}"))?;
         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = uri.authority().cloned().ok_or("upstream.url: no host")?;
         let mut http = HttpConnector::new();

@@ -5,12 +5,13 @@
 //! |---|---|---|
 //! | `admit` | `admit` | method, path and declared length cost nothing to check: refuse first |
 //! | `limit` | `admit` | rate and concurrency before any body byte is read or key is touched |
+//! | `models` | `models` | `GET /v1/models` with several upstreams: answered here, merged |
 //! | `read_prefix` | `prefix` | the model (for the record and the route) is in the body |
-//! | `route` | `upstream` | the model picks the upstream, and with it the key |
+//! | `route` | `upstream` | the model picks the upstream, and with it the key; then the client's model allow-list |
 //! | `load_key` | here | one `ArcSwap` load of *that* upstream's key, as late as possible |
 //! | `build_upstream_request` | `attempt` | strip client credentials, then inject the key |
 //! | `send_with_retry` | `attempt` | `use` record (fail closed), send, one retry on a rejected key |
-//! | `wrap_response` | `attempt` | stream the response back; `done` record at its end |
+//! | `wrap_response` | `respond` | stream the response back; `done` record at its end |
 //!
 //! Errors before the key is used become `denied` records (`Failure::Denied`); after its `use`
 //! record every outcome gets a `done` record instead (`Failure::Failed`).
@@ -19,9 +20,13 @@ mod admit;
 mod attempt;
 pub mod client;
 pub mod headers;
+pub mod models;
 pub mod path;
 pub mod prefix;
+pub mod probe;
+pub mod replica;
 pub mod request_body;
+mod respond;
 pub mod upstream;
 
 use http::{HeaderValue, Request, Response};
@@ -41,7 +46,8 @@ use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::request::{method_name, truncated_path, RemoteAddr, ReqInfo, RequestId};
 use crate::telemetry::{otel, spans, Metrics, Op, ReqLabels};
-use attempt::{build_upstream_request, wrap_response, Attempt};
+use attempt::{build_upstream_request, Attempt};
+use respond::wrap_response;
 use tracing::Instrument;
 pub use upstream::{Routes, Upstream};
 
@@ -77,6 +83,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     settings: ProxySettings,
     concurrency: Arc<Semaphore>,
+    models: models::ModelLists,
 }
 
 #[derive(Clone)]
@@ -90,12 +97,14 @@ impl ProxyService {
         settings: ProxySettings,
     ) -> Self {
         let concurrency = Arc::new(Semaphore::new(settings.max_concurrent));
+        let models = models::ModelLists::new(&routes, audit.clone());
         Self(Arc::new(Proxy {
             routes,
             audit,
             metrics,
             settings,
             concurrency,
+            models,
         }))
     }
 }
@@ -188,6 +197,14 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let path = self.admit(&parts, normalized)?;
         let permits = self.limit(principal).await?;
+        if self.routes.multi && parts.method == http::Method::GET && path == "/v1/models" {
+            let allowed = principal.0.models.as_deref();
+            let list = self.models.list(&self.routes, allowed).await;
+            drop(permits);
+            let took = info.start.elapsed();
+            self.metrics.response(info.labels, None, 200, took);
+            return Ok(json_response(&list, &info.request_id));
+        }
         let bytes_in = Arc::new(AtomicU64::new(0));
         let deadline = tokio::time::Instant::now() + self.settings.body_timeout;
         let mut prefix = tokio::time::timeout_at(
@@ -201,24 +218,35 @@ impl Proxy {
             && prefix.ask_for_usage(&mut parts.headers);
         spans::model(&info.span, info.labels.op, prefix.model.as_deref());
         let denied = |e: GatewayError| Failure::Denied(e, prefix.model.clone());
+        let has_body = parts.method == http::Method::POST && !matches!(prefix.replay, Some(None));
         let upstream = self
             .routes
-            .choose(prefix.model.as_deref())
+            .choose(prefix.model.as_deref(), has_body)
             .map_err(denied)?
             .clone();
+        if let Some(allowed) = &principal.0.models {
+            match prefix.model.as_deref() {
+                Some(m) if !allowed.iter().any(|p| upstream::pattern_matches(p, m)) => {
+                    return Err(denied(GatewayError::ModelNotAllowed));
+                }
+                None if has_body => return Err(denied(GatewayError::ModelRequired)),
+                _ => {}
+            }
+        }
         let key = upstream
             .store
             .load()
             .map_err(|_| denied(GatewayError::KeyUnavailable))?;
         spans::key_version(&info.span, &key.version);
         build_upstream_request(&mut parts, path, &upstream, &key, info).map_err(denied)?;
-        let attempt = Attempt {
+        let mut attempt = Attempt {
             proxy: self.clone(),
             upstream,
             info: info.clone(),
             model: prefix.model,
             bytes_in,
             strip_usage,
+            inflight: None,
         };
         let (resp, key) = attempt
             .send_with_retry(key, parts, prefix.body, prefix.replay)
@@ -273,4 +301,16 @@ impl prefix::Prefix {
         self.replay = Some(Some(new));
         true
     }
+}
+
+/// A 200 JSON answer of the gateway's own.
+fn json_response(v: &serde_json::Value, request_id: &HeaderValue) -> Response<GatewayBody> {
+    let mut r = Response::new(GatewayBody::full(bytes::Bytes::from(v.to_string())));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(crate::names::X_REQUEST_ID, request_id.clone());
+    r
 }

@@ -45,6 +45,7 @@ impl Backoff {
 }
 
 pub async fn run(
+    upstream: Arc<str>,
     mut src: Box<dyn SecretSource>,
     store: Arc<SecretStore>,
     audit: Audit,
@@ -61,7 +62,8 @@ pub async fn run(
             crate::telemetry::spans::failed(&span, "fetch_failed");
         }
         drop(span);
-        for ev in src.drain_events() {
+        for mut ev in src.drain_events() {
+            ev.upstream.get_or_insert_with(|| upstream.clone());
             if ev.reason.as_deref() == Some("failure") {
                 match ev.event {
                     Event::VaultLogin => store.count_failure(SecretOp::Login),
@@ -86,6 +88,7 @@ pub async fn run(
                         tracing::info!(source = kind, key_version = %version, old_key_version = old.as_deref().unwrap_or("none"), "NIM key loaded");
                         let mut r = Record::event(Event::SecretRotate);
                         r.source = Some(kind);
+                        r.upstream = Some(upstream.clone());
                         r.key_version = Some(version.into());
                         r.key_fingerprint = fp;
                         r.old_key_version = old;
@@ -96,6 +99,7 @@ pub async fn run(
                     None if kind != "file" => {
                         let mut r = Record::event(Event::SecretFetch);
                         r.source = Some(kind);
+                        r.upstream = Some(upstream.clone());
                         r.key_version = Some(version.into());
                         r.key_fingerprint = fp;
                         r.vault_request_id = vault_request_id;
@@ -118,6 +122,7 @@ pub async fn run(
                     tracing::error!(source = kind, error = %e.message, consecutive_failures = n, keeping_cached_key = keeping, "NIM key fetch failed");
                     let mut r = Record::event(Event::SecretFailure);
                     r.source = Some(kind);
+                    r.upstream = Some(upstream.clone());
                     r.reason = Some(format!("{:?}", e.kind).to_lowercase());
                     r.detail = Some(e.message.clone());
                     let _ = audit.record(r).await;
@@ -128,6 +133,7 @@ pub async fn run(
                         tracing::error!(source = kind, key_version = %old.version, "access to the NIM key was revoked: cached key evicted");
                         let mut r = Record::event(Event::SecretEvict);
                         r.source = Some(kind);
+                        r.upstream = Some(upstream.clone());
                         r.key_version = Some(old.version.clone());
                         r.key_fingerprint = Some(old.fingerprint.clone());
                         r.reason = Some("forbidden".into());

@@ -73,10 +73,23 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let refreshers: Vec<_> = sources
         .into_iter()
-        .map(|(store, source)| {
+        .map(|(name, store, source)| {
             tokio::spawn(crate::secret::refresher::run(
+                name,
                 source,
                 store,
+                audit.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+    let probes: Vec<_> = app
+        .routes
+        .all()
+        .iter()
+        .map(|up| {
+            tokio::spawn(crate::proxy::probe::run(
+                up.clone(),
                 audit.clone(),
                 stop_rx.clone(),
             ))
@@ -94,7 +107,7 @@ pub async fn run(
     let admin_addr = admin
         .local_addr()
         .map_err(|e| InitError::Software(format!("admin.listen: {e}")))?;
-    tracing::info!(listen = %addr, admin = %admin_addr, tls = tls.is_some(), upstream = %cfg.upstream.url, clients = app.clients, "nimgate serving");
+    tracing::info!(listen = %addr, admin = %admin_addr, tls = tls.is_some(), upstreams = cfg.upstream_list().len(), clients = app.clients, "nimgate serving");
     let admin_task = tokio::spawn(health::serve_admin(admin, app.clone(), stop_rx.clone()));
 
     let graceful = GracefulShutdown::new();
@@ -123,7 +136,7 @@ pub async fn run(
         tracing::warn!("grace period over: closing remaining connections");
     }
     let _ = stop_tx.send(true);
-    for r in refreshers {
+    for r in refreshers.into_iter().chain(probes) {
         let _ = r.await;
     }
     let _ = admin_task.await;

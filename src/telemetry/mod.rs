@@ -7,11 +7,13 @@ mod labels;
 mod metrics;
 pub mod otel;
 mod render;
+mod routes;
 pub mod spans;
 #[cfg(test)]
 mod tests;
 pub use labels::{Op, MODEL_CAP};
 pub use metrics::{Finished, Gauge, Metrics, ReqLabels, DURATION_HELP};
+pub use routes::render_routes;
 
 /// Install the global subscriber once. Secrets never reach it: header values are marked
 /// sensitive, keys live in `SecretString`, and no code logs a secret.

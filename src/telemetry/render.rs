@@ -14,7 +14,7 @@ use crate::hist::{Histogram, SECONDS};
 use crate::secret::{SecretOp, SecretStore};
 
 /// `# HELP` and `# TYPE` lines of one family.
-fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn family(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
