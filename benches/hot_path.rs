@@ -19,17 +19,16 @@ fn main() {
 
 fn registry(n: usize) -> ClientRegistry {
     let clients: Vec<ClientConfig> = (0..n)
-        .map(|i| ClientConfig {
-            id: format!("team-{i}"),
-            key_sha256: key_digest_hex(&format!(
-                "ngk_bench_key_{i:04}_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-            )),
-            rpm: None,
-            burst: None,
-            max_concurrent: None,
+        .map(|i| {
+            ClientConfig::keyed(
+                &format!("team-{i}"),
+                key_digest_hex(&format!(
+                    "ngk_bench_key_{i:04}_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                )),
+            )
         })
         .collect();
-    ClientRegistry::new(&clients, 1024)
+    ClientRegistry::new(&clients, &[], 1024).unwrap()
 }
 
 fn client_headers() -> HeaderMap {

@@ -13,7 +13,8 @@
 //!    `X-Api-Key`, `Api-Key` sensitive before anything could log them;
 //! 2. `RequestIdLayer` (`request/`) — keeps a valid client `X-Request-Id` or makes one;
 //!    produces `RequestId`;
-//! 3. `AuthLayer` (`auth/layer.rs`) — client key digest lookup; produces `Principal`, or answers
+//! 3. `AuthLayer` (`auth/layer.rs`) — client key digest lookup or JWT check (a cache hit, else
+//!    the signature; an unknown `kid` waits for one rate-limited JWKS refetch); produces `Principal`, or answers
 //!    401 with a `denied` record within the address's unauthenticated budget, else 429 counted
 //!    into a `denied_summary` (`auth/flood.rs`); consumes `RequestId`, `RemoteAddr`;
 //! 4. `ProxyService` (`proxy/`) — the phases of `Proxy::forward`: admit → limit → read_prefix →
@@ -50,6 +51,8 @@ pub struct App {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub clients: usize,
+    /// Client keys and JWT issuers (the server starts the JWKS refreshers from it).
+    pub registry: Arc<ClientRegistry>,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight requests drain.
     pub draining: AtomicBool,
     /// Unauthenticated refusals per address; pending counts are written at shutdown too.
@@ -79,10 +82,14 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         }
     };
     let metrics = Arc::new(Metrics::default());
-    let registry = Arc::new(ClientRegistry::new(
-        &cfg.clients,
-        cfg.limits.client_concurrency_default(),
-    ));
+    let registry = Arc::new(
+        ClientRegistry::new(
+            &cfg.clients,
+            &cfg.auth.jwt,
+            cfg.limits.client_concurrency_default(),
+        )
+        .map_err(InitError::Config)?,
+    );
     let upstream =
         Upstream::new("default", &cfg.upstream, store.clone()).map_err(InitError::Config)?;
     let routes = Arc::new(Routes::single(upstream));
@@ -115,6 +122,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         audit,
         metrics,
         clients: registry.len(),
+        registry,
         draining: AtomicBool::new(false),
         denied_budget,
     };

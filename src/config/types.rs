@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::auth::JwtIssuerConfig;
 pub use super::secret::*;
 use super::ConfigError;
 
@@ -108,8 +109,10 @@ pub struct UpstreamConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub id: String,
-    /// Hex SHA-256 digest of the client's key (`nimgate keys new` prints it).
-    pub key_sha256: String,
+    /// Hex SHA-256 digest of the client's key (`nimgate keys new` prints it). A client needs a
+    /// key, a `jwt_subject`, or both.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
     /// Sustained requests per minute (GCRA); absent = unlimited.
     #[serde(default)]
     pub rpm: Option<u32>,
@@ -120,6 +123,27 @@ pub struct ClientConfig {
     /// Requests this client may have in flight at once; absent = unlimited.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// A verified JWT whose subject claim equals this is this client (`[[auth.jwt]]`).
+    #[serde(default)]
+    pub jwt_subject: Option<String>,
+    /// Only tokens from this `[[auth.jwt]] issuer` map to `jwt_subject` (default: any issuer).
+    #[serde(default)]
+    pub jwt_issuer: Option<String>,
+}
+
+impl ClientConfig {
+    /// A client with a key digest and no limits (tests, benches, `demo`).
+    pub fn keyed(id: &str, key_sha256: String) -> Self {
+        Self {
+            id: id.into(),
+            key_sha256: Some(key_sha256),
+            rpm: None,
+            burst: None,
+            max_concurrent: None,
+            jwt_subject: None,
+            jwt_issuer: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -128,6 +152,9 @@ pub struct AuthConfig {
     /// A TOML file with more `[[clients]]` entries (e.g. mounted from a Kubernetes Secret).
     #[serde(default)]
     pub clients_file: Option<PathBuf>,
+    /// JWT issuers whose tokens authenticate clients (`config/auth.rs`).
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -54,6 +54,7 @@ impl Config {
         self.validate_upstream(&mut err);
         self.validate_secret(&mut err);
         self.validate_clients(&mut err);
+        super::auth::validate_jwt(&self.auth.jwt, &mut err);
         self.validate_audit(&mut err);
         self.validate_limits(&mut err);
         errs
@@ -146,6 +147,7 @@ impl Config {
         }
         let mut ids = HashSet::new();
         let mut digests = HashSet::new();
+        let mut subjects = HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
             let f = |k: &str| format!("clients[{i}].{k}");
             if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(char::is_control) {
@@ -154,15 +156,25 @@ impl Config {
             if !ids.insert(&c.id) {
                 err(&f("id"), format!("duplicate client id {:?}", c.id));
             }
-            let d = c.key_sha256.to_ascii_lowercase();
-            if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-                err(
+            match &c.key_sha256 {
+                Some(d) => {
+                    let d = d.to_ascii_lowercase();
+                    if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        err(
+                            &f("key_sha256"),
+                            "must be 64 hex characters (a SHA-256 digest)".into(),
+                        );
+                    } else if !digests.insert(d) {
+                        err(&f("key_sha256"), "same digest as another client".into());
+                    }
+                }
+                None if c.jwt_subject.is_none() => err(
                     &f("key_sha256"),
-                    "must be 64 hex characters (a SHA-256 digest)".into(),
-                );
-            } else if !digests.insert(d) {
-                err(&f("key_sha256"), "same digest as another client".into());
+                    "missing: a client needs key_sha256 or jwt_subject".into(),
+                ),
+                None => {}
             }
+            self.validate_jwt_client(c, &f, &mut subjects, err);
             if c.rpm == Some(0) {
                 err(
                     &f("rpm"),
@@ -175,6 +187,34 @@ impl Config {
             if c.max_concurrent == Some(0) {
                 err(&f("max_concurrent"), "must be at least 1".into());
             }
+        }
+    }
+
+    /// A client's `jwt_subject` / `jwt_issuer`: unique per issuer, and only with `[[auth.jwt]]`.
+    fn validate_jwt_client<'a>(
+        &self,
+        c: &'a super::types::ClientConfig,
+        f: &impl Fn(&str) -> String,
+        subjects: &mut HashSet<(Option<&'a str>, &'a str)>,
+        err: &mut impl FnMut(&str, String),
+    ) {
+        if let Some(iss) = &c.jwt_issuer {
+            if c.jwt_subject.is_none() {
+                err(&f("jwt_issuer"), "only with jwt_subject".into());
+            } else if !self.auth.jwt.iter().any(|j| &j.issuer == iss) {
+                err(
+                    &f("jwt_issuer"),
+                    "not the issuer of any [[auth.jwt]]".into(),
+                );
+            }
+        }
+        let Some(sub) = &c.jwt_subject else { return };
+        if sub.is_empty() {
+            err(&f("jwt_subject"), "must not be empty".into());
+        } else if self.auth.jwt.is_empty() {
+            err(&f("jwt_subject"), "needs an [[auth.jwt]] issuer".into());
+        } else if !subjects.insert((c.jwt_issuer.as_deref(), sub.as_str())) {
+            err(&f("jwt_subject"), "same subject as another client".into());
         }
     }
 

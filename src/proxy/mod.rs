@@ -127,6 +127,8 @@ impl Proxy {
             id_text: request_id.to_str().ok().map(Arc::from),
             request_id,
             client_id: principal.0.id.clone(),
+            auth: principal.1.method.name(),
+            subject: principal.1.subject.clone(),
             remote: req.extensions().get::<RemoteAddr>().map(|r| r.0.clone()),
             method: method_name(req.method()),
             path: match &normalized {

@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod certs;
 pub mod checks;
 pub mod fake_vault;
 pub mod h2frames;
+pub mod jwt;
 pub mod openbao;
 pub mod raw;
 
