@@ -96,3 +96,25 @@ fn readme_jwt_example_is_valid_and_shipped() {
     assert_eq!(cfg.validate(), vec![]);
     assert_eq!(cfg.auth.jwt[0].audiences, ["nimgate"]);
 }
+
+/// The README's mTLS example parses and validates as written.
+#[test]
+fn readme_mtls_example_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("cert_san_uri"))
+        .expect("a README toml block with cert_san_uri");
+    let text = format!(
+        "[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n{block}"
+    );
+    let cfg = nimgate::config::parse(&text).unwrap();
+    assert_eq!(cfg.validate(), vec![]);
+    assert!(cfg
+        .server
+        .client_ca_mode()
+        .is_some_and(|(_, required)| required));
+}

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::certs::self_signed;
+use common::certs::{client_cert, self_signed};
 use common::jwt::*;
 use common::*;
 use http::Request;
@@ -428,5 +428,138 @@ async fn an_untrusted_jwks_endpoint_is_never_used() {
     assert_eq!(fetches.load(Ordering::SeqCst), 0);
     let denied = gw.audit_events("denied").await;
     assert_eq!(denied[0]["reason"], "jwt_jwks_unavailable");
+    gw.stop().await;
+}
+
+/// An HTTPS client trusting `ca`, presenting the client certificate `cert` (if any).
+fn mtls_client(
+    ca: &Path,
+    cert: Option<(&Path, &Path)>,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<bytes::Bytes>,
+> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in nimgate::tls::load_certs(ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match cert {
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                nimgate::tls::load_certs(c).unwrap(),
+                rustls_pki_types::PrivateKeyDer::from_pem_file(k).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    let conn = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(cfg)
+        .https_only()
+        .enable_http1()
+        .build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(conn)
+}
+
+const SPIFFE: &str = "spiffe://cluster.local/ns/team-m/sa/app";
+
+#[tokio::test]
+async fn client_certificates_map_by_spiffe_uri_and_bad_ones_fail_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca, server_cert, server_key) = self_signed(d, "gw");
+    self_signed(d, "rogue");
+    let usage = "extendedKeyUsage=clientAuth";
+    let leaf = |cn: &str, ca: &str, san: &str, eku: &str, expired: bool| {
+        client_cert(d, ca, cn, &format!("subjectAltName={san}\n{eku}"), expired)
+    };
+    let good = leaf("app", "gw", &format!("URI:{SPIFFE}"), usage, false);
+    let dns = leaf("batch", "gw", "DNS:batch.team-m.svc", usage, false);
+    let unmapped = leaf(
+        "stranger",
+        "gw",
+        "URI:spiffe://cluster.local/ns/x/sa/y",
+        usage,
+        false,
+    );
+    let expired = leaf("old", "gw", &format!("URI:{SPIFFE}"), usage, true);
+    let untrusted = leaf("rogue-app", "rogue", &format!("URI:{SPIFFE}"), usage, false);
+    let server_only = leaf(
+        "wrong-usage",
+        "gw",
+        &format!("URI:{SPIFFE}"),
+        "extendedKeyUsage=serverAuth",
+        false,
+    );
+    let mut o = Opts::default().server(format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"optional\"",
+        server_cert.display(),
+        server_key.display(),
+        ca.display()
+    ));
+    o.extra = format!(
+        "[[clients]]\nid = \"team-m\"\ncert_san_uri = \"{SPIFFE}\"\n[[clients]]\nid = \"batch\"\ncert_san_dns = \"batch.team-m.svc\"\n"
+    );
+    let gw = start_with(o).await;
+    let url = format!("https://localhost:{}/v1/chat/completions", gw.addr.port());
+    let call = |cert: Option<&(std::path::PathBuf, std::path::PathBuf)>, key: Option<&str>| {
+        let client = mtls_client(&ca, cert.map(|(c, k)| (c.as_path(), k.as_path())));
+        let mut b = Request::post(&url);
+        if let Some(k) = key {
+            b = b.header("authorization", format!("Bearer {k}"));
+        }
+        let req = b
+            .body(Full::new(bytes::Bytes::from(chat_body(false))))
+            .unwrap();
+        async move { client.request(req).await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(call(Some(&good), None).await.unwrap(), 200);
+    assert_eq!(call(Some(&dns), None).await.unwrap(), 200);
+    // No certificate (optional mode): keys work as before.
+    assert_eq!(call(None, Some(CLIENT_KEY)).await.unwrap(), 200);
+    // A verified certificate and a key: two credentials.
+    assert_eq!(call(Some(&good), Some(CLIENT_KEY)).await.unwrap(), 401);
+    assert_eq!(call(Some(&unmapped), None).await.unwrap(), 401);
+    let seen_before = gw.nim.seen().len();
+    for (what, cert) in [
+        ("expired", &expired),
+        ("untrusted", &untrusted),
+        ("serverAuth only", &server_only),
+    ] {
+        assert!(
+            call(Some(cert), None).await.is_err(),
+            "{what}: the handshake must fail"
+        );
+    }
+    assert_eq!(
+        gw.nim.seen().len(),
+        seen_before,
+        "a failed handshake reaches nothing"
+    );
+    let uses = gw.audit_events("use").await;
+    assert_eq!(uses.len(), 3);
+    assert_eq!(
+        (uses[0]["client_id"].as_str(), uses[0]["auth"].as_str()),
+        (Some("team-m"), Some("mtls"))
+    );
+    assert_eq!(uses[0]["subject"], SPIFFE);
+    assert_eq!(
+        (uses[1]["client_id"].as_str(), uses[1]["subject"].as_str()),
+        (Some("batch"), Some("batch.team-m.svc"))
+    );
+    assert_eq!(uses[2]["auth"], "key");
+    let denied = gw.audit_events("denied").await;
+    let reasons: Vec<&str> = denied
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["two_credentials", "unmapped_certificate"]);
+    assert!(!gw.audit_text().contains(CLIENT_KEY));
     gw.stop().await;
 }

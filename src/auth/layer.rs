@@ -14,6 +14,7 @@ use std::time::Instant;
 use tower::{Layer, Service};
 
 use super::flood::{ip_of, DeniedBudget};
+use super::mtls::PeerIdentity;
 use super::{AuthFailure, AuthMethod, ClientRegistry};
 use crate::audit::{Audit, Event, Record};
 use crate::body::GatewayBody;
@@ -73,7 +74,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match self.cfg.registry.authenticate(req.headers()) {
+        let peer = req.extensions().get::<PeerIdentity>();
+        match self.cfg.registry.authenticate_with(req.headers(), peer) {
             Ok(p) => {
                 req.extensions_mut().insert(p);
                 Either::Right(self.inner.call(req))

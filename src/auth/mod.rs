@@ -9,6 +9,7 @@ pub mod flood;
 pub mod jwks;
 pub mod jwt;
 mod layer;
+pub mod mtls;
 pub mod ratelimit;
 pub mod tokens;
 
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::config::{ClientConfig, JwtIssuerConfig};
 use crate::names::{API_KEY, X_API_KEY};
 use jwt::{looks_like_jwt, JwtFailure, MAX_JWT_BYTES};
+use mtls::PeerIdentity;
 use ratelimit::Gcra;
 use tokens::{JwtAuth, Outcome};
 
@@ -73,9 +75,12 @@ pub struct ClientEntry {
     pub concurrency: Option<Arc<Semaphore>>,
 }
 
-/// Digest → client, and the JWT issuers. Built once at start-up.
+/// Digest → client, certificate name → client, and the JWT issuers. Built once at start-up.
 pub struct ClientRegistry {
     by_digest: HashMap<[u8; 32], Arc<ClientEntry>>,
+    /// `cert_san_uri` and `cert_san_dns` (kept apart: a URI never matches a DNS name).
+    by_cert_uri: HashMap<String, Arc<ClientEntry>>,
+    by_cert_dns: HashMap<String, Arc<ClientEntry>>,
     jwt: Option<JwtAuth>,
 }
 
@@ -87,6 +92,8 @@ pub enum AuthFailure {
     /// Two different credentials (e.g. a key and a JWT, or a key in `Authorization` and another
     /// known key in `X-Api-Key`): refused, never resolved by precedence.
     TwoCredentials,
+    /// A verified client certificate that maps to no `[[clients]]` entry.
+    UnmappedCertificate,
     Jwt(JwtFailure),
 }
 
@@ -97,6 +104,7 @@ impl AuthFailure {
             Self::Malformed => "malformed_key",
             Self::Unknown => "unknown_key",
             Self::TwoCredentials => "two_credentials",
+            Self::UnmappedCertificate => "unmapped_certificate",
             Self::Jwt(j) => j.reason(),
         }
     }
@@ -106,6 +114,7 @@ impl AuthFailure {
         match self {
             Self::Jwt(_) => Some(AuthMethod::Jwt),
             Self::Unknown => Some(AuthMethod::Key),
+            Self::UnmappedCertificate => Some(AuthMethod::Mtls),
             _ => None,
         }
     }
@@ -127,6 +136,7 @@ impl ClientRegistry {
     ) -> Result<Self, String> {
         let mut by_digest = HashMap::new();
         let mut subjects = HashMap::new();
+        let (mut by_cert_uri, mut by_cert_dns) = (HashMap::new(), HashMap::new());
         for c in clients {
             let entry = Arc::new(ClientEntry {
                 id: Arc::from(c.id.as_str()),
@@ -143,6 +153,12 @@ impl ClientRegistry {
                     by_digest.insert(d, entry.clone());
                 }
             }
+            if let Some(u) = &c.cert_san_uri {
+                by_cert_uri.insert(u.clone(), entry.clone());
+            }
+            if let Some(d) = &c.cert_san_dns {
+                by_cert_dns.insert(d.to_ascii_lowercase(), entry.clone());
+            }
             if let Some(sub) = &c.jwt_subject {
                 subjects.insert((c.jwt_issuer.clone(), sub.clone()), entry);
             }
@@ -152,7 +168,12 @@ impl ClientRegistry {
         } else {
             Some(JwtAuth::new(issuers, subjects)?)
         };
-        Ok(Self { by_digest, jwt })
+        Ok(Self {
+            by_digest,
+            by_cert_uri,
+            by_cert_dns,
+            jwt,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -170,6 +191,22 @@ impl ClientRegistry {
     /// Authenticate a request's headers without I/O. `Err(f)` with `f.wants_refetch()` means
     /// `authenticate_refetching` may still succeed.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
+        self.authenticate_with(headers, None)
+    }
+
+    /// `authenticate` for a request whose connection presented the verified client certificate
+    /// `peer`: the certificate is the credential, so any `Authorization` as well is refused.
+    pub fn authenticate_with(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerIdentity>,
+    ) -> Result<Principal, AuthFailure> {
+        if let Some(peer) = peer {
+            if headers.contains_key(http::header::AUTHORIZATION) {
+                return Err(AuthFailure::TwoCredentials);
+            }
+            return self.by_cert(peer);
+        }
         let token = self.credential(headers)?;
         match &self.jwt {
             Some(j) if looks_like_jwt(token) => match j.check(token) {
@@ -190,6 +227,26 @@ impl ClientRegistry {
             Some(j) => j.authenticate(token).await.map_err(AuthFailure::Jwt),
             None => Err(AuthFailure::Malformed),
         }
+    }
+
+    fn by_cert(&self, peer: &PeerIdentity) -> Result<Principal, AuthFailure> {
+        let uri = peer
+            .uris
+            .iter()
+            .find_map(|u| Some((u, self.by_cert_uri.get(&**u)?)));
+        let dns = || {
+            peer.dns
+                .iter()
+                .find_map(|d| Some((d, self.by_cert_dns.get(&d.to_ascii_lowercase())?)))
+        };
+        let (name, entry) = uri.or_else(dns).ok_or(AuthFailure::UnmappedCertificate)?;
+        Ok(Principal(
+            entry.clone(),
+            Via {
+                method: AuthMethod::Mtls,
+                subject: Some(name.clone()),
+            },
+        ))
     }
 
     fn by_key(&self, token: &[u8]) -> Result<Principal, AuthFailure> {

@@ -36,6 +36,11 @@ pub struct ServerConfig {
     /// (ALPN h2 + http/1.1).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (mTLS, `auth/mtls.rs`); needs `tls_cert`.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `optional` (a certificate is verified when presented) or `required`
+    /// (a handshake without a valid client certificate fails).
+    pub client_auth: ClientAuthMode,
     /// Only paths under these prefixes (after normalisation) are proxied; all else is 404.
     pub route_prefixes: Vec<String>,
     /// After SIGTERM/SIGINT: how long `/readyz` answers 503 while the listener still accepts,
@@ -55,12 +60,29 @@ impl Default for ServerConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
             tls_cert: None,
             tls_key: None,
+            client_ca: None,
+            client_auth: ClientAuthMode::Optional,
             route_prefixes: vec!["/v1/".into()],
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
         }
     }
+}
+
+impl ServerConfig {
+    /// `client_ca` and whether a client certificate is required, for the TLS config.
+    pub fn client_ca_mode(&self) -> Option<(&std::path::Path, bool)> {
+        let ca = self.client_ca.as_deref()?;
+        Some((ca, self.client_auth == ClientAuthMode::Required))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +151,12 @@ pub struct ClientConfig {
     /// Only tokens from this `[[auth.jwt]] issuer` map to `jwt_subject` (default: any issuer).
     #[serde(default)]
     pub jwt_issuer: Option<String>,
+    /// A verified client certificate with this URI SAN (e.g. a SPIFFE id) is this client.
+    #[serde(default)]
+    pub cert_san_uri: Option<String>,
+    /// A verified client certificate with this DNS SAN is this client.
+    #[serde(default)]
+    pub cert_san_dns: Option<String>,
 }
 
 impl ClientConfig {
@@ -142,6 +170,8 @@ impl ClientConfig {
             max_concurrent: None,
             jwt_subject: None,
             jwt_issuer: None,
+            cert_san_uri: None,
+            cert_san_dns: None,
         }
     }
 }

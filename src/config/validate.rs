@@ -65,6 +65,12 @@ impl Config {
         if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             err("admin.listen", "must differ from server.listen".to_string());
         }
+        if self.server.client_ca.is_some() && self.server.tls_cert.is_none() {
+            err(
+                "server.client_ca",
+                "needs tls_cert and tls_key (client certificates are a TLS feature)".into(),
+            );
+        }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             err(
                 "server.tls_cert",
@@ -168,10 +174,16 @@ impl Config {
                         err(&f("key_sha256"), "same digest as another client".into());
                     }
                 }
-                None if c.jwt_subject.is_none() => err(
-                    &f("key_sha256"),
-                    "missing: a client needs key_sha256 or jwt_subject".into(),
-                ),
+                None if c.jwt_subject.is_none()
+                    && c.cert_san_uri.is_none()
+                    && c.cert_san_dns.is_none() =>
+                {
+                    err(
+                        &f("key_sha256"),
+                        "missing: a client needs key_sha256, jwt_subject or cert_san_uri/cert_san_dns"
+                            .into(),
+                    );
+                }
                 None => {}
             }
             self.validate_jwt_client(c, &f, &mut subjects, err);
@@ -206,6 +218,14 @@ impl Config {
                     &f("jwt_issuer"),
                     "not the issuer of any [[auth.jwt]]".into(),
                 );
+            }
+        }
+        for (k, v) in [
+            ("cert_san_uri", &c.cert_san_uri),
+            ("cert_san_dns", &c.cert_san_dns),
+        ] {
+            if v.is_some() && self.server.client_ca.is_none() {
+                err(&f(k), "needs [server] client_ca".into());
             }
         }
         let Some(sub) = &c.jwt_subject else { return };

@@ -1,6 +1,7 @@
 //! One client connection: TLS handshake (if configured) or the HTTP/2-preface sniff, both within
 //! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
-//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request.
+//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` (and, with mTLS,
+//! `PeerIdentity`) extension on every request.
 //! An HTTP/2 connection with no open stream for `limits.idle_timeout` is closed (hyper has no such
 //! timeout; `peers::Activity` counts the streams), and its response bodies are under the
 //! `send_timeout` watchdog (`peers::Watched`): flow control can stall a stream without ever
@@ -17,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 
 use crate::app::GatewayService;
+use crate::auth::mtls::PeerIdentity;
 use crate::config::LimitsConfig;
 use crate::request::RemoteAddr;
 use crate::stall::StallTimeout;
@@ -58,20 +60,29 @@ pub async fn serve(
 ) {
     let _permit = permit;
     let remote = RemoteAddr::new(remote);
+    // The verified client certificate's names, set once the TLS handshake is done (mTLS).
+    let peer = std::sync::Arc::new(std::sync::OnceLock::<PeerIdentity>::new());
     let activity = Activity::new();
     let streams = activity.clone();
     let h2_svc = {
-        let (svc, remote) = (svc.clone(), remote.clone());
+        let (svc, remote, peer) = (svc.clone(), remote.clone(), peer.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(remote.clone());
+            if let Some(p) = peer.get() {
+                req.extensions_mut().insert(p.clone());
+            }
             let guard = streams.begin();
             let fut = svc.clone().call(req);
             let streams = streams.clone();
             async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| streams.watch(b, guard))) }
         })
     };
+    let h1_peer = peer.clone();
     let h1_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(remote.clone());
+        if let Some(p) = h1_peer.get() {
+            req.extensions_mut().insert(p.clone());
+        }
         svc.clone().call(req)
     });
     // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
@@ -114,6 +125,9 @@ pub async fn serve(
                 return;
             };
             let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            if let Some(p) = PeerIdentity::of(tls_stream.get_ref().1) {
+                let _ = peer.set(p);
+            }
             serve!(TokioIo::new(tls_stream), is_h2);
         }
     }

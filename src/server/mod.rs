@@ -87,7 +87,8 @@ pub async fn run(
     }
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config(c, k).map_err(InitError::Config)?,
+            crate::tls::server_config_mtls(c, k, cfg.server.client_ca_mode())
+                .map_err(InitError::Config)?,
         )),
         _ => None,
     };
