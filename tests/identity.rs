@@ -563,3 +563,30 @@ async fn client_certificates_map_by_spiffe_uri_and_bad_ones_fail_the_handshake()
     assert!(!gw.audit_text().contains(CLIENT_KEY));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_past_its_expiry_gets_401_and_one_before_it_works() {
+    let mut o = Opts::default().client("expires = 2020-03-01T00:00:00Z");
+    o.extra = format!(
+        "[[clients]]\nid = \"team-c\"\nkey_sha256 = \"{}\"\nexpires = 2099-03-01T00:00:00Z\n",
+        nimgate::auth::key_digest_hex("ngk_not_yet_expired")
+    );
+    let gw = start_with(o).await;
+    let (s, v) = bearer(&gw, CLIENT_KEY).await;
+    assert_eq!((s, error_code(&v).as_str()), (401, "invalid_api_key"));
+    assert_eq!(bearer(&gw, "ngk_not_yet_expired").await.0, 200);
+    assert_eq!(bearer(&gw, CLIENT_KEY_B).await.0, 200);
+    let denied = gw.audit_events("denied").await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["reason"], "key_expired");
+    assert_eq!(denied[0]["auth"], "key");
+    gw.stop().await;
+    // An expiry with an offset is refused at validation, naming the field.
+    let text = format!(
+        "[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\nexpires = 2027-03-01T00:00:00+01:00\n",
+        nimgate::auth::key_digest_hex("k")
+    );
+    let errs = nimgate::config::parse(&text).unwrap().validate();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "clients[0].expires");
+}

@@ -73,6 +73,8 @@ pub struct ClientEntry {
     pub id: Arc<str>,
     pub limiter: Option<Gcra>,
     pub concurrency: Option<Arc<Semaphore>>,
+    /// The key's `expires`: from then on it gets 401 `key_expired`.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// Digest → client, certificate name → client, and the JWT issuers. Built once at start-up.
@@ -92,6 +94,8 @@ pub enum AuthFailure {
     /// Two different credentials (e.g. a key and a JWT, or a key in `Authorization` and another
     /// known key in `X-Api-Key`): refused, never resolved by precedence.
     TwoCredentials,
+    /// A known key past its `expires`.
+    KeyExpired,
     /// A verified client certificate that maps to no `[[clients]]` entry.
     UnmappedCertificate,
     Jwt(JwtFailure),
@@ -105,6 +109,7 @@ impl AuthFailure {
             Self::Unknown => "unknown_key",
             Self::TwoCredentials => "two_credentials",
             Self::UnmappedCertificate => "unmapped_certificate",
+            Self::KeyExpired => "key_expired",
             Self::Jwt(j) => j.reason(),
         }
     }
@@ -113,7 +118,7 @@ impl AuthFailure {
     pub fn method(self) -> Option<AuthMethod> {
         match self {
             Self::Jwt(_) => Some(AuthMethod::Jwt),
-            Self::Unknown => Some(AuthMethod::Key),
+            Self::Unknown | Self::KeyExpired => Some(AuthMethod::Key),
             Self::UnmappedCertificate => Some(AuthMethod::Mtls),
             _ => None,
         }
@@ -146,6 +151,7 @@ impl ClientRegistry {
                 concurrency: Some(Arc::new(Semaphore::new(
                     c.max_concurrent.map_or(default_concurrency, |n| n as usize),
                 ))),
+                expires: c.expires_at().ok().flatten(),
             });
             let mut d = [0u8; 32];
             if let Some(hex_digest) = &c.key_sha256 {
@@ -254,10 +260,11 @@ impl ClientRegistry {
             return Err(AuthFailure::Malformed);
         }
         let digest: [u8; 32] = Sha256::digest(token).into();
-        self.by_digest
-            .get(&digest)
-            .map(|e| Principal(e.clone(), VIA_KEY))
-            .ok_or(AuthFailure::Unknown)
+        let e = self.by_digest.get(&digest).ok_or(AuthFailure::Unknown)?;
+        if e.expires.is_some_and(|t| std::time::SystemTime::now() >= t) {
+            return Err(AuthFailure::KeyExpired);
+        }
+        Ok(Principal(e.clone(), VIA_KEY))
     }
 
     /// The one credential of a request: the `Authorization` bearer token. `X-Api-Key` and
@@ -326,74 +333,4 @@ pub fn key_digest_hex(key: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    fn registry() -> ClientRegistry {
-        ClientRegistry::new(
-            &[ClientConfig::keyed("team-a", key_digest_hex("ngk_secret"))],
-            &[],
-            1024,
-        )
-        .unwrap()
-    }
-
-    fn headers(v: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in v {
-            h.append("authorization", HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn new_keys_are_random_and_well_formed() {
-        let (a, b) = (new_client_key().unwrap(), new_client_key().unwrap());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 52);
-        assert!(a.starts_with("ngk_") && a[4..].bytes().all(|c| c.is_ascii_hexdigit()));
-        assert!(bearer_token(format!("Bearer {a}").as_bytes()).is_some());
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"bearer   abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"Bearer"), None);
-        assert_eq!(bearer_token(b"Bearer "), None);
-        assert_eq!(bearer_token(b"Bearerabc"), None);
-        assert_eq!(bearer_token(b"Basic abc"), None);
-        assert_eq!(bearer_token(b"Bearer a b"), None);
-        assert_eq!(
-            bearer_token(&[b'B', b'e', b'a', b'r', b'e', b'r', b' ', 0xff]),
-            None
-        );
-    }
-
-    #[test]
-    fn lookup_by_digest() {
-        let r = registry();
-        assert_eq!(
-            &*r.authenticate(&headers(&["Bearer ngk_secret"]))
-                .unwrap()
-                .0
-                .id,
-            "team-a"
-        );
-        assert_eq!(
-            r.authenticate(&headers(&[])).unwrap_err(),
-            AuthFailure::Missing
-        );
-        assert_eq!(
-            r.authenticate(&headers(&["Bearer ngk_secreT"]))
-                .unwrap_err(),
-            AuthFailure::Unknown
-        );
-        assert_eq!(
-            r.authenticate(&headers(&["Bearer ngk_secret", "Bearer ngk_secret"]))
-                .unwrap_err(),
-            AuthFailure::Malformed
-        );
-    }
-}
+mod tests;

@@ -157,6 +157,22 @@ pub struct ClientConfig {
     /// A verified client certificate with this DNS SAN is this client.
     #[serde(default)]
     pub cert_san_dns: Option<String>,
+    /// After this UTC instant (`2027-03-01T00:00:00Z`) the key gets 401 `key_expired`.
+    #[serde(default)]
+    pub expires: Option<toml::value::Datetime>,
+}
+
+impl ClientConfig {
+    /// `expires` as a time; `Err` when it is not a UTC (`Z`) date-time.
+    pub fn expires_at(&self) -> Result<Option<std::time::SystemTime>, String> {
+        self.expires
+            .as_ref()
+            .map(|d| {
+                humantime::parse_rfc3339(&d.to_string())
+                    .map_err(|_| "must be a UTC date-time such as 2027-03-01T00:00:00Z".to_string())
+            })
+            .transpose()
+    }
 }
 
 impl ClientConfig {
@@ -172,6 +188,7 @@ impl ClientConfig {
             jwt_issuer: None,
             cert_san_uri: None,
             cert_san_dns: None,
+            expires: None,
         }
     }
 }

@@ -187,6 +187,9 @@ impl Config {
                 None => {}
             }
             self.validate_jwt_client(c, &f, &mut subjects, err);
+            if let Err(m) = c.expires_at() {
+                err(&f("expires"), m);
+            }
             if c.rpm == Some(0) {
                 err(
                     &f("rpm"),
