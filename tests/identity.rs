@@ -590,3 +590,42 @@ async fn a_key_past_its_expiry_gets_401_and_one_before_it_works() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].field, "clients[0].expires");
 }
+
+#[tokio::test]
+async fn client_auth_required_refuses_a_handshake_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca, server_cert, server_key) = self_signed(d, "gw");
+    let good = client_cert(
+        d,
+        "gw",
+        "app",
+        &format!("subjectAltName=URI:{SPIFFE}\nextendedKeyUsage=clientAuth"),
+        false,
+    );
+    let mut o = Opts::default().server(format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"",
+        server_cert.display(),
+        server_key.display(),
+        ca.display()
+    ));
+    o.extra = format!("[[clients]]\nid = \"team-m\"\ncert_san_uri = \"{SPIFFE}\"\n");
+    let gw = start_with(o).await;
+    let url = format!("https://localhost:{}/v1/models", gw.addr.port());
+    let get = |cert: Option<(&Path, &Path)>, key: Option<&str>| {
+        let client = mtls_client(&ca, cert);
+        let mut b = Request::get(&url);
+        if let Some(k) = key {
+            b = b.header("authorization", format!("Bearer {k}"));
+        }
+        let req = b.body(Full::new(bytes::Bytes::new())).unwrap();
+        async move { client.request(req).await.map(|r| r.status().as_u16()) }
+    };
+    assert!(
+        get(None, Some(CLIENT_KEY)).await.is_err(),
+        "no certificate, no connection"
+    );
+    assert_eq!(get(Some((&good.0, &good.1)), None).await.unwrap(), 200);
+    assert!(gw.nim.seen().len() == 1);
+    gw.stop().await;
+}
