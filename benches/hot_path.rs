@@ -19,20 +19,16 @@ fn main() {
 
 fn registry(n: usize) -> ClientRegistry {
     let clients: Vec<ClientConfig> = (0..n)
-        .map(|i| ClientConfig {
-            id: format!("team-{i}"),
-            key_sha256: key_digest_hex(&format!(
-                "ngk_bench_key_{i:04}_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-            )),
-            rpm: None,
-            burst: None,
-            max_concurrent: None,
-            tpm: None,
-            tokens_per_day: None,
-            models: None,
+        .map(|i| {
+            ClientConfig::keyed(
+                &format!("team-{i}"),
+                key_digest_hex(&format!(
+                    "ngk_bench_key_{i:04}_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                )),
+            )
         })
         .collect();
-    ClientRegistry::new(&clients, 1024)
+    ClientRegistry::new(&clients, &[], 1024).unwrap()
 }
 
 fn client_headers() -> HeaderMap {
@@ -101,4 +97,88 @@ fn audit_use_record_encoding(bencher: divan::Bencher) {
         buf.clear();
         encode_line(&mut buf, divan::black_box(&r), 42, &prev)
     });
+}
+
+/// An ES256 token for `sub` (ring) and the JWKS document with its key (kid `k`).
+fn es256_token(kp: &ring::signature::EcdsaKeyPair, jti: u64) -> String {
+    use base64::Engine;
+    let b = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let claims = format!(
+        r#"{{"iss":"https://k8s","aud":["nimgate"],"sub":"system:serviceaccount:team-a:app","exp":4102444800,"jti":"{jti}"}}"#
+    );
+    let input = format!(
+        "{}.{}",
+        b(br#"{"alg":"ES256","kid":"k"}"#),
+        b(claims.as_bytes())
+    );
+    let sig = kp
+        .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+        .unwrap();
+    format!("{input}.{}", b(sig.as_ref()))
+}
+
+/// A registry with one `[[auth.jwt]]` issuer whose JWKS holds `kp`'s key, and the key pair.
+fn jwt_registry() -> (
+    ClientRegistry,
+    ring::signature::EcdsaKeyPair,
+    tempfile::TempDir,
+) {
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING as ALG};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ALG, &rng).unwrap();
+    let kp = EcdsaKeyPair::from_pkcs8(&ALG, pkcs8.as_ref(), &rng).unwrap();
+    let p = kp.public_key().as_ref();
+    let b = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k","x":"{}","y":"{}"}}]}}"#,
+            b(&p[1..33]),
+            b(&p[33..])
+        ),
+    )
+    .unwrap();
+    let toml = format!(
+        "[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n\
+         [[clients]]\nid = \"team-a\"\njwt_subject = \"system:serviceaccount:team-a:app\"\n\
+         [[auth.jwt]]\nissuer = \"https://k8s\"\naudiences = [\"nimgate\"]\njwks_file = \"{}\"\n",
+        jwks.display()
+    );
+    let cfg = nimgate::config::parse(&toml).unwrap();
+    let r = ClientRegistry::new(&cfg.clients, &cfg.auth.jwt, 1024).unwrap();
+    (r, kp, dir)
+}
+
+fn bearer_headers(token: &str) -> HeaderMap {
+    let mut h = client_headers();
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    h
+}
+
+/// A reused token: SHA-256 of the token and a cache lookup.
+#[divan::bench]
+fn jwt_cache_hit(bencher: divan::Bencher) {
+    let (r, kp, _dir) = jwt_registry();
+    let h = bearer_headers(&es256_token(&kp, 0));
+    assert!(r.authenticate(&h).is_ok());
+    bencher.bench(|| r.authenticate(divan::black_box(&h)).is_ok());
+}
+
+/// A new token each time: parse, ES256 signature check, claims, mapping, cache insert.
+#[divan::bench(sample_count = 200, sample_size = 10)]
+fn jwt_cache_miss_es256(bencher: divan::Bencher) {
+    let (r, kp, _dir) = jwt_registry();
+    let mut jti = 0;
+    bencher
+        .with_inputs(|| {
+            jti += 1;
+            bearer_headers(&es256_token(&kp, jti))
+        })
+        .bench_local_refs(|h| assert!(r.authenticate(h).is_ok()));
 }

@@ -13,7 +13,8 @@
 //!    `X-Api-Key`, `Api-Key` sensitive before anything could log them;
 //! 2. `RequestIdLayer` (`request/`) — keeps a valid client `X-Request-Id` or makes one;
 //!    produces `RequestId`;
-//! 3. `AuthLayer` (`auth/layer.rs`) — client key digest lookup; produces `Principal`, or answers
+//! 3. `AuthLayer` (`auth/layer.rs`) — client key digest lookup or JWT check (a cache hit, else
+//!    the signature; an unknown `kid` waits for one rate-limited JWKS refetch); produces `Principal`, or answers
 //!    401 with a `denied` record within the address's unauthenticated budget, else 429 counted
 //!    into a `denied_summary` (`auth/flood.rs`); consumes `RequestId`, `RemoteAddr`;
 //! 4. `ProxyService` (`proxy/`) — the phases of `Proxy::forward`: admit → limit → read_prefix →
@@ -50,6 +51,8 @@ pub struct App {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub clients: usize,
+    /// Client keys and JWT issuers (the server starts the JWKS refreshers from it).
+    pub registry: Arc<ClientRegistry>,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight requests drain.
     pub draining: AtomicBool,
     /// Unauthenticated refusals per address; pending counts are written at shutdown too.
@@ -93,10 +96,14 @@ fn upstreams(cfg: &Config) -> Result<(Vec<Arc<Upstream>>, Vec<SourceFor>), InitE
 
 pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitError> {
     let (ups, sources) = upstreams(cfg)?;
-    let registry = Arc::new(ClientRegistry::new(
-        &cfg.clients,
-        cfg.limits.client_concurrency_default(),
-    ));
+    let registry = Arc::new(
+        ClientRegistry::new(
+            &cfg.clients,
+            &cfg.auth.jwt,
+            cfg.limits.client_concurrency_default(),
+        )
+        .map_err(InitError::Config)?,
+    );
     let routes = Arc::new(Routes::new(cfg, ups));
     let shared_limits = match cfg.ratelimit.backend {
         Backend::Local => None,
@@ -144,6 +151,7 @@ pub fn build(cfg: &Config, audit: Audit) -> Result<(App, Vec<SourceFor>), InitEr
         audit,
         metrics,
         clients: registry.len(),
+        registry,
         draining: AtomicBool::new(false),
         denied_budget,
         shared_limits,

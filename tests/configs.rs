@@ -75,3 +75,52 @@ fn clients_files_parse() {
         );
     }
 }
+
+/// The README's `[[auth.jwt]]` example parses and validates as written, and is the shipped
+/// config/nimgate.jwt-kubernetes.toml (line for line).
+#[test]
+fn readme_jwt_example_is_valid_and_shipped() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let shipped = std::fs::read_to_string(root.join("config/nimgate.jwt-kubernetes.toml")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("[[auth.jwt]]"))
+        .expect("a README toml block with [[auth.jwt]]");
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            shipped.lines().any(|s| s == line),
+            "not in the shipped config: {line}"
+        );
+    }
+    let text = format!(
+        "[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n{block}"
+    );
+    let cfg = nimgate::config::parse(&text).unwrap();
+    assert_eq!(cfg.validate(), vec![]);
+    assert_eq!(cfg.auth.jwt[0].audiences, ["nimgate"]);
+}
+
+/// The README's mTLS example parses and validates as written.
+#[test]
+fn readme_mtls_example_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("cert_san_uri"))
+        .expect("a README toml block with cert_san_uri");
+    let text = format!(
+        "[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n{block}"
+    );
+    let cfg = nimgate::config::parse(&text).unwrap();
+    assert_eq!(cfg.validate(), vec![]);
+    assert!(cfg
+        .server
+        .client_ca_mode()
+        .is_some_and(|(_, required)| required));
+}

@@ -63,17 +63,13 @@ fn burst_default_is_the_documented_one() {
     );
     let reg = nimgate::auth::ClientRegistry::new(
         &[nimgate::config::ClientConfig {
-            id: "a".into(),
-            key_sha256: nimgate::auth::key_digest_hex("k"),
             rpm: Some(6),
-            burst: None,
-            max_concurrent: None,
-            tpm: None,
-            tokens_per_day: None,
-            models: None,
+            ..nimgate::config::ClientConfig::keyed("a", nimgate::auth::key_digest_hex("k"))
         }],
+        &[],
         1024,
-    );
+    )
+    .unwrap();
     let mut h = http::HeaderMap::new();
     h.insert("authorization", "Bearer k".parse().unwrap());
     let p = reg.authenticate(&h).unwrap();

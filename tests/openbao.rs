@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::jwt::{rsa_keypair, sign_rs256, unix_now};
 use common::openbao::{rendered, AppRole, Bao, Token};
 use common::*;
 use http::header;
@@ -1959,73 +1960,6 @@ listener "tcp" {{
     gw.stop().await;
 }
 
-fn b64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..=c.len() {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// An RSA key pair made with the openssl CLI: (private key path, public key PEM).
-fn rsa_keypair(dir: &Path) -> (std::path::PathBuf, String) {
-    let key = dir.join("jwt-signing.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl genpkey");
-    let out = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl pkey -pubout");
-    (key, String::from_utf8(out.stdout).unwrap())
-}
-
-/// An RS256 JWT with `claims`, signed with `key` by `openssl dgst -sha256 -sign`.
-fn sign_rs256(key: &Path, claims: &Value) -> String {
-    use std::io::Write;
-    let input = format!(
-        "{}.{}",
-        b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
-        b64url(claims.to_string().as_bytes())
-    );
-    let mut child = std::process::Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl dgst -sign");
-    format!("{input}.{}", b64url(&out.stdout))
-}
-
 /// A throw-away self-signed certificate (PEM), made with the openssl CLI.
 fn self_signed_cert(dir: &Path) -> String {
     let out = std::process::Command::new("openssl")
@@ -2047,13 +1981,6 @@ fn self_signed_cert(dir: &Path) -> String {
         .unwrap();
     assert!(out.status.success(), "openssl req -x509");
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// Vault's jwt auth method with a PEM validation key and tokens signed in the test: an expired

@@ -9,13 +9,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(data[..6].eq_ignore_ascii_case(b"bearer"));
     }
     thread_local! {
-        static REG: nimgate::auth::ClientRegistry = nimgate::auth::ClientRegistry::new(&[nimgate::config::ClientConfig {
-            id: "fuzz".into(),
-            key_sha256: nimgate::auth::key_digest_hex("ngk_fuzz_key"),
-            rpm: None,
-            burst: None,
-            max_concurrent: None,
-        }]);
+        static REG: nimgate::auth::ClientRegistry = nimgate::auth::ClientRegistry::new(
+            &[nimgate::config::ClientConfig::keyed("fuzz", nimgate::auth::key_digest_hex("ngk_fuzz_key"))],
+            &[],
+            1024,
+        )
+        .unwrap();
     }
     if let Ok(v) = http::HeaderValue::from_bytes(data) {
         let mut h = http::HeaderMap::new();

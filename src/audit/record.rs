@@ -30,6 +30,12 @@ pub struct Record {
     pub trace_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub client_id: Option<Arc<str>>,
+    /// How the client authenticated: `key`, `jwt` or `mtls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<&'static str>,
+    /// The JWT subject or certificate identity the client was mapped from.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
+    pub subject: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub remote_addr: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
@@ -91,6 +97,8 @@ impl Record {
             request_id: None,
             trace_id: None,
             client_id: None,
+            auth: None,
+            subject: None,
             remote_addr: None,
             method: None,
             path: None,

@@ -14,7 +14,8 @@ use std::time::Instant;
 use tower::{Layer, Service};
 
 use super::flood::{ip_of, DeniedBudget};
-use super::ClientRegistry;
+use super::mtls::PeerIdentity;
+use super::{AuthFailure, AuthMethod, ClientRegistry};
 use crate::audit::{Audit, Event, Record};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
@@ -60,7 +61,8 @@ type Resp = Response<GatewayBody>;
 
 impl<S, B> Service<Request<B>> for AuthService<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = Infallible>,
+    S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
     B: Send + 'static,
 {
     type Response = Resp;
@@ -72,52 +74,79 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match self.cfg.registry.authenticate(req.headers()) {
+        let peer = req.extensions().get::<PeerIdentity>();
+        match self.cfg.registry.authenticate_with(req.headers(), peer) {
             Ok(p) => {
                 req.extensions_mut().insert(p);
                 Either::Right(self.inner.call(req))
             }
-            Err(why) => {
-                let start = Instant::now();
-                let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-                let remote = req.extensions().get::<RemoteAddr>().map(|a| a.0.clone());
-                let ip = remote.as_deref().and_then(ip_of);
-                let reason = why.reason();
-                // The raw path's ending is enough for a label (no normalising allocation here).
-                let op = Op::of_path(req.uri().path());
-                let within = self.cfg.budget.allow(ip);
-                let mut r = Record::event(Event::Denied);
-                r.remote_addr = remote;
-                r.method = Some(method_name(req.method()));
-                r.path = Some(short_path(req.uri().path()));
-                r.status = Some(401);
-                r.reason = Some(reason.to_string());
-                let audit = self.cfg.audit.clone();
-                let metrics = self.cfg.metrics.clone();
-                let budget = self.cfg.budget.clone();
+            Err(why) if why.wants_refetch() => {
+                // A JWT whose `kid` its issuer's cached keys lack: refetch them (rate-limited),
+                // then check again. The clone is the one `poll_ready` readied (tower's pattern).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let cfg = self.cfg.clone();
                 Either::Left(Box::pin(async move {
-                    drop(req);
-                    // Over budget, or the queue down to the room reserved for `use` records:
-                    // counted for the next `denied_summary` instead of recorded one by one.
-                    if !(within && audit.record_unreserved(r).is_ok()) {
-                        budget.shed(ip, reason, &audit);
-                    }
-                    let e = if within {
-                        GatewayError::Unauthenticated
-                    } else {
-                        GatewayError::RateLimited {
-                            retry_after_secs: 60,
+                    match cfg.registry.authenticate_refetching(req.headers()).await {
+                        Ok(p) => {
+                            req.extensions_mut().insert(p);
+                            inner.call(req).await
                         }
-                    };
-                    let l = ReqLabels {
-                        client: metrics.unauthenticated(),
-                        op,
-                    };
-                    metrics.denied(l.client, e);
-                    metrics.response(l, None, e.status_code().as_u16(), start.elapsed());
-                    Ok(e.into_response(id.as_ref()))
+                        Err(why) => cfg.deny(req, why).await,
+                    }
                 }))
             }
+            Err(why) => Either::Left(Box::pin(self.cfg.deny(req, why))),
+        }
+    }
+}
+
+impl AuthLayer {
+    /// 401 with a `denied` record (or 429 beyond the address's budget).
+    fn deny<B: Send + 'static>(
+        &self,
+        req: Request<B>,
+        why: AuthFailure,
+    ) -> impl std::future::Future<Output = Result<Resp, Infallible>> + Send + 'static {
+        let start = Instant::now();
+        let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let remote = req.extensions().get::<RemoteAddr>().map(|a| a.0.clone());
+        let ip = remote.as_deref().and_then(ip_of);
+        let reason = why.reason();
+        // The raw path's ending is enough for a label (no normalising allocation here).
+        let op = Op::of_path(req.uri().path());
+        let within = self.budget.allow(ip);
+        let mut r = Record::event(Event::Denied);
+        r.remote_addr = remote;
+        r.method = Some(method_name(req.method()));
+        r.path = Some(short_path(req.uri().path()));
+        r.status = Some(401);
+        r.reason = Some(reason.to_string());
+        r.auth = why.method().map(AuthMethod::name);
+        let audit = self.audit.clone();
+        let metrics = self.metrics.clone();
+        let budget = self.budget.clone();
+        async move {
+            drop(req);
+            // Over budget, or the queue down to the room reserved for `use` records:
+            // counted for the next `denied_summary` instead of recorded one by one.
+            if !(within && audit.record_unreserved(r).is_ok()) {
+                budget.shed(ip, reason, &audit);
+            }
+            let e = if within {
+                GatewayError::Unauthenticated
+            } else {
+                GatewayError::RateLimited {
+                    retry_after_secs: 60,
+                }
+            };
+            let l = ReqLabels {
+                client: metrics.unauthenticated(),
+                op,
+            };
+            metrics.denied(l.client, e);
+            metrics.response(l, None, e.status_code().as_u16(), start.elapsed());
+            Ok(e.into_response(id.as_ref()))
         }
     }
 }
@@ -132,19 +161,14 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     fn registry() -> Arc<ClientRegistry> {
-        Arc::new(ClientRegistry::new(
-            &[ClientConfig {
-                id: "team-a".into(),
-                key_sha256: key_digest_hex("ngk_good"),
-                rpm: None,
-                burst: None,
-                max_concurrent: None,
-                tpm: None,
-                tokens_per_day: None,
-                models: None,
-            }],
-            1024,
-        ))
+        Arc::new(
+            ClientRegistry::new(
+                &[ClientConfig::keyed("team-a", key_digest_hex("ngk_good"))],
+                &[],
+                1024,
+            )
+            .unwrap(),
+        )
     }
 
     /// The stack's outer layers around an echo service that answers with the principal's id.

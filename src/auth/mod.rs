@@ -1,4 +1,5 @@
-//! Client authentication: `Authorization: Bearer <client key>` → SHA-256 → map lookup.
+//! Client authentication: `Authorization: Bearer <client key>` → SHA-256 → map lookup, or a
+//! bearer JWT (three base64url segments, only when `[[auth.jwt]]` is set) → `tokens.rs`.
 //!
 //! Keys are configured only as digests. Looking up a digest (instead of comparing key strings)
 //! means the time an attempt takes says nothing about how close a guess was: the attacker
@@ -6,8 +7,12 @@
 
 pub mod budget;
 pub mod flood;
+pub mod jwks;
+pub mod jwt;
 mod layer;
+pub mod mtls;
 pub mod ratelimit;
+pub mod tokens;
 
 pub use layer::{AuthLayer, AuthService};
 
@@ -17,18 +22,53 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, JwtIssuerConfig};
+use crate::names::{API_KEY, X_API_KEY};
+use jwt::{looks_like_jwt, JwtFailure, MAX_JWT_BYTES};
+use mtls::PeerIdentity;
 use ratelimit::Gcra;
+use tokens::{JwtAuth, Outcome};
 
-/// The authenticated caller, placed in request extensions. Holds the id, never the key.
+/// The authenticated caller, placed in request extensions: the client, and how it proved who it
+/// is. Holds the id and subject, never the key or token.
 #[derive(Clone)]
-pub struct Principal(pub Arc<ClientEntry>);
+pub struct Principal(pub Arc<ClientEntry>, pub Via);
 
 impl std::fmt::Debug for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Principal").field(&self.0.id).finish()
     }
 }
+
+/// How a request authenticated (`auth` in audit records) and, for a JWT or certificate, the
+/// subject it named (`subject`).
+#[derive(Clone, Debug)]
+pub struct Via {
+    pub method: AuthMethod,
+    pub subject: Option<Arc<str>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    Key,
+    Jwt,
+    Mtls,
+}
+
+impl AuthMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Jwt => "jwt",
+            Self::Mtls => "mtls",
+        }
+    }
+}
+
+const VIA_KEY: Via = Via {
+    method: AuthMethod::Key,
+    subject: None,
+};
 
 pub struct ClientEntry {
     pub id: Arc<str>,
@@ -42,11 +82,17 @@ pub struct ClientEntry {
     pub shared: crate::fleet::Spec,
     /// Model patterns this client may use; `None`: all.
     pub models: Option<Vec<String>>,
+    /// The key's `expires`: from then on it gets 401 `key_expired`.
+    pub expires: Option<std::time::SystemTime>,
 }
 
-/// Digest → client. Built once at start-up.
+/// Digest → client, certificate name → client, and the JWT issuers. Built once at start-up.
 pub struct ClientRegistry {
     by_digest: HashMap<[u8; 32], Arc<ClientEntry>>,
+    /// `cert_san_uri` and `cert_san_dns` (kept apart: a URI never matches a DNS name).
+    by_cert_uri: HashMap<String, Arc<ClientEntry>>,
+    by_cert_dns: HashMap<String, Arc<ClientEntry>>,
+    jwt: Option<JwtAuth>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +100,14 @@ pub enum AuthFailure {
     Missing,
     Malformed,
     Unknown,
+    /// Two different credentials (e.g. a key and a JWT, or a key in `Authorization` and another
+    /// known key in `X-Api-Key`): refused, never resolved by precedence.
+    TwoCredentials,
+    /// A known key past its `expires`.
+    KeyExpired,
+    /// A verified client certificate that maps to no `[[clients]]` entry.
+    UnmappedCertificate,
+    Jwt(JwtFailure),
 }
 
 impl AuthFailure {
@@ -62,48 +116,91 @@ impl AuthFailure {
             Self::Missing => "missing_key",
             Self::Malformed => "malformed_key",
             Self::Unknown => "unknown_key",
+            Self::TwoCredentials => "two_credentials",
+            Self::UnmappedCertificate => "unmapped_certificate",
+            Self::KeyExpired => "key_expired",
+            Self::Jwt(j) => j.reason(),
         }
+    }
+
+    /// The method a refused credential tried (`auth` of its `denied` record), when known.
+    pub fn method(self) -> Option<AuthMethod> {
+        match self {
+            Self::Jwt(_) => Some(AuthMethod::Jwt),
+            Self::Unknown | Self::KeyExpired => Some(AuthMethod::Key),
+            Self::UnmappedCertificate => Some(AuthMethod::Mtls),
+            _ => None,
+        }
+    }
+
+    /// A JWT check that a refetch of its issuer's keys could turn around.
+    pub fn wants_refetch(self) -> bool {
+        self == Self::Jwt(JwtFailure::UnknownKid)
     }
 }
 
 impl ClientRegistry {
     /// Build from validated config (digests are 64 hex chars); a client without its own
     /// `max_concurrent` gets `default_concurrency` (`limits.client_concurrency_default()`).
-    pub fn new(clients: &[ClientConfig], default_concurrency: usize) -> Self {
-        let by_digest = clients
-            .iter()
-            .enumerate()
-            .filter_map(|(index, c)| {
-                let mut d = [0u8; 32];
-                hex::decode_to_slice(c.key_sha256.to_ascii_lowercase(), &mut d).ok()?;
-                let limiter = c
-                    .rpm
-                    .map(|rpm| Gcra::per_minute(rpm, c.burst.unwrap_or(rpm)));
-                let concurrency = Some(Arc::new(Semaphore::new(
+    /// Fails only when a `jwks_file` cannot be read or parsed (the message names the field).
+    pub fn new(
+        clients: &[ClientConfig],
+        issuers: &[JwtIssuerConfig],
+        default_concurrency: usize,
+    ) -> Result<Self, String> {
+        let mut by_digest = HashMap::new();
+        let mut subjects = HashMap::new();
+        let (mut by_cert_uri, mut by_cert_dns) = (HashMap::new(), HashMap::new());
+        for (index, c) in clients.iter().enumerate() {
+            let limiter = c
+                .rpm
+                .map(|rpm| Gcra::per_minute(rpm, c.burst.unwrap_or(rpm)));
+            let shared = crate::fleet::Spec {
+                requests: limiter
+                    .as_ref()
+                    .map(|g| (g.interval / 1000, g.tolerance / 1000)),
+                token_interval: c.tpm.map(|t| (60_000_000 / t.max(1)).max(1)),
+                tokens_per_day: c.tokens_per_day,
+            };
+            let entry = Arc::new(ClientEntry {
+                id: Arc::from(c.id.as_str()),
+                index,
+                limiter,
+                concurrency: Some(Arc::new(Semaphore::new(
                     c.max_concurrent.map_or(default_concurrency, |n| n as usize),
-                )));
-                let shared = crate::fleet::Spec {
-                    requests: limiter
-                        .as_ref()
-                        .map(|g| (g.interval / 1000, g.tolerance / 1000)),
-                    token_interval: c.tpm.map(|t| (60_000_000 / t.max(1)).max(1)),
-                    tokens_per_day: c.tokens_per_day,
-                };
-                Some((
-                    d,
-                    Arc::new(ClientEntry {
-                        id: Arc::from(c.id.as_str()),
-                        index,
-                        limiter,
-                        concurrency,
-                        budget: budget::TokenBudget::new(c.tpm, c.tokens_per_day),
-                        shared,
-                        models: c.models.clone(),
-                    }),
-                ))
-            })
-            .collect();
-        Self { by_digest }
+                ))),
+                budget: budget::TokenBudget::new(c.tpm, c.tokens_per_day),
+                shared,
+                models: c.models.clone(),
+                expires: c.expires_at().ok().flatten(),
+            });
+            let mut d = [0u8; 32];
+            if let Some(hex_digest) = &c.key_sha256 {
+                if hex::decode_to_slice(hex_digest.to_ascii_lowercase(), &mut d).is_ok() {
+                    by_digest.insert(d, entry.clone());
+                }
+            }
+            if let Some(u) = &c.cert_san_uri {
+                by_cert_uri.insert(u.clone(), entry.clone());
+            }
+            if let Some(d) = &c.cert_san_dns {
+                by_cert_dns.insert(d.to_ascii_lowercase(), entry.clone());
+            }
+            if let Some(sub) = &c.jwt_subject {
+                subjects.insert((c.jwt_issuer.clone(), sub.clone()), entry);
+            }
+        }
+        let jwt = if issuers.is_empty() {
+            None
+        } else {
+            Some(JwtAuth::new(issuers, subjects)?)
+        };
+        Ok(Self {
+            by_digest,
+            by_cert_uri,
+            by_cert_dns,
+            jwt,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -114,25 +211,121 @@ impl ClientRegistry {
         self.by_digest.is_empty()
     }
 
-    /// Authenticate a request's headers.
+    pub fn jwt(&self) -> Option<&JwtAuth> {
+        self.jwt.as_ref()
+    }
+
+    /// Authenticate a request's headers without I/O. `Err(f)` with `f.wants_refetch()` means
+    /// `authenticate_refetching` may still succeed.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
+        self.authenticate_with(headers, None)
+    }
+
+    /// `authenticate` for a request whose connection presented the verified client certificate
+    /// `peer`: the certificate is the credential, so any `Authorization` as well is refused.
+    pub fn authenticate_with(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerIdentity>,
+    ) -> Result<Principal, AuthFailure> {
+        if let Some(peer) = peer {
+            if headers.contains_key(http::header::AUTHORIZATION) {
+                return Err(AuthFailure::TwoCredentials);
+            }
+            return self.by_cert(peer);
+        }
+        let token = self.credential(headers)?;
+        match &self.jwt {
+            Some(j) if looks_like_jwt(token) => match j.check(token) {
+                Outcome::Done(r) => r.map_err(AuthFailure::Jwt),
+                Outcome::Refetch(_) => Err(AuthFailure::Jwt(JwtFailure::UnknownKid)),
+            },
+            _ => self.by_key(token),
+        }
+    }
+
+    /// `authenticate` for a JWT whose issuer's keys lack its `kid`: one rate-limited refetch.
+    pub async fn authenticate_refetching(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Principal, AuthFailure> {
+        let token = self.credential(headers)?;
+        match &self.jwt {
+            Some(j) => j.authenticate(token).await.map_err(AuthFailure::Jwt),
+            None => Err(AuthFailure::Malformed),
+        }
+    }
+
+    fn by_cert(&self, peer: &PeerIdentity) -> Result<Principal, AuthFailure> {
+        let uri = peer
+            .uris
+            .iter()
+            .find_map(|u| Some((u, self.by_cert_uri.get(&**u)?)));
+        let dns = || {
+            peer.dns
+                .iter()
+                .find_map(|d| Some((d, self.by_cert_dns.get(&d.to_ascii_lowercase())?)))
+        };
+        let (name, entry) = uri.or_else(dns).ok_or(AuthFailure::UnmappedCertificate)?;
+        Ok(Principal(
+            entry.clone(),
+            Via {
+                method: AuthMethod::Mtls,
+                subject: Some(name.clone()),
+            },
+        ))
+    }
+
+    fn by_key(&self, token: &[u8]) -> Result<Principal, AuthFailure> {
+        if token.len() > MAX_KEY_BYTES {
+            return Err(AuthFailure::Malformed);
+        }
+        let digest: [u8; 32] = Sha256::digest(token).into();
+        let e = self.by_digest.get(&digest).ok_or(AuthFailure::Unknown)?;
+        if e.expires.is_some_and(|t| std::time::SystemTime::now() >= t) {
+            return Err(AuthFailure::KeyExpired);
+        }
+        Ok(Principal(e.clone(), VIA_KEY))
+    }
+
+    /// The one credential of a request: the `Authorization` bearer token. `X-Api-Key` and
+    /// `Api-Key` are not accepted on their own, but one holding a *different* credential (a
+    /// known key, or a JWT when issuers are configured) makes the request ambiguous: refused.
+    fn credential<'h>(&self, headers: &'h HeaderMap) -> Result<&'h [u8], AuthFailure> {
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthFailure::Missing)?;
         if values.next().is_some() {
             return Err(AuthFailure::Malformed);
         }
-        let token = bearer_token(value.as_bytes()).ok_or(AuthFailure::Malformed)?;
-        let digest: [u8; 32] = Sha256::digest(token).into();
-        self.by_digest
-            .get(&digest)
-            .map(|e| Principal(e.clone()))
-            .ok_or(AuthFailure::Unknown)
+        let token =
+            bearer_token_max(value.as_bytes(), MAX_JWT_BYTES).ok_or(AuthFailure::Malformed)?;
+        for name in [&X_API_KEY, &API_KEY] {
+            for other in headers.get_all(name) {
+                let other = other.as_bytes();
+                if other == token {
+                    continue;
+                }
+                let jwt = self.jwt.is_some() && looks_like_jwt(other);
+                if jwt || self.by_key(other).is_ok() {
+                    return Err(AuthFailure::TwoCredentials);
+                }
+            }
+        }
+        Ok(token)
     }
 }
+
+/// Longest gateway key accepted.
+const MAX_KEY_BYTES: usize = 512;
 
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive, one or more
 /// spaces). The token must be non-empty visible ASCII without spaces, at most 512 bytes.
 pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    bearer_token_max(value, MAX_KEY_BYTES)
+}
+
+/// `bearer_token` with another length limit (a JWT may be longer than a key).
+pub fn bearer_token_max(value: &[u8], max: usize) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;
@@ -142,7 +335,7 @@ pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let token = &rest[start..];
-    if token.is_empty() || token.len() > 512 || !token.iter().all(u8::is_ascii_graphic) {
+    if token.is_empty() || token.len() > max || !token.iter().all(u8::is_ascii_graphic) {
         return None;
     }
     Some(token)
@@ -161,81 +354,4 @@ pub fn key_digest_hex(key: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    fn registry() -> ClientRegistry {
-        ClientRegistry::new(
-            &[ClientConfig {
-                id: "team-a".into(),
-                key_sha256: key_digest_hex("ngk_secret"),
-                rpm: None,
-                burst: None,
-                max_concurrent: None,
-                tpm: None,
-                tokens_per_day: None,
-                models: None,
-            }],
-            1024,
-        )
-    }
-
-    fn headers(v: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in v {
-            h.append("authorization", HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn new_keys_are_random_and_well_formed() {
-        let (a, b) = (new_client_key().unwrap(), new_client_key().unwrap());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 52);
-        assert!(a.starts_with("ngk_") && a[4..].bytes().all(|c| c.is_ascii_hexdigit()));
-        assert!(bearer_token(format!("Bearer {a}").as_bytes()).is_some());
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"bearer   abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"Bearer"), None);
-        assert_eq!(bearer_token(b"Bearer "), None);
-        assert_eq!(bearer_token(b"Bearerabc"), None);
-        assert_eq!(bearer_token(b"Basic abc"), None);
-        assert_eq!(bearer_token(b"Bearer a b"), None);
-        assert_eq!(
-            bearer_token(&[b'B', b'e', b'a', b'r', b'e', b'r', b' ', 0xff]),
-            None
-        );
-    }
-
-    #[test]
-    fn lookup_by_digest() {
-        let r = registry();
-        assert_eq!(
-            &*r.authenticate(&headers(&["Bearer ngk_secret"]))
-                .unwrap()
-                .0
-                .id,
-            "team-a"
-        );
-        assert_eq!(
-            r.authenticate(&headers(&[])).unwrap_err(),
-            AuthFailure::Missing
-        );
-        assert_eq!(
-            r.authenticate(&headers(&["Bearer ngk_secreT"]))
-                .unwrap_err(),
-            AuthFailure::Unknown
-        );
-        assert_eq!(
-            r.authenticate(&headers(&["Bearer ngk_secret", "Bearer ngk_secret"]))
-                .unwrap_err(),
-            AuthFailure::Malformed
-        );
-    }
-}
+mod tests;

@@ -3,7 +3,9 @@
 //!
 //! Config holds *where* a secret lives (a file path, a Vault path), never a secret itself.
 
+mod auth;
 mod bounds;
+mod clients;
 mod env;
 mod hints;
 mod preflight;

@@ -17,7 +17,7 @@ impl Config {
             }
         }
         if let (Some(c), Some(k)) = (&self.server.tls_cert, &self.server.tls_key) {
-            if let Err(m) = crate::tls::server_config(c, k) {
+            if let Err(m) = crate::tls::server_config_mtls(c, k, self.server.client_ca_mode()) {
                 errs.push(ConfigError::new("server.tls_cert", m));
             }
         }

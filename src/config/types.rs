@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::auth::JwtIssuerConfig;
 pub use super::ratelimit::*;
 pub use super::secret::*;
 pub use super::upstreams::*;
@@ -47,6 +48,11 @@ pub struct ServerConfig {
     /// (ALPN h2 + http/1.1).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (mTLS, `auth/mtls.rs`); needs `tls_cert`.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `optional` (a certificate is verified when presented) or `required`
+    /// (a handshake without a valid client certificate fails).
+    pub client_auth: ClientAuthMode,
     /// Only paths under these prefixes (after normalisation) are proxied; all else is 404.
     pub route_prefixes: Vec<String>,
     /// After SIGTERM/SIGINT: how long `/readyz` answers 503 while the listener still accepts,
@@ -68,6 +74,8 @@ impl Default for ServerConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
             tls_cert: None,
             tls_key: None,
+            client_ca: None,
+            client_auth: ClientAuthMode::Optional,
             route_prefixes: vec!["/v1/".into()],
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(30),
@@ -75,6 +83,21 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
         }
     }
+}
+
+impl ServerConfig {
+    /// `client_ca` and whether a client certificate is required, for the TLS config.
+    pub fn client_ca_mode(&self) -> Option<(&std::path::Path, bool)> {
+        let ca = self.client_ca.as_deref()?;
+        Some((ca, self.client_auth == ClientAuthMode::Required))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,8 +118,10 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub id: String,
-    /// Hex SHA-256 digest of the client's key (`nimgate keys new` prints it).
-    pub key_sha256: String,
+    /// Hex SHA-256 digest of the client's key (`nimgate keys new` prints it). A client needs a
+    /// key, a `jwt_subject`, or both.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
     /// Sustained requests per minute (GCRA); absent = unlimited.
     #[serde(default)]
     pub rpm: Option<u32>,
@@ -116,6 +141,55 @@ pub struct ClientConfig {
     /// Models this client may use (exact names or a trailing `*`); absent = all.
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    /// A verified JWT whose subject claim equals this is this client (`[[auth.jwt]]`).
+    #[serde(default)]
+    pub jwt_subject: Option<String>,
+    /// Only tokens from this `[[auth.jwt]] issuer` map to `jwt_subject` (default: any issuer).
+    #[serde(default)]
+    pub jwt_issuer: Option<String>,
+    /// A verified client certificate with this URI SAN (e.g. a SPIFFE id) is this client.
+    #[serde(default)]
+    pub cert_san_uri: Option<String>,
+    /// A verified client certificate with this DNS SAN is this client.
+    #[serde(default)]
+    pub cert_san_dns: Option<String>,
+    /// After this UTC instant (`2027-03-01T00:00:00Z`) the key gets 401 `key_expired`.
+    #[serde(default)]
+    pub expires: Option<toml::value::Datetime>,
+}
+
+impl ClientConfig {
+    /// `expires` as a time; `Err` when it is not a UTC (`Z`) date-time.
+    pub fn expires_at(&self) -> Result<Option<std::time::SystemTime>, String> {
+        self.expires
+            .as_ref()
+            .map(|d| {
+                humantime::parse_rfc3339(&d.to_string())
+                    .map_err(|_| "must be a UTC date-time such as 2027-03-01T00:00:00Z".to_string())
+            })
+            .transpose()
+    }
+}
+
+impl ClientConfig {
+    /// A client with a key digest and no limits (tests, benches, `demo`).
+    pub fn keyed(id: &str, key_sha256: String) -> Self {
+        Self {
+            id: id.into(),
+            key_sha256: Some(key_sha256),
+            rpm: None,
+            burst: None,
+            max_concurrent: None,
+            tpm: None,
+            tokens_per_day: None,
+            models: None,
+            jwt_subject: None,
+            jwt_issuer: None,
+            cert_san_uri: None,
+            cert_san_dns: None,
+            expires: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -124,6 +198,9 @@ pub struct AuthConfig {
     /// A TOML file with more `[[clients]]` entries (e.g. mounted from a Kubernetes Secret).
     #[serde(default)]
     pub clients_file: Option<PathBuf>,
+    /// JWT issuers whose tokens authenticate clients (`config/auth.rs`).
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,7 +1,6 @@
 //! `Config::validate()`: every problem found, each naming the field it is about.
 
 use super::types::{Config, SecretConfig, UpstreamConfig, VaultAuthConfig};
-use std::collections::HashSet;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +58,7 @@ impl Config {
             }
         }
         self.validate_clients(&mut err);
+        super::auth::validate_jwt(&self.auth.jwt, &mut err);
         self.validate_audit(&mut err);
         self.validate_limits(&mut err);
         self.ratelimit.validate(&mut err);
@@ -73,6 +73,12 @@ impl Config {
     fn validate_server(&self, err: &mut impl FnMut(&str, String)) {
         if self.server.listen == self.admin.listen && self.server.listen.port() != 0 {
             err("admin.listen", "must differ from server.listen".to_string());
+        }
+        if self.server.client_ca.is_some() && self.server.tls_cert.is_none() {
+            err(
+                "server.client_ca",
+                "needs tls_cert and tls_key (client certificates are a TLS feature)".into(),
+            );
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             err(
@@ -157,61 +163,6 @@ impl Config {
             );
         }
         // `upstream.*` durations are bounded in `bounds`; a `[[upstreams]]` entry's here.
-    }
-
-    /// `[[clients]]` (including those from `auth.clients_file`).
-    fn validate_clients(&self, err: &mut impl FnMut(&str, String)) {
-        if self.clients.is_empty() {
-            err(
-                "clients",
-                "no client keys configured; add [[clients]] (see `nimgate keys new`)".into(),
-            );
-        }
-        let mut ids = HashSet::new();
-        let mut digests = HashSet::new();
-        for (i, c) in self.clients.iter().enumerate() {
-            let f = |k: &str| format!("clients[{i}].{k}");
-            if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(char::is_control) {
-                err(&f("id"), "must be 1–128 printable characters".into());
-            }
-            if !ids.insert(&c.id) {
-                err(&f("id"), format!("duplicate client id {:?}", c.id));
-            }
-            let d = c.key_sha256.to_ascii_lowercase();
-            if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-                err(
-                    &f("key_sha256"),
-                    "must be 64 hex characters (a SHA-256 digest)".into(),
-                );
-            } else if !digests.insert(d) {
-                err(&f("key_sha256"), "same digest as another client".into());
-            }
-            if c.rpm == Some(0) {
-                err(
-                    &f("rpm"),
-                    "must be at least 1 (omit it for no limit)".into(),
-                );
-            }
-            if c.burst == Some(0) {
-                err(&f("burst"), "must be at least 1".into());
-            }
-            if c.max_concurrent == Some(0) {
-                err(&f("max_concurrent"), "must be at least 1".into());
-            }
-            for (name, v) in [("tpm", c.tpm), ("tokens_per_day", c.tokens_per_day)] {
-                if v == Some(0) {
-                    err(
-                        &f(name),
-                        "must be at least 1 (omit it for no budget)".into(),
-                    );
-                }
-            }
-            for m in c.models.iter().flatten() {
-                if let Err(why) = super::upstreams::check_pattern(m) {
-                    err(&f("models"), format!("{m:?}: {why}"));
-                }
-            }
-        }
     }
 
     /// `[audit]`.

@@ -161,6 +161,8 @@ impl Proxy {
             id_text,
             request_id,
             client_id: principal.0.id.clone(),
+            auth: principal.1.method.name(),
+            subject: principal.1.subject.clone(),
             remote,
             method,
             path,

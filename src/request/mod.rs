@@ -66,6 +66,9 @@ pub struct ReqInfo {
     pub request_id: HeaderValue,
     pub id_text: Option<Arc<str>>,
     pub client_id: Arc<str>,
+    /// `auth` and `subject` of every record (from the `Principal`).
+    pub auth: &'static str,
+    pub subject: Option<Arc<str>>,
     pub remote: Option<Arc<str>>,
     pub method: Cow<'static, str>,
     /// Normalised, or (when it cannot be) the raw path cut to 512 characters.
@@ -85,6 +88,8 @@ impl ReqInfo {
         r.request_id = self.id_text.clone();
         r.trace_id = self.trace_id.clone();
         r.client_id = Some(self.client_id.clone());
+        r.auth = Some(self.auth);
+        r.subject = self.subject.clone();
         r.remote_addr = self.remote.clone();
         r.method = Some(self.method.clone());
         r.path = Some(self.path.clone());

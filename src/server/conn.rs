@@ -1,7 +1,7 @@
 //! One client connection: TLS handshake (if configured) or the HTTP/2-preface sniff, both within
 //! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
-//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` extension on every request (the
-//! peer, or behind a trusted proxy the client it names: `xff`).
+//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` (the peer, or behind a trusted
+//! proxy the client it names: `xff`) and, with mTLS, `PeerIdentity` extensions on every request.
 //! An HTTP/2 connection with no open stream for `limits.idle_timeout` is closed (hyper has no such
 //! timeout; `peers::Activity` counts the streams), and its response bodies are under the
 //! `send_timeout` watchdog (`peers::Watched`): flow control can stall a stream without ever
@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 
 use crate::app::GatewayService;
+use crate::auth::mtls::PeerIdentity;
 use crate::config::LimitsConfig;
 use crate::request::RemoteAddr;
 use crate::stall::StallTimeout;
@@ -66,33 +67,42 @@ pub async fn serve(
     permit: (OwnedSemaphorePermit, IpPermit),
 ) {
     let _permit = permit;
-    let peer = remote;
+    let peer_addr = remote;
     let remote = RemoteAddr::new(remote);
     let trusted = (!s.trusted.is_empty()).then(|| s.trusted.clone());
+    // The verified client certificate's names, set once the TLS handshake is done (mTLS).
+    let peer = std::sync::Arc::new(std::sync::OnceLock::<PeerIdentity>::new());
     let activity = Activity::new();
     let streams = activity.clone();
     // Behind a trusted proxy, the client it forwards for (formatted per request, only then).
     let addr_for = move |req: &Request<Incoming>| match trusted
         .as_ref()
-        .and_then(|t| t.client(peer, req.headers()))
+        .and_then(|t| t.client(peer_addr, req.headers()))
     {
         Some(ip) => RemoteAddr(ip.to_string().into()),
         None => remote.clone(),
     };
     let h2_svc = {
-        let (svc, addr_for) = (svc.clone(), addr_for.clone());
+        let (svc, addr_for, peer) = (svc.clone(), addr_for.clone(), peer.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let remote = addr_for(&req);
             req.extensions_mut().insert(remote);
+            if let Some(p) = peer.get() {
+                req.extensions_mut().insert(p.clone());
+            }
             let guard = streams.begin();
             let fut = svc.clone().call(req);
             let streams = streams.clone();
             async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| streams.watch(b, guard))) }
         })
     };
+    let h1_peer = peer.clone();
     let h1_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let remote = addr_for(&req);
         req.extensions_mut().insert(remote);
+        if let Some(p) = h1_peer.get() {
+            req.extensions_mut().insert(p.clone());
+        }
         svc.clone().call(req)
     });
     // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
@@ -135,6 +145,9 @@ pub async fn serve(
                 return;
             };
             let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            if let Some(p) = PeerIdentity::of(tls_stream.get_ref().1) {
+                let _ = peer.set(p);
+            }
             serve!(TokioIo::new(tls_stream), is_h2);
         }
     }

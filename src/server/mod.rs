@@ -95,9 +95,14 @@ pub async fn run(
             ))
         })
         .collect();
+    // JWKS refreshers, one per `[[auth.jwt]]` issuer (they end with `stop_rx`).
+    for i in app.registry.jwt().map_or(&[][..], |j| j.issuers()) {
+        tokio::spawn(i.jwks.clone().run(i.issuer.clone(), stop_rx.clone()));
+    }
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config(c, k).map_err(InitError::Config)?,
+            crate::tls::server_config_mtls(c, k, cfg.server.client_ca_mode())
+                .map_err(InitError::Config)?,
         )),
         _ => None,
     };

@@ -70,3 +70,81 @@ pub fn self_signed(
     ]);
     (p("ca.crt"), p("leaf.crt"), p("leaf.key"))
 }
+
+/// A client certificate for `cn` signed by the CA `self_signed(dir, ca)` made, with the
+/// extensions `ext` (one per line, e.g. `subjectAltName=URI:spiffe://…`); `expired` dates it in
+/// 2020. Made with `openssl ca` (which, unlike `x509 -req`, can set past dates):
+/// (leaf.crt, leaf.key).
+pub fn client_cert(
+    dir: &Path,
+    ca: &str,
+    cn: &str,
+    ext: &str,
+    expired: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let p = |f: &str| dir.join(format!("{cn}-{f}"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: std::path::PathBuf| p.display().to_string();
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-keyout",
+        &s(p("key")),
+        "-out",
+        &s(p("csr")),
+    ]);
+    std::fs::write(p("index.txt"), "").unwrap();
+    std::fs::write(p("serial"), "1000\n").unwrap();
+    std::fs::write(
+        p("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\nnew_certs_dir = {}\nserial = {}\ndefault_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\n",
+            s(p("index.txt")),
+            dir.display(),
+            s(p("serial"))
+        ),
+    )
+    .unwrap();
+    std::fs::write(p("ext"), format!("basicConstraints=CA:FALSE\n{ext}\n")).unwrap();
+    let ca_dir = |f: &str| s(dir.join(format!("{ca}-{f}")));
+    let (start, end) = if expired {
+        ("20200101000000Z", "20200102000000Z")
+    } else {
+        ("20240101000000Z", "20991231000000Z")
+    };
+    run(&[
+        "ca",
+        "-batch",
+        "-notext",
+        "-config",
+        &s(p("ca.cnf")),
+        "-cert",
+        &ca_dir("ca.crt"),
+        "-keyfile",
+        &ca_dir("ca.key"),
+        "-in",
+        &s(p("csr")),
+        "-out",
+        &s(p("crt")),
+        "-extfile",
+        &s(p("ext")),
+        "-startdate",
+        start,
+        "-enddate",
+        end,
+    ]);
+    (p("crt"), p("key"))
+}

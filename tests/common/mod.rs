@@ -7,6 +7,7 @@ pub mod certs;
 pub mod checks;
 pub mod fake_vault;
 pub mod h2frames;
+pub mod jwt;
 pub mod openbao;
 pub mod raw;
 
