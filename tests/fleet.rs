@@ -13,7 +13,6 @@ mod common;
 
 use common::bin::{spawn_serve, wait_ready, Proc};
 use common::*;
-use nimgate::auth::key_digest_hex;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -106,40 +105,8 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
 }
 
 fn config(dir: &Path, name: &str, nim: SocketAddr, client: &str, ratelimit: &str) -> PathBuf {
-    std::fs::write(dir.join("key"), format!("{NIM_KEY}\n")).unwrap();
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-url = "http://{nim}"
-[secret]
-source = "file"
-path = "{key}"
-[[clients]]
-id = "team-a"
-key_sha256 = "{d}"
-{client}
-[[clients]]
-id = "team-b"
-key_sha256 = "{db}"
-[audit]
-path = "{audit}"
-[ratelimit]
-{ratelimit}
-"#,
-            key = dir.join("key").display(),
-            d = key_digest_hex(CLIENT_KEY),
-            db = key_digest_hex(CLIENT_KEY_B),
-            audit = dir.join(format!("{name}.audit.jsonl")).display(),
-        ),
-    )
-    .unwrap();
-    cfg
+    let ratelimit = format!("[ratelimit]\n{ratelimit}");
+    common::bin::write_config(dir, name, nim, (client, ""), &ratelimit)
 }
 
 async fn spawn_ready(cfg: &Path) -> Proc {

@@ -15,7 +15,6 @@ mod common;
 use common::bin::*;
 use common::*;
 use http_body_util::BodyExt;
-use nimgate::auth::key_digest_hex;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,39 +25,7 @@ const MODEL: &str = "meta/llama-3.1-8b-instruct";
 
 /// The binary's config: `team-a` unlimited, `team-b` at one request per minute.
 fn write_config(dir: &Path, nim: SocketAddr) -> std::path::PathBuf {
-    std::fs::write(dir.join("key"), format!("{NIM_KEY}\n")).unwrap();
-    let cfg = dir.join("nimgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[upstream]
-url = "http://{nim}"
-[secret]
-source = "file"
-path = "{key}"
-[[clients]]
-id = "team-a"
-key_sha256 = "{a}"
-[[clients]]
-id = "team-b"
-key_sha256 = "{b}"
-rpm = 1
-burst = 1
-[audit]
-path = "{audit}"
-"#,
-            key = dir.join("key").display(),
-            a = key_digest_hex(CLIENT_KEY),
-            b = key_digest_hex(CLIENT_KEY_B),
-            audit = dir.join("audit.jsonl").display(),
-        ),
-    )
-    .unwrap();
-    cfg
+    common::bin::write_config(dir, "nimgate", nim, ("", "rpm = 1\nburst = 1"), "")
 }
 
 async fn metrics_text(admin: SocketAddr) -> String {

@@ -130,3 +130,51 @@ pub async fn wait_ready(admin: SocketAddr) {
     }
     panic!("binary never became ready");
 }
+
+/// A config file `<name>.toml` in `dir` for `spawn_serve`: ports 0, the fake NIM at `nim`, a key
+/// file, clients `team-a` (with the keys `a_extra`) and `team-b` (`b_extra`), an audit file
+/// `<name>.audit.jsonl`, then `extra` (more tables).
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    nim: SocketAddr,
+    (a_extra, b_extra): (&str, &str),
+    extra: &str,
+) -> std::path::PathBuf {
+    use super::{CLIENT_KEY, CLIENT_KEY_B, NIM_KEY};
+    use nimgate::auth::key_digest_hex;
+    std::fs::write(dir.join("key"), format!("{NIM_KEY}\n")).unwrap();
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[upstream]
+url = "http://{nim}"
+[secret]
+source = "file"
+path = "{key}"
+[[clients]]
+id = "team-a"
+key_sha256 = "{a}"
+{a_extra}
+[[clients]]
+id = "team-b"
+key_sha256 = "{b}"
+{b_extra}
+[audit]
+path = "{audit}"
+{extra}
+"#,
+            key = dir.join("key").display(),
+            a = key_digest_hex(CLIENT_KEY),
+            b = key_digest_hex(CLIENT_KEY_B),
+            audit = dir.join(format!("{name}.audit.jsonl")).display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
