@@ -27,8 +27,10 @@ Signals (serve):
   SIGTERM, SIGINT  drain: /readyz answers 503 while the listener keeps accepting for
                    server.drain_delay, then the listener closes and in-flight requests and
                    streams get server.shutdown_grace.
-  SIGHUP           not handled yet (no config reload): it ends the process, like an unhandled
-                   signal does; restart to apply a config change.
+  SIGHUP           reload the config file (also done when its contents or auth.clients_file's
+                   change, polled every server.config_poll_interval). A broken change is
+                   refused whole and the running config stays; listen addresses, workers,
+                   [audit] and [telemetry] need a restart.
 
 Exit codes:
   0   success            1   audit verify found a break
@@ -186,7 +188,10 @@ pub fn main() -> ExitCode {
             };
             crate::telemetry::init_logging(otel.as_ref());
             let grace = cfg.server.shutdown_grace;
-            let code = runtime(cfg.server.workers, crate::server::serve(cfg));
+            let code = runtime(
+                cfg.server.workers,
+                crate::server::serve(cfg, Some(config.clone())),
+            );
             // Spans still queued are exported within the grace period.
             if let Some(o) = otel {
                 o.shutdown(grace);

@@ -55,7 +55,8 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => readyz(app),
         "/metrics" => {
-            let sources: Vec<(&str, &crate::secret::SecretStore)> = app
+            let live = app.live();
+            let sources: Vec<(&str, &crate::secret::SecretStore)> = live
                 .routes
                 .all()
                 .iter()
@@ -65,7 +66,7 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             if let Some(s) = &app.shared_limits {
                 s.render(&mut text);
             }
-            text.push_str(&crate::telemetry::render_routes(&app.routes));
+            text.push_str(&crate::telemetry::render_routes(&live.routes));
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -81,7 +82,8 @@ fn readyz(app: &App) -> Response<Full<Bytes>> {
     let now = crate::proxy::replica::now_ms();
     let mut each = serde_json::Map::new();
     let (mut fresh, mut worst) = (0, "ok");
-    for u in app.routes.all() {
+    let live = app.live();
+    for u in live.routes.all() {
         let key = match u.store.ready() {
             Ok(()) => "ok",
             Err(Unavailable::NotLoaded) => "not_loaded",

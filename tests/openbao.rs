@@ -1744,9 +1744,10 @@ async fn binary_at_trace_level_shows_no_openbao_credential() {
             rotated = true;
         }
         if !frozen && left < Duration::from_secs(2) {
-            // Long enough for repeated failures (the repeats are logged at debug).
+            // Long enough for repeated failures (the repeats are logged at debug), with room for
+            // a loaded machine (two fetch attempts, each waiting out its timeout, plus backoff).
             bao.freeze();
-            tokio::time::sleep(Duration::from_millis(2000)).await;
+            tokio::time::sleep(Duration::from_millis(4000)).await;
             bao.thaw();
             frozen = true;
         }

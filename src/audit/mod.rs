@@ -9,6 +9,7 @@
 //! - `record_done` never waits (it is already accounted for by its `use`).
 
 mod chainkey;
+mod change;
 mod commit;
 mod event;
 mod queue;
@@ -17,6 +18,7 @@ pub mod verify;
 mod writer;
 
 pub use chainkey::ChainKey;
+pub use change::{capped_list, ConfigChange, Diff};
 pub use commit::on_thread_park;
 pub use event::Event;
 pub use record::{Record, Usage};

@@ -88,6 +88,9 @@ pub struct Record {
     /// Accessor of the Vault token used (not a credential: it cannot authenticate a request).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub vault_accessor: Option<Arc<str>>,
+    /// On `config_reload`: what the attempt read and changed (names and digests, never values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<Box<super::change::ConfigChange>>,
 }
 
 impl Record {
@@ -120,6 +123,7 @@ impl Record {
             chain_key: None,
             vault_request_id: None,
             vault_accessor: None,
+            config: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! means the time an attempt takes says nothing about how close a guess was: the attacker
 //! controls the key, not the digest bits the map compares. The raw key never leaves `authenticate`.
 
+mod bearer;
 pub mod budget;
 pub mod flood;
 pub mod jwks;
@@ -14,6 +15,8 @@ pub mod mtls;
 pub mod ratelimit;
 pub mod tokens;
 
+use bearer::MAX_KEY_BYTES;
+pub use bearer::{bearer_token, bearer_token_max, key_digest_hex, new_client_key};
 pub use layer::{AuthLayer, AuthService};
 
 use http::HeaderMap;
@@ -84,10 +87,54 @@ pub struct ClientEntry {
     pub models: Option<Vec<String>>,
     /// The key's `expires`: from then on it gets 401 `key_expired`.
     pub expires: Option<std::time::SystemTime>,
+    /// The settings it was built from (`[[clients]]` entry, default concurrency): a reload keeps
+    /// this entry, with its limiter and semaphore state, while they are unchanged.
+    pub built_from: (ClientConfig, usize),
 }
 
-/// Digest → client, certificate name → client, and the JWT issuers. Built once at start-up.
+impl ClientEntry {
+    fn new(index: usize, c: &ClientConfig, default_concurrency: usize) -> Self {
+        let limiter = c
+            .rpm
+            .map(|rpm| Gcra::per_minute(rpm, c.burst.unwrap_or(rpm)));
+        let shared = crate::fleet::Spec {
+            requests: limiter
+                .as_ref()
+                .map(|g| (g.interval / 1000, g.tolerance / 1000)),
+            token_interval: c.tpm.map(|t| (60_000_000 / t.max(1)).max(1)),
+            tokens_per_day: c.tokens_per_day,
+        };
+        Self {
+            id: Arc::from(c.id.as_str()),
+            index,
+            limiter,
+            concurrency: Some(Arc::new(Semaphore::new(
+                c.max_concurrent.map_or(default_concurrency, |n| n as usize),
+            ))),
+            budget: budget::TokenBudget::new(c.tpm, c.tokens_per_day),
+            shared,
+            models: c.models.clone(),
+            expires: c.expires_at().ok().flatten(),
+            built_from: (c.clone(), default_concurrency),
+        }
+    }
+}
+
+/// What a rebuild of the registry (a config reload) carries over from the one it replaces.
+pub struct Prior<'a> {
+    /// The registry being replaced: its entries whose settings are unchanged are kept.
+    pub registry: &'a ClientRegistry,
+    /// The metrics slot of a client id (`Metrics::client_slot`).
+    pub slot: &'a dyn Fn(&str) -> usize,
+    /// Keep the JWT issuers' key sets (`[[auth.jwt]]` unchanged).
+    pub keep_jwks: bool,
+}
+
+/// Digest → client, certificate name → client, and the JWT issuers. Built at start-up and at
+/// each config reload (`rebuild`).
 pub struct ClientRegistry {
+    /// Every client, in config order.
+    all: Vec<Arc<ClientEntry>>,
     by_digest: HashMap<[u8; 32], Arc<ClientEntry>>,
     /// `cert_san_uri` and `cert_san_dns` (kept apart: a URI never matches a DNS name).
     by_cert_uri: HashMap<String, Arc<ClientEntry>>,
@@ -148,32 +195,35 @@ impl ClientRegistry {
         issuers: &[JwtIssuerConfig],
         default_concurrency: usize,
     ) -> Result<Self, String> {
+        Self::rebuild(clients, issuers, default_concurrency, None)
+    }
+
+    /// `new`, keeping from `prior` (a reload) the entries of unchanged clients: their rate
+    /// limiter, concurrency and token budget state live on; a client's metrics slot follows its id.
+    pub fn rebuild(
+        clients: &[ClientConfig],
+        issuers: &[JwtIssuerConfig],
+        default_concurrency: usize,
+        prior: Option<&Prior<'_>>,
+    ) -> Result<Self, String> {
         let mut by_digest = HashMap::new();
         let mut subjects = HashMap::new();
         let (mut by_cert_uri, mut by_cert_dns) = (HashMap::new(), HashMap::new());
+        let kept: HashMap<&str, &Arc<ClientEntry>> = prior
+            .map(|p| p.registry.all.iter().map(|e| (&*e.id, e)).collect())
+            .unwrap_or_default();
+        let mut all = Vec::with_capacity(clients.len());
         for (index, c) in clients.iter().enumerate() {
-            let limiter = c
-                .rpm
-                .map(|rpm| Gcra::per_minute(rpm, c.burst.unwrap_or(rpm)));
-            let shared = crate::fleet::Spec {
-                requests: limiter
-                    .as_ref()
-                    .map(|g| (g.interval / 1000, g.tolerance / 1000)),
-                token_interval: c.tpm.map(|t| (60_000_000 / t.max(1)).max(1)),
-                tokens_per_day: c.tokens_per_day,
+            let entry = match kept.get(c.id.as_str()) {
+                Some(e) if e.built_from.0 == *c && e.built_from.1 == default_concurrency => {
+                    (*e).clone()
+                }
+                _ => {
+                    let slot = prior.map_or(index, |p| (p.slot)(&c.id));
+                    Arc::new(ClientEntry::new(slot, c, default_concurrency))
+                }
             };
-            let entry = Arc::new(ClientEntry {
-                id: Arc::from(c.id.as_str()),
-                index,
-                limiter,
-                concurrency: Some(Arc::new(Semaphore::new(
-                    c.max_concurrent.map_or(default_concurrency, |n| n as usize),
-                ))),
-                budget: budget::TokenBudget::new(c.tpm, c.tokens_per_day),
-                shared,
-                models: c.models.clone(),
-                expires: c.expires_at().ok().flatten(),
-            });
+            all.push(entry.clone());
             let mut d = [0u8; 32];
             if let Some(hex_digest) = &c.key_sha256 {
                 if hex::decode_to_slice(hex_digest.to_ascii_lowercase(), &mut d).is_ok() {
@@ -193,9 +243,14 @@ impl ClientRegistry {
         let jwt = if issuers.is_empty() {
             None
         } else {
-            Some(JwtAuth::new(issuers, subjects)?)
+            let keys = prior
+                .filter(|p| p.keep_jwks)
+                .and_then(|p| p.registry.jwt.as_ref())
+                .map(|j| j.issuers().iter().map(|i| i.jwks.clone()).collect());
+            Some(JwtAuth::with_keys(issuers, subjects, keys)?)
         };
         Ok(Self {
+            all,
             by_digest,
             by_cert_uri,
             by_cert_dns,
@@ -313,44 +368,6 @@ impl ClientRegistry {
         }
         Ok(token)
     }
-}
-
-/// Longest gateway key accepted.
-const MAX_KEY_BYTES: usize = 512;
-
-/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive, one or more
-/// spaces). The token must be non-empty visible ASCII without spaces, at most 512 bytes.
-pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    bearer_token_max(value, MAX_KEY_BYTES)
-}
-
-/// `bearer_token` with another length limit (a JWT may be longer than a key).
-pub fn bearer_token_max(value: &[u8], max: usize) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return None;
-    }
-    let start = rest.iter().position(|&b| b != b' ')?;
-    if start == 0 {
-        return None;
-    }
-    let token = &rest[start..];
-    if token.is_empty() || token.len() > max || !token.iter().all(u8::is_ascii_graphic) {
-        return None;
-    }
-    Some(token)
-}
-
-/// A new random client key: `ngk_` + 48 hex characters (192 bits from the OS).
-pub fn new_client_key() -> Result<String, getrandom::Error> {
-    let mut b = [0u8; 24];
-    getrandom::getrandom(&mut b)?;
-    Ok(format!("ngk_{}", hex::encode(b)))
-}
-
-/// Hex SHA-256 of a client key, as stored in `key_sha256`.
-pub fn key_digest_hex(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 #[cfg(test)]

@@ -46,10 +46,25 @@ impl JwtAuth {
         cfgs: &[JwtIssuerConfig],
         subjects: HashMap<(Option<String>, String), Arc<ClientEntry>>,
     ) -> Result<Self, String> {
+        Self::with_keys(cfgs, subjects, None)
+    }
+
+    /// `new`, with the key sets of an earlier build of the same issuers (a config reload that
+    /// left `[[auth.jwt]]` alone keeps them, and their refreshers, instead of reading them anew).
+    pub fn with_keys(
+        cfgs: &[JwtIssuerConfig],
+        subjects: HashMap<(Option<String>, String), Arc<ClientEntry>>,
+        keys: Option<Vec<Arc<Jwks>>>,
+    ) -> Result<Self, String> {
+        let mut keys = keys.filter(|k| k.len() == cfgs.len()).map(Vec::into_iter);
         let issuers = cfgs
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                let jwks = match keys.as_mut().and_then(Iterator::next) {
+                    Some(k) => k,
+                    None => Arc::new(Jwks::new(c, &format!("auth.jwt[{i}]"))?),
+                };
                 Ok(Issuer {
                     issuer: c.issuer.clone(),
                     rules: Rules {
@@ -58,7 +73,7 @@ impl JwtAuth {
                         subject_claim: c.subject_claim.clone(),
                         leeway_secs: c.leeway.as_secs(),
                     },
-                    jwks: Arc::new(Jwks::new(c, &format!("auth.jwt[{i}]"))?),
+                    jwks,
                 })
             })
             .collect::<Result<_, String>>()?;

@@ -15,7 +15,7 @@ pub const JWT_ALGORITHMS: [&str; 8] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
 ];
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtIssuerConfig {
     /// The exact `iss` claim of this issuer's tokens.

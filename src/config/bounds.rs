@@ -45,6 +45,14 @@ impl Config {
             b("limits.send_timeout", l.send_timeout, MS, 24 * HOUR),
             b("limits.idle_timeout", l.idle_timeout, MS, 24 * HOUR),
         ];
+        if !s.config_poll_interval.is_zero() {
+            table.push(b(
+                "server.config_poll_interval",
+                s.config_poll_interval,
+                100 * MS,
+                HOUR,
+            ));
+        }
         if a.fsync == FsyncPolicy::Interval {
             table.push(b("audit.fsync_interval", a.fsync_interval, MS, HOUR));
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::types::{dur, millis, secs};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "source", rename_all = "lowercase")]
 #[expect(clippy::large_enum_variant, reason = "built once at start-up")]
 pub enum SecretConfig {
@@ -15,7 +15,7 @@ pub enum SecretConfig {
     Vault(VaultSecretConfig),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSecretConfig {
     pub path: PathBuf,
@@ -27,7 +27,7 @@ pub struct FileSecretConfig {
     pub poll_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultSecretConfig {
     pub address: String,
@@ -54,7 +54,7 @@ pub struct VaultSecretConfig {
     pub auth: VaultAuthConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "method", rename_all = "lowercase")]
 pub enum VaultAuthConfig {
     Token(TokenAuthConfig),
@@ -66,7 +66,7 @@ pub enum VaultAuthConfig {
     Agent(AgentAuthConfig),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtAuthConfig {
     pub role: String,
@@ -75,17 +75,17 @@ pub struct JwtAuthConfig {
     pub mount: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentAuthConfig {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenAuthConfig {
     pub token_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppRoleAuthConfig {
     pub role_id_file: PathBuf,
@@ -97,7 +97,7 @@ pub struct AppRoleAuthConfig {
     pub mount: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesAuthConfig {
     pub role: String,

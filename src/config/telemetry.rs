@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::types::{dur, millis, secs};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// `http(s)://host:port`: spans are POSTed to `{otlp_endpoint}/v1/traces`.

@@ -11,7 +11,7 @@ pub use super::secret::*;
 pub use super::upstreams::*;
 use super::ConfigError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -40,7 +40,7 @@ pub struct Config {
     pub telemetry: super::telemetry::TelemetryConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -66,6 +66,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Peers (CIDRs or addresses) whose `X-Forwarded-For` names the client (`server::xff`).
     pub trusted_proxies: Vec<String>,
+    /// How often the config file and `auth.clients_file` are re-read (by content) to reload on
+    /// a change; SIGHUP reloads at once. `0s`: on SIGHUP only.
+    #[serde(with = "dur")]
+    pub config_poll_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
             trusted_proxies: Vec::new(),
+            config_poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -100,7 +105,7 @@ pub enum ClientAuthMode {
     Required,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -114,7 +119,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub id: String,
@@ -192,7 +197,7 @@ impl ClientConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// A TOML file with more `[[clients]]` entries (e.g. mounted from a Kubernetes Secret).
@@ -211,7 +216,7 @@ pub enum FsyncPolicy {
     Never,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// `false` turns the audit trail off (benchmarks only; a warning is logged).
@@ -259,7 +264,7 @@ impl Default for AuditConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request head (request line + headers) in bytes; larger gets 431.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::types::{dur, secs, Config, SecretConfig};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[expect(clippy::struct_excessive_bools, reason = "independent TOML switches")]
 pub struct UpstreamConfig {

@@ -97,6 +97,18 @@ impl ProxyService {
         settings: ProxySettings,
     ) -> Self {
         let concurrency = Arc::new(Semaphore::new(settings.max_concurrent));
+        Self::with_concurrency(routes, audit, metrics, settings, concurrency)
+    }
+
+    /// `new` with the global in-flight semaphore given (a config reload keeps the one in use
+    /// while `max_concurrent_requests` is unchanged, so requests in flight still count).
+    pub fn with_concurrency(
+        routes: Arc<Routes>,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+        settings: ProxySettings,
+        concurrency: Arc<Semaphore>,
+    ) -> Self {
         let models = models::ModelLists::new(&routes, audit.clone());
         Self(Arc::new(Proxy {
             routes,

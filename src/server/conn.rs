@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 
-use crate::app::GatewayService;
+use crate::app::App;
 use crate::auth::mtls::PeerIdentity;
 use crate::config::LimitsConfig;
 use crate::request::RemoteAddr;
@@ -61,8 +61,8 @@ impl ConnSettings {
 pub async fn serve(
     stream: TcpStream,
     remote: std::net::SocketAddr,
-    svc: GatewayService,
-    s: ConnSettings,
+    app: std::sync::Arc<App>,
+    s: std::sync::Arc<ConnSettings>,
     watcher: Watcher,
     permit: (OwnedSemaphorePermit, IpPermit),
 ) {
@@ -83,7 +83,7 @@ pub async fn serve(
         None => remote.clone(),
     };
     let h2_svc = {
-        let (svc, addr_for, peer) = (svc.clone(), addr_for.clone(), peer.clone());
+        let (app, addr_for, peer) = (app.clone(), addr_for.clone(), peer.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let remote = addr_for(&req);
             req.extensions_mut().insert(remote);
@@ -91,7 +91,8 @@ pub async fn serve(
                 req.extensions_mut().insert(p.clone());
             }
             let guard = streams.begin();
-            let fut = svc.clone().call(req);
+            // The live state (stack, routes, clients) as of this request: one atomic load.
+            let fut = app.live.load().service.clone().call(req);
             let streams = streams.clone();
             async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| streams.watch(b, guard))) }
         })
@@ -103,7 +104,7 @@ pub async fn serve(
         if let Some(p) = h1_peer.get() {
             req.extensions_mut().insert(p.clone());
         }
-        svc.clone().call(req)
+        app.live.load().service.clone().call(req)
     });
     // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
     // path applies the http1 builder's `max_buf_size` (431 on oversized heads; see

@@ -2,13 +2,21 @@
 //! accept client connections (`conn` serves each), run the admin listener, and on SIGTERM/SIGINT
 //! drain in the order a load balancer needs (`/readyz` 503 while still accepting for
 //! `drain_delay`, then stop accepting and let in-flight streams finish for `shutdown_grace`).
+//! With a config file, `reload` swaps the live state on SIGHUP or a change; `tasks` runs the
+//! refreshers and probes of whatever state is live. New connections take the connection settings
+//! (`ConnSettings`, from an `ArcSwap`) live at accept; each request takes the live stack.
 
 mod conn;
+mod diff;
 mod peers;
+mod reload;
+mod tasks;
 pub mod xff;
 
+use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,11 +45,12 @@ pub async fn bind(
         })
 }
 
-/// Bind both listeners from config, run until SIGTERM/SIGINT.
-pub async fn serve(cfg: Config) -> Result<(), InitError> {
+/// Bind both listeners from config, run until SIGTERM/SIGINT; `path`: the file `cfg` came from,
+/// reloaded on SIGHUP and when its contents change (`reload.rs`).
+pub async fn serve(cfg: Config, path: Option<PathBuf>) -> Result<(), InitError> {
     let listener = bind("server.listen", cfg.server.listen).await?;
     let admin = bind("admin.listen", cfg.admin.listen).await?;
-    run(cfg, listener, admin, shutdown_signal()).await
+    run_reloading(cfg, path, listener, admin, shutdown_signal()).await
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -56,9 +65,20 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Run the gateway on bound listeners until `shutdown` resolves, then drain.
+/// Run the gateway on bound listeners until `shutdown` resolves, then drain (no reload).
 pub async fn run(
     cfg: Config,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), InitError> {
+    run_reloading(cfg, None, listener, admin, shutdown).await
+}
+
+/// `run`, reloading the config from `path` (when given) on SIGHUP and on a change.
+pub async fn run_reloading(
+    cfg: Config,
+    path: Option<PathBuf>,
     listener: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -71,34 +91,9 @@ pub async fn run(
     let (app, sources) = app::build(&cfg, audit.clone())?;
     let app = Arc::new(app);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let refreshers: Vec<_> = sources
-        .into_iter()
-        .map(|(name, store, source)| {
-            tokio::spawn(crate::secret::refresher::run(
-                name,
-                source,
-                store,
-                audit.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    let probes: Vec<_> = app
-        .routes
-        .all()
-        .iter()
-        .map(|up| {
-            tokio::spawn(crate::proxy::probe::run(
-                up.clone(),
-                audit.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    // JWKS refreshers, one per `[[auth.jwt]]` issuer (they end with `stop_rx`).
-    for i in app.registry.jwt().map_or(&[][..], |j| j.issuers()) {
-        tokio::spawn(i.jwks.clone().run(i.issuer.clone(), stop_rx.clone()));
-    }
+    let mut tasks = tasks::Tasks::new(audit.clone());
+    tasks.start_refreshers(sources);
+    tasks.sync(&app.live()).await;
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
             crate::tls::server_config_mtls(c, k, cfg.server.client_ca_mode())
@@ -112,13 +107,28 @@ pub async fn run(
     let admin_addr = admin
         .local_addr()
         .map_err(|e| InitError::Software(format!("admin.listen: {e}")))?;
-    tracing::info!(listen = %addr, admin = %admin_addr, tls = tls.is_some(), upstreams = cfg.upstream_list().len(), clients = app.clients, "nimgate serving");
-    let admin_task = tokio::spawn(health::serve_admin(admin, app.clone(), stop_rx.clone()));
-
     let graceful = GracefulShutdown::new();
     let trusted = xff::TrustedProxies::new(&cfg.server.trusted_proxies)
         .map_err(|m| InitError::Config(format!("server.trusted_proxies: {m}")))?;
-    let settings = ConnSettings::new(&cfg.limits, tls, trusted);
+    let tls_on = tls.is_some();
+    let settings = Arc::new(ArcSwap::from_pointee(ConnSettings::new(
+        &cfg.limits,
+        tls,
+        trusted,
+    )));
+    // The reloader owns the tasks while it runs and hands them back for shutdown. It is built
+    // (SIGHUP handler installed) before the serving line below.
+    let reload = path.is_some();
+    let (reloader, tasks) = match path {
+        Some(p) => {
+            let r = reload::Reloader::new(p, app.clone(), settings.clone());
+            (Some(tokio::spawn(r.run(tasks, stop_rx.clone()))), None)
+        }
+        None => (None, Some(tasks)),
+    };
+    let clients = app.live().registry.len();
+    tracing::info!(listen = %addr, admin = %admin_addr, tls = tls_on, upstreams = cfg.upstream_list().len(), clients, reload, "nimgate serving");
+    let admin_task = tokio::spawn(health::serve_admin(admin, app.clone(), stop_rx.clone()));
     let connections = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let per_ip = PerIp::new(cfg.limits.max_connections_per_ip);
     let limits = (&connections, &per_ip);
@@ -127,22 +137,27 @@ pub async fn run(
     // Draining: unready first, still accepting, so the load balancer moves away before the port
     // closes (Kubernetes removes the endpoint asynchronously).
     app.draining.store(true, Ordering::Release);
-    let delay = cfg.server.drain_delay;
+    let delay = app.live().config.server.drain_delay;
     if !delay.is_zero() {
         tracing::info!(drain_delay = ?delay, "shutting down: /readyz is 503, still accepting");
         accept(Box::pin(tokio::time::sleep(delay))).await;
     }
     drop(listener);
-    tracing::info!(grace = ?cfg.server.shutdown_grace, "listener closed: draining in-flight requests");
-    if tokio::time::timeout(cfg.server.shutdown_grace, graceful.shutdown())
+    let grace = app.live().config.server.shutdown_grace;
+    tracing::info!(grace = ?grace, "listener closed: draining in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("grace period over: closing remaining connections");
     }
     let _ = stop_tx.send(true);
-    for r in refreshers.into_iter().chain(probes) {
-        let _ = r.await;
+    let tasks = match reloader {
+        Some(r) => r.await.ok(),
+        None => tasks,
+    };
+    if let Some(t) = tasks {
+        t.stop_all().await;
     }
     let _ = admin_task.await;
     app.denied_budget.write_summary(&audit).await;
@@ -243,7 +258,7 @@ fn check_nofile(max_connections: usize) {
 async fn accept_loop(
     listener: &TcpListener,
     app: &Arc<App>,
-    settings: &ConnSettings,
+    settings: &ArcSwap<ConnSettings>,
     graceful: &GracefulShutdown,
     (connections, per_ip): (&Arc<Semaphore>, &Arc<PerIp>),
     mut stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>,
@@ -281,8 +296,8 @@ async fn accept_loop(
         tokio::spawn(conn::serve(
             stream,
             remote,
-            app.service.clone(),
-            settings.clone(),
+            app.clone(),
+            settings.load_full(),
             graceful.watcher(),
             (permit, ip_permit),
         ));

@@ -107,6 +107,81 @@ impl Models {
     }
 }
 
+/// The label values of the clients or of the upstreams: the configured names, then room for
+/// names a config reload adds (their atomics are allocated at start), then `other` for names
+/// beyond that room and the dimension's own tail (`unauthenticated`, `none`). A name keeps its
+/// slot for the life of the process, so a reload never moves a series to another label; a name
+/// a reload removes keeps its counters. Lookup by name: one `ArcSwap` load and a scan.
+pub struct Slots {
+    cap: usize,
+    names: ArcSwap<Vec<Arc<str>>>,
+    grow: Mutex<()>,
+}
+
+impl Slots {
+    /// `names` in order, with room for `spare` more.
+    pub fn new(names: &[Arc<str>], spare: usize) -> Self {
+        Self {
+            cap: names.len() + spare,
+            names: ArcSwap::from_pointee(names.to_vec()),
+            grow: Mutex::new(()),
+        }
+    }
+
+    /// Slots in all: the named ones, `other`, and the tail.
+    pub fn total(&self) -> usize {
+        self.cap + 2
+    }
+
+    /// The slot of names beyond the room.
+    pub fn other(&self) -> usize {
+        self.cap
+    }
+
+    /// The dimension's own last slot (`unauthenticated`, `none`).
+    pub fn tail(&self) -> usize {
+        self.cap + 1
+    }
+
+    /// The slot of a known name, if it has one.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.names.load().iter().position(|n| &**n == name)
+    }
+
+    /// The slot of `name`, giving it the next free one if it has none (else `other`).
+    pub fn slot(&self, name: &str) -> usize {
+        if let Some(i) = self.find(name) {
+            return i;
+        }
+        let Ok(_g) = self.grow.lock() else {
+            return self.other();
+        };
+        let cur = self.names.load_full();
+        if let Some(i) = cur.iter().position(|n| &**n == name) {
+            return i;
+        }
+        if cur.len() >= self.cap {
+            tracing::warn!(
+                name,
+                "no metrics label slot left until restart: counted as `other`"
+            );
+            return self.other();
+        }
+        let mut next = (*cur).clone();
+        next.push(Arc::from(name));
+        self.names.store(Arc::new(next));
+        cur.len()
+    }
+
+    /// Every slot in use with its label value (`other` and the tail last; `tail` names it).
+    pub fn labelled(&self, tail: &'static str) -> Vec<(usize, Arc<str>)> {
+        let mut v: Vec<_> = self.names.load().iter().cloned().enumerate().collect();
+        v.push((self.other(), Arc::from("other")));
+        v.push((self.tail(), Arc::from(tail)));
+        v
+    }
+}
+
 /// A label value escaped for the text exposition format (`\`, `"` and newlines).
 pub fn escape(v: &str) -> std::borrow::Cow<'_, str> {
     if !v.contains(['\\', '"', '\n']) {
@@ -134,6 +209,23 @@ mod tests {
         assert_eq!(m.slot("one-too-many"), MODEL_CAP);
         assert_eq!(m.slot("meta/llama"), 0);
         assert_eq!(m.names().len(), MODEL_SLOTS);
+    }
+
+    #[test]
+    fn slots_keep_names_add_into_room_then_other() {
+        let s = Slots::new(&[Arc::from("a"), Arc::from("b")], 1);
+        assert_eq!((s.slot("a"), s.slot("b")), (0, 1));
+        assert_eq!(s.slot("c"), 2);
+        assert_eq!(s.slot("c"), 2);
+        assert_eq!(s.slot("d"), s.other());
+        assert_eq!((s.other(), s.tail(), s.total()), (3, 4, 5));
+        assert_eq!(s.find("d"), None);
+        let l: Vec<_> = s
+            .labelled("none")
+            .into_iter()
+            .map(|(i, n)| format!("{i}={n}"))
+            .collect();
+        assert_eq!(l, ["0=a", "1=b", "2=c", "3=other", "4=none"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::labels::{Models, Op, MODEL_SLOTS};
+use super::labels::{Models, Op, Slots, MODEL_SLOTS};
 use crate::audit::Usage;
 use crate::error::GatewayError;
 use crate::hist::{Histogram, SECONDS, TOKENS};
@@ -53,8 +53,8 @@ pub struct Finished<'a> {
 }
 
 pub struct Metrics {
-    pub(super) clients: Box<[Arc<str>]>,
-    pub(super) upstreams: Box<[Arc<str>]>,
+    pub(super) clients: Slots,
+    pub(super) upstreams: Slots,
     pub(super) models: Models,
     pub(super) responses: [AtomicU64; 6],
     pub(super) denied: [AtomicU64; N],
@@ -79,7 +79,14 @@ pub struct Metrics {
     pub(super) in_flight: AtomicI64,
     pub(super) open_streams: AtomicI64,
     pub(super) key_redactions: AtomicU64,
+    /// Config reload attempts by outcome (`RELOAD_OUTCOMES` order).
+    pub(super) reloads: [AtomicU64; 3],
+    /// Unix time of the last applied reload (0: none yet).
+    pub(super) last_reload: AtomicU64,
 }
+
+/// The `outcome` label values of `nimgate_config_reloads_total`.
+pub const RELOAD_OUTCOMES: [&str; 3] = ["applied", "refused", "unchanged"];
 
 fn zeros(n: usize) -> Box<[AtomicU64]> {
     (0..n).map(|_| AtomicU64::new(0)).collect()
@@ -95,12 +102,15 @@ impl Default for Metrics {
 impl Metrics {
     /// Slots for the configured clients (in config order) and upstreams, and model labels seeded
     /// with the configured models.
+    /// Room is left for clients and upstreams a reload adds (`Slots`): as many clients again as
+    /// configured (at least 32) and 8 upstreams.
     pub fn new(clients: &[Arc<str>], upstreams: &[Arc<str>], models: &[&str]) -> Self {
-        let c = clients.len() + 1;
-        let u = upstreams.len() + 1;
+        let clients = Slots::new(clients, clients.len().max(32));
+        let upstreams = Slots::new(upstreams, 8);
+        let (c, u) = (clients.total(), upstreams.total());
         Self {
-            clients: clients.into(),
-            upstreams: upstreams.into(),
+            clients,
+            upstreams,
             models: Models::new(models),
             responses: Default::default(),
             denied: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -119,28 +129,38 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             open_streams: AtomicI64::new(0),
             key_redactions: AtomicU64::new(0),
+            reloads: Default::default(),
+            last_reload: AtomicU64::new(0),
         }
     }
 
     /// The client slot of requests that did not authenticate.
     pub fn unauthenticated(&self) -> usize {
-        self.clients.len()
+        self.clients.tail()
+    }
+
+    /// The metrics slot of client `id` (its `ClientEntry::index`): the same id keeps its slot
+    /// across reloads; a new one gets a free slot.
+    pub fn client_slot(&self, id: &str) -> usize {
+        self.clients.slot(id)
+    }
+
+    /// Give a new upstream name its slot (at a reload, before requests name it).
+    pub fn add_upstream(&self, name: &str) {
+        self.upstreams.slot(name);
     }
 
     fn client(&self, i: usize) -> usize {
-        i.min(self.clients.len())
+        i.min(self.clients.tail())
     }
 
-    /// The slot of a configured upstream; `none` (the last) for any other name.
+    /// The slot of a configured upstream; `other` for any other name.
     pub(super) fn upstream_slot(&self, name: &str) -> usize {
-        self.upstreams
-            .iter()
-            .position(|u| &**u == name)
-            .unwrap_or(self.upstreams.len())
+        self.upstreams.find(name).unwrap_or(self.upstreams.other())
     }
 
     pub(super) fn request_index(&self, c: usize, op: usize, up: usize, class: usize) -> usize {
-        ((c * Op::ALL.len() + op) * (self.upstreams.len() + 1) + up) * CLASSES + class
+        ((c * Op::ALL.len() + op) * self.upstreams.total() + up) * CLASSES + class
     }
 
     /// A response is finished (its last byte sent, or an error answered) after `took`;
@@ -148,7 +168,7 @@ impl Metrics {
     pub fn response(&self, l: ReqLabels, upstream: Option<&str>, status: u16, took: Duration) {
         let class = usize::from(status / 100).clamp(1, 5);
         self.responses[class].fetch_add(1, Ordering::Relaxed);
-        let up = upstream.map_or(self.upstreams.len(), |n| self.upstream_slot(n));
+        let up = upstream.map_or(self.upstreams.tail(), |n| self.upstream_slot(n));
         let i = self.request_index(self.client(l.client), l.op.index(), up, class - 1);
         self.requests[i].fetch_add(1, Ordering::Relaxed);
         self.duration[l.op.index()].observe(took.as_secs_f64());
@@ -195,6 +215,19 @@ impl Metrics {
                 self.token_usage[m * 2 + k].observe(n as f64);
                 self.tokens[(c * MODEL_SLOTS + m) * 2 + k].fetch_add(n, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// A config reload attempt ended with `outcome` (one of `RELOAD_OUTCOMES`).
+    pub fn reload(&self, outcome: &str) {
+        if let Some(i) = RELOAD_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.reloads[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome == "applied" {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_reload.store(now, Ordering::Relaxed);
         }
     }
 

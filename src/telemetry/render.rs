@@ -13,6 +13,13 @@ use crate::error::GatewayError;
 use crate::hist::{Histogram, SECONDS};
 use crate::secret::{SecretOp, SecretStore};
 
+/// Slots with escaped label values.
+fn labelled(v: &[(usize, std::sync::Arc<str>)]) -> Vec<(usize, String)> {
+    v.iter()
+        .map(|(i, n)| (*i, escape(n).into_owned()))
+        .collect()
+}
+
 /// `# HELP` and `# TYPE` lines of one family.
 pub(super) fn family(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -23,14 +30,13 @@ fn g(a: &AtomicU64) -> u64 {
 }
 
 impl Metrics {
-    fn client_name(&self, i: usize) -> std::borrow::Cow<'_, str> {
-        self.clients
-            .get(i)
-            .map_or("unauthenticated".into(), |c| escape(c))
+    /// The client slots in use, with their (escaped) label values.
+    fn client_labels(&self) -> Vec<(usize, String)> {
+        labelled(&self.clients.labelled("unauthenticated"))
     }
 
-    fn upstream_name(&self, i: usize) -> std::borrow::Cow<'_, str> {
-        self.upstreams.get(i).map_or("none".into(), |u| escape(u))
+    fn upstream_labels(&self) -> Vec<(usize, String)> {
+        labelled(&self.upstreams.labelled("none"))
     }
 
     /// The whole exposition: request families, then each `(upstream, store)` secret source,
@@ -47,15 +53,15 @@ impl Metrics {
     fn render_requests(&self, o: &mut String) {
         family(o, "nimgate_requests_total", "counter",
             "Requests answered, by client, GenAI operation, upstream (none: refused before routing) and status class.");
-        let ups = self.upstreams.len() + 1;
-        for c in 0..=self.clients.len() {
+        let (clients, ups) = (self.client_labels(), self.upstream_labels());
+        for (c, client) in &clients {
             for op in Op::ALL {
-                for u in 0..ups {
+                for (u, upstream) in &ups {
                     for class in 0..CLASSES {
-                        let n = g(&self.requests[self.request_index(c, op.index(), u, class)]);
+                        let n = g(&self.requests[self.request_index(*c, op.index(), *u, class)]);
                         if n > 0 {
-                            let _ = writeln!(o, "nimgate_requests_total{{client=\"{}\",operation=\"{}\",upstream=\"{}\",status_class=\"{}xx\"}} {n}",
-                                self.client_name(c), op.as_str(), self.upstream_name(u), class + 1);
+                            let _ = writeln!(o, "nimgate_requests_total{{client=\"{client}\",operation=\"{}\",upstream=\"{upstream}\",status_class=\"{}xx\"}} {n}",
+                                op.as_str(), class + 1);
                         }
                     }
                 }
@@ -90,14 +96,13 @@ impl Metrics {
             "counter",
             "Requests refused by a rate or concurrency limit, by client and reason.",
         );
-        for c in 0..=self.clients.len() {
+        for (c, client) in &clients {
             for (k, e) in REJECTIONS.iter().enumerate() {
                 let n = g(&self.rejections[c * REJECTIONS.len() + k]);
                 if n > 0 {
                     let _ = writeln!(
                         o,
-                        "nimgate_limit_rejections_total{{client=\"{}\",reason=\"{}\"}} {n}",
-                        self.client_name(c),
+                        "nimgate_limit_rejections_total{{client=\"{client}\",reason=\"{}\"}} {n}",
                         e.code()
                     );
                 }
@@ -131,9 +136,11 @@ impl Metrics {
         }
         family(o, "nimgate_upstream_time_to_first_byte_seconds", "histogram",
             "Time from sending a request upstream to the arrival of the upstream's response head, by upstream.");
-        for (u, name) in self.upstreams.iter().enumerate() {
-            let l = format!("upstream=\"{}\",", escape(name));
-            self.ttfb[u].render(o, "nimgate_upstream_time_to_first_byte_seconds", &l);
+        for (u, name) in &ups {
+            if *u < self.upstreams.other() || self.ttfb[*u].count() > 0 {
+                let l = format!("upstream=\"{name}\",");
+                self.ttfb[*u].render(o, "nimgate_upstream_time_to_first_byte_seconds", &l);
+            }
         }
         for (name, help, per) in [
             (
@@ -148,9 +155,10 @@ impl Metrics {
             ),
         ] {
             family(o, name, "counter", help);
-            for (c, n) in per.iter().enumerate() {
-                if g(n) > 0 {
-                    let _ = writeln!(o, "{name}{{client=\"{}\"}} {}", self.client_name(c), g(n));
+            for (c, client) in &clients {
+                let n = g(&per[*c]);
+                if n > 0 {
+                    let _ = writeln!(o, "{name}{{client=\"{client}\"}} {n}");
                 }
             }
         }
@@ -182,6 +190,30 @@ impl Metrics {
             o,
             "nimgate_key_redactions_total {}",
             g(&self.key_redactions)
+        );
+        family(
+            o,
+            "nimgate_config_reloads_total",
+            "counter",
+            "Config reload attempts (SIGHUP or a changed file), by outcome.",
+        );
+        for (outcome, n) in super::metrics::RELOAD_OUTCOMES.iter().zip(&self.reloads) {
+            let _ = writeln!(
+                o,
+                "nimgate_config_reloads_total{{outcome=\"{outcome}\"}} {}",
+                g(n)
+            );
+        }
+        family(
+            o,
+            "nimgate_config_last_reload_timestamp_seconds",
+            "gauge",
+            "Unix time of the last applied config reload (0: none since start).",
+        );
+        let _ = writeln!(
+            o,
+            "nimgate_config_last_reload_timestamp_seconds {}",
+            g(&self.last_reload)
         );
         family(
             o,
@@ -218,12 +250,12 @@ impl Metrics {
             "counter",
             "Tokens the NIM reported in responses' usage, by client, model and kind.",
         );
-        for c in 0..=self.clients.len() {
+        for (c, client) in self.client_labels() {
             for (m, name) in &models {
                 for (k, kind) in ["prompt", "completion"].iter().enumerate() {
                     let n = g(&self.tokens[(c * super::labels::MODEL_SLOTS + m) * 2 + k]);
                     if n > 0 {
-                        let _ = writeln!(o, "nimgate_tokens_total{{client=\"{}\",model=\"{}\",kind=\"{kind}\"}} {n}", self.client_name(c), escape(name));
+                        let _ = writeln!(o, "nimgate_tokens_total{{client=\"{client}\",model=\"{}\",kind=\"{kind}\"}} {n}", escape(name));
                     }
                 }
             }

@@ -19,10 +19,10 @@ fn render(m: &Metrics) -> String {
 fn every_family_has_help_and_type_and_every_error_a_label() {
     let m = Metrics::default();
     for e in GatewayError::ALL {
-        m.denied(0, e);
+        m.denied(m.unauthenticated(), e);
     }
     let l = ReqLabels {
-        client: 0,
+        client: m.unauthenticated(),
         op: Op::Chat,
     };
     m.response(l, Some("default"), 200, Duration::from_millis(3));
@@ -72,7 +72,7 @@ fn every_family_has_help_and_type_and_every_error_a_label() {
     assert!(
         text.contains("nimgate_request_duration_seconds_bucket{operation=\"chat\",le=\"0.005\"} 1")
     );
-    // No configured client: the one client slot is `unauthenticated`.
+    // No configured client: only the `unauthenticated` slot has counts.
     assert!(text.contains("nimgate_requests_total{client=\"unauthenticated\",operation=\"chat\",upstream=\"default\",status_class=\"2xx\"} 1"), "{text}");
     assert!(text.contains(
         "nimgate_limit_rejections_total{client=\"unauthenticated\",reason=\"concurrency_limit_exceeded\"} 1"
