@@ -21,7 +21,8 @@ Environment:
   or Vault), Vault credentials from files, client keys are stored as digests in the config.
   Non-secret overrides of the config file: NIMGATE_SERVER_LISTEN, NIMGATE_ADMIN_LISTEN,
   NIMGATE_UPSTREAM_URL, NIMGATE_AUDIT_PATH, NIMGATE_VAULT_ADDRESS (an error they cause names
-  the variable). Logging: RUST_LOG (filter, default info), NIMGATE_LOG_FORMAT=json.
+  the variable). Logging: server.log_level (default info; RUST_LOG, if set, wins),
+  NIMGATE_LOG_FORMAT=json.
 
 Signals (serve):
   SIGTERM, SIGINT  drain: /readyz answers 503 while the listener keeps accepting for
@@ -186,7 +187,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            crate::telemetry::init_logging(otel.as_ref());
+            crate::telemetry::init_logging(otel.as_ref(), &cfg.server.log_level);
             let grace = cfg.server.shutdown_grace;
             let code = runtime(
                 cfg.server.workers,
@@ -236,7 +237,7 @@ pub fn main() -> ExitCode {
             listen,
             admin_listen,
         } => {
-            crate::telemetry::init_logging(None);
+            crate::telemetry::init_logging(None, "info");
             runtime(0, crate::demo::run(listen, admin_listen))
         }
     }

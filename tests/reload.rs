@@ -403,3 +403,47 @@ async fn new_secret_settings_swap_the_key_without_a_gap_and_a_broken_one_is_refu
         .unwrap()
         .contains("take effect only after a restart"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_follows_the_config() {
+    let (dir, _nim) = setup(3).await;
+    let d = dir.path();
+    let cfg = config(d, "", "", "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let warn = text.replacen("[server]\n", "[server]\nlog_level = \"warn\"\n", 1);
+    // No RUST_LOG: `server.log_level` decides. spawn_serve needs the (info) serving line, which
+    // warn hides: start at info, then go to warn.
+    let p = spawn_serve(&cfg, None);
+    wait_ready(p.admin).await;
+    std::fs::write(&cfg, &warn).unwrap();
+    let r = sighup(&p, d).await;
+    assert_eq!(r["reason"], "applied", "{r}");
+    // At warn, the info line of the next reload is not written.
+    std::fs::write(&cfg, format!("{warn}{}", client_table("team-c", KEY_C, ""))).unwrap();
+    let lines_before = p.stderr.lock().unwrap().matches("config reloaded").count();
+    let r = sighup(&p, d).await;
+    assert_eq!(r["reason"], "applied", "{r}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        p.stderr.lock().unwrap().matches("config reloaded").count(),
+        lines_before,
+        "log_level = warn hides info lines"
+    );
+    // Back to info: the reload that sets it logs at info.
+    std::fs::write(&cfg, format!("{text}{}", client_table("team-c", KEY_C, ""))).unwrap();
+    sighup(&p, d).await;
+    assert!(
+        eventually(|| p.stderr.lock().unwrap().matches("config reloaded").count() > lines_before)
+            .await,
+        "log_level = info shows them again"
+    );
+    // A bad filter is a validation error naming the field.
+    std::fs::write(
+        &cfg,
+        text.replacen("[server]\n", "[server]\nlog_level = \"=\"\n", 1),
+    )
+    .unwrap();
+    let r = sighup(&p, d).await;
+    assert_eq!(r["reason"], "refused", "{r}");
+    assert_eq!(names(&r["config"]["errors"]), ["server.log_level"]);
+}

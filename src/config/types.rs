@@ -70,6 +70,9 @@ pub struct ServerConfig {
     /// a change; SIGHUP reloads at once. `0s`: on SIGHUP only.
     #[serde(with = "dur")]
     pub config_poll_interval: Duration,
+    /// The log filter (`RUST_LOG` syntax: `info`, `nimgate=debug,warn`), changed by a reload;
+    /// `RUST_LOG`, when set, takes its place.
+    pub log_level: String,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             workers: 0,
             trusted_proxies: Vec::new(),
             config_poll_interval: Duration::from_secs(5),
+            log_level: "info".into(),
         }
     }
 }

@@ -86,6 +86,9 @@ impl Config {
                 "tls_cert and tls_key must be set together".to_string(),
             );
         }
+        if let Err(e) = crate::telemetry::log_filter(&self.server.log_level) {
+            err("server.log_level", e);
+        }
         if self.server.route_prefixes.is_empty() {
             err(
                 "server.route_prefixes",

@@ -238,8 +238,12 @@ impl Reloader {
             tasks.stop_refreshers(&all).await;
             return Err(errs);
         }
+        let level = live.config.server.log_level.clone();
         let live = Arc::new(live);
         self.app.live.store(live.clone());
+        if let Err(e) = crate::telemetry::set_log_level(&level) {
+            tracing::warn!(error = %e, "server.log_level: the log filter was not changed");
+        }
         self.conn.store(Arc::new(conn));
         tasks.sync(&live).await;
         Ok(Outcome::Applied)

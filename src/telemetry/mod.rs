@@ -19,14 +19,13 @@ pub use routes::render_routes;
 /// sensitive, keys live in `SecretString`, and no code logs a secret.
 /// `otel`: the trace pipeline, whose layer sees only spans of target `otel::TARGET` (whatever
 /// `RUST_LOG` says).
-pub fn init_logging(otel: Option<&otel::Otel>) {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer};
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Third-party HTTP/Vault client crates may log request bodies or headers at debug/trace
-    // (Vault tokens, AppRole secret-ids, JWTs): they are silenced whatever RUST_LOG says.
+/// `server.log_level` (or `RUST_LOG`) as a filter, with the crates that may log credentials at
+/// debug/trace (request bodies or headers of Vault and HTTP clients: Vault tokens, AppRole
+/// secret-ids, JWTs) silenced whatever it says. `Err`: not a valid filter (the message says why).
+pub fn log_filter(directives: &str) -> Result<EnvFilter, String> {
+    let mut filter = EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| format!("not a log filter ({e}); e.g. \"info\" or \"nimgate=debug,warn\""))?;
     for d in [
         "vaultrs=off",
         "rustify=off",
@@ -42,6 +41,44 @@ pub fn init_logging(otel: Option<&otel::Otel>) {
             filter = filter.add_directive(d);
         }
     }
+    Ok(filter)
+}
+
+use tracing_subscriber::EnvFilter;
+
+/// Swaps the log filter of the installed subscriber (a config reload).
+static FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// The `RUST_LOG` variable, when set (it takes the place of `server.log_level`).
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG").ok()
+}
+
+/// Apply `server.log_level` after a reload (no-op when `RUST_LOG` is set or no subscriber is
+/// installed). `Err`: the directives do not parse (validation already refused those).
+pub fn set_log_level(level: &str) -> Result<(), String> {
+    if rust_log().is_some() {
+        return Ok(());
+    }
+    let (Some(h), Ok(f)) = (FILTER.get(), log_filter(level)) else {
+        return Ok(());
+    };
+    h.reload(f).map_err(|e| e.to_string())
+}
+
+pub fn init_logging(otel: Option<&otel::Otel>, level: &str) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let wanted = rust_log().unwrap_or_else(|| level.to_string());
+    let filter = log_filter(&wanted)
+        .or_else(|_| log_filter("info"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = FILTER.set(handle);
     let json = std::env::var("NIMGATE_LOG_FORMAT").is_ok_and(|v| v == "json");
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

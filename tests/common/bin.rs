@@ -74,9 +74,11 @@ pub fn spawn_serve(config: &Path, rust_log: Option<&str>) -> Proc {
         .arg(config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(l) = rust_log {
-        cmd.env("RUST_LOG", l);
-    }
+    match rust_log {
+        Some(l) => cmd.env("RUST_LOG", l),
+        // The config's `server.log_level` then decides, whatever the test's environment says.
+        None => cmd.env_remove("RUST_LOG"),
+    };
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
