@@ -86,7 +86,10 @@ fn upstreams(cfg: &Config) -> Result<(Vec<Arc<Upstream>>, Vec<SourceFor>), InitE
         };
         let store = Arc::new(SecretStore::new(&u.cfg.auth_value, max_staleness));
         let source = crate::secret::source_for(secret).map_err(InitError::Config)?;
-        let up = Upstream::new(u.name, u.cfg, u.models.clone(), store.clone())
+        let interval = cfg.server.tls_reload_interval;
+        let tls = crate::tls::UpstreamTls::start(u.name, &u.field, u.cfg, interval)
+            .map_err(|e| InitError::Config(e.to_string()))?;
+        let up = Upstream::new(u.name, u.cfg, u.models.clone(), store.clone(), tls)
             .map_err(|e| InitError::Config(format!("{}: {e}", u.field)))?;
         sources.push((up.name.clone(), store, source));
         ups.push(Arc::new(up));

@@ -66,6 +66,8 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 s.render(&mut text);
             }
             text.push_str(&crate::telemetry::render_routes(&app.routes));
+            let server_tls = app.metrics.server_tls.get();
+            text.push_str(&crate::telemetry::render_tls(server_tls, &app.routes));
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

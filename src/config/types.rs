@@ -8,6 +8,7 @@ use std::time::Duration;
 pub use super::auth::JwtIssuerConfig;
 pub use super::ratelimit::*;
 pub use super::secret::*;
+pub use super::upstream::*;
 pub use super::upstreams::*;
 use super::ConfigError;
 
@@ -66,6 +67,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Peers (CIDRs or addresses) whose `X-Forwarded-For` names the client (`server::xff`).
     pub trusted_proxies: Vec<String>,
+    /// How often every certificate, key and CA file (`tls_cert`, `tls_key`, `client_ca`, each
+    /// upstream's `ca_file`, `client_cert`, `client_key`) is re-read and compared by content.
+    #[serde(with = "dur")]
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +86,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
             trusted_proxies: Vec::new(),
+            tls_reload_interval: Duration::from_secs(10),
         }
     }
 }

@@ -99,13 +99,12 @@ pub async fn run(
     for i in app.registry.jwt().map_or(&[][..], |j| j.issuers()) {
         tokio::spawn(i.jwks.clone().run(i.issuer.clone(), stop_rx.clone()));
     }
-    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config_mtls(c, k, cfg.server.client_ca_mode())
-                .map_err(InitError::Config)?,
-        )),
-        _ => None,
-    };
+    // The listener's TLS, re-read from its files every `server.tls_reload_interval`.
+    let tls =
+        crate::tls::ServerTls::start(&cfg.server).map_err(|e| InitError::Config(e.to_string()))?;
+    if let Some(t) = &tls {
+        let _ = app.metrics.server_tls.set(t.clone());
+    }
     let addr = listener
         .local_addr()
         .map_err(|e| InitError::Software(format!("server.listen: {e}")))?;

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub(super) in_flight: AtomicI64,
     pub(super) open_streams: AtomicI64,
     pub(super) key_redactions: AtomicU64,
+    /// The listener's TLS (set by `server::run` when TLS is on), for its reload counters.
+    pub server_tls: std::sync::OnceLock<crate::tls::ServerTls>,
 }
 
 fn zeros(n: usize) -> Box<[AtomicU64]> {
@@ -119,6 +121,7 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             open_streams: AtomicI64::new(0),
             key_redactions: AtomicU64::new(0),
+            server_tls: std::sync::OnceLock::new(),
         }
     }
 
