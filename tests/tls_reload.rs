@@ -351,6 +351,11 @@ async fn a_mismatched_expired_or_not_yet_valid_pair_is_refused_and_the_old_one_s
         );
         let (status, served) = fresh_chat(p.gw, &c.ca, None).await.unwrap();
         assert_eq!((status, served.as_str()), (200, "1001"), "after {why:?}");
+        // `nimgate check` applies the same checks to the files as they are now.
+        let out = run_bin(&["check", "--config"], &[d.join("tls.toml").as_path()]);
+        let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{said}");
+        assert!(said.contains(why), "{said}");
     }
     let log = p.stderr.lock().unwrap().clone();
     assert!(log.contains("field=server.tls_key"), "{log}");
