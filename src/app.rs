@@ -133,7 +133,10 @@ fn upstreams(
                 store
             }
         };
-        let up = Upstream::new(u.name, u.cfg, u.models.clone(), store)
+        let interval = cfg.server.tls_reload_interval;
+        let tls = crate::tls::UpstreamTls::start(u.name, &u.field, u.cfg, interval)
+            .map_err(|e| InitError::Config(e.to_string()))?;
+        let up = Upstream::new(u.name, u.cfg, u.models.clone(), store, tls)
             .map_err(|e| InitError::Config(format!("{}: {e}", u.field)))?;
         ups.push(Arc::new(up));
     }

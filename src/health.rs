@@ -67,6 +67,8 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 s.render(&mut text);
             }
             text.push_str(&crate::telemetry::render_routes(&live.routes));
+            let server_tls = app.metrics.server_tls.get();
+            text.push_str(&crate::telemetry::render_tls(server_tls, &live.routes));
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

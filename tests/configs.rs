@@ -76,19 +76,26 @@ fn clients_files_parse() {
     }
 }
 
+/// The first ```toml block of the README that contains `needle`.
+fn readme_block(needle: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains(needle))
+        .unwrap_or_else(|| panic!("a README toml block with {needle}"))
+        .to_string()
+}
+
 /// The README's `[[auth.jwt]]` example parses and validates as written, and is the shipped
 /// config/nimgate.jwt-kubernetes.toml (line for line).
 #[test]
 fn readme_jwt_example_is_valid_and_shipped() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let shipped = std::fs::read_to_string(root.join("config/nimgate.jwt-kubernetes.toml")).unwrap();
-    let block = readme
-        .split("```toml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains("[[auth.jwt]]"))
-        .expect("a README toml block with [[auth.jwt]]");
+    let block = readme_block("[[auth.jwt]]");
     for line in block.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
             shipped.lines().any(|s| s == line),
@@ -106,14 +113,7 @@ fn readme_jwt_example_is_valid_and_shipped() {
 /// The README's mTLS example parses and validates as written.
 #[test]
 fn readme_mtls_example_is_valid() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let block = readme
-        .split("```toml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains("cert_san_uri"))
-        .expect("a README toml block with cert_san_uri");
+    let block = readme_block("cert_san_uri");
     let text = format!(
         "[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n{block}"
     );
@@ -123,4 +123,18 @@ fn readme_mtls_example_is_valid() {
         .server
         .client_ca_mode()
         .is_some_and(|(_, required)| required));
+}
+
+/// The README's upstream mTLS example parses and validates as written.
+#[test]
+fn readme_upstream_mtls_example_is_valid() {
+    let block = readme_block("client_cert");
+    let text = format!(
+        "{block}[secret]\nsource = \"file\"\npath = \"/k\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\n",
+        "a".repeat(64)
+    );
+    let cfg = nimgate::config::parse(&text).unwrap();
+    assert_eq!(cfg.validate(), vec![]);
+    let u = cfg.upstream.unwrap();
+    assert!(u.client_cert.is_some() && u.client_key.is_some() && !u.insecure_skip_verify);
 }

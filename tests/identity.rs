@@ -439,26 +439,7 @@ fn mtls_client(
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Full<bytes::Bytes>,
 > {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in nimgate::tls::load_certs(ca).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let cfg = match cert {
-        Some((c, k)) => b
-            .with_client_auth_cert(
-                nimgate::tls::load_certs(c).unwrap(),
-                rustls_pki_types::PrivateKeyDer::from_pem_file(k).unwrap(),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
+    let cfg = common::certs::client_tls(&[ca], cert);
     let conn = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(cfg)
         .https_only()

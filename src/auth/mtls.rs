@@ -3,10 +3,13 @@
 //! untrusted or wrong-usage certificate fails the handshake), carried from the connection to each
 //! of its requests as the `PeerIdentity` extension, and mapped to a client by `cert_san_uri`
 //! (e.g. a SPIFFE id) or `cert_san_dns`. Names are read with rustls-webpki (already in the tree).
+//! The CA bundle is re-read when it changes (`tls::server`): a client certificate from a new CA
+//! is accepted from the next handshake on.
 
 use rustls_pki_types::CertificateDer;
-use std::path::Path;
 use std::sync::Arc;
+
+use crate::tls::TlsError;
 
 /// The SAN URIs and DNS names of a connection's verified client certificate.
 #[derive(Clone, Debug, Default)]
@@ -32,23 +35,26 @@ impl PeerIdentity {
     }
 }
 
-/// The client-certificate verifier for `[server] client_ca` (`required`: no anonymous clients).
+/// The client-certificate verifier for `[server] client_ca` (its certificates; `required`: no
+/// anonymous clients). Rebuilt with the listener's TLS config when the CA file changes
+/// (`tls::server`).
 pub fn verifier(
-    ca: &Path,
+    cas: Vec<CertificateDer<'static>>,
     required: bool,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let bad = |e: &dyn std::fmt::Display| TlsError::new("server.client_ca", e.to_string());
     let mut roots = rustls::RootCertStore::empty();
-    for c in crate::tls::load_certs(ca).map_err(|e| format!("server.client_ca: {e}"))? {
-        roots.add(c).map_err(|e| format!("server.client_ca: {e}"))?;
+    for c in cas {
+        roots.add(c).map_err(|e| bad(&e))?;
     }
     let b = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
-        Arc::new(rustls::crypto::ring::default_provider()),
+        crate::tls::provider(),
     );
     let b = if required {
         b
     } else {
         b.allow_unauthenticated()
     };
-    b.build().map_err(|e| format!("server.client_ca: {e}"))
+    b.build().map_err(|e| bad(&e))
 }

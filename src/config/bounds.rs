@@ -34,6 +34,12 @@ impl Config {
                 Duration::ZERO,
                 HOUR,
             ),
+            b(
+                "server.tls_reload_interval",
+                s.tls_reload_interval,
+                100 * MS,
+                HOUR,
+            ),
             b("audit.max_wait", a.max_wait, MS, 5 * MIN),
             b(
                 "limits.header_read_timeout",

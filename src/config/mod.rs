@@ -13,6 +13,7 @@ mod ratelimit;
 mod secret;
 mod telemetry;
 mod types;
+mod upstream;
 mod upstreams;
 mod validate;
 

@@ -1,6 +1,7 @@
 //! What `serve` would refuse at start that needs no network, checked by `nimgate check` too: the
-//! audit file can be opened for append (or its directory written), TLS and CA files parse and
-//! hold at least one certificate, the serving key matches its certificate.
+//! audit file can be opened for append (or its directory written), and every TLS file set passes
+//! the checks a reload would apply (`tls`: CA files parse and hold a certificate, a key matches
+//! its certificate, leaves are within their validity period).
 
 use std::path::Path;
 
@@ -16,17 +17,12 @@ impl Config {
                 errs.push(ConfigError::new("audit.path", m));
             }
         }
-        if let (Some(c), Some(k)) = (&self.server.tls_cert, &self.server.tls_key) {
-            if let Err(m) = crate::tls::server_config_mtls(c, k, self.server.client_ca_mode()) {
-                errs.push(ConfigError::new("server.tls_cert", m));
-            }
-        }
+        let tls = |r: Result<(), crate::tls::TlsError>| {
+            r.err().map(|e| ConfigError::new(e.field, e.message))
+        };
+        errs.extend(tls(crate::tls::ServerTls::check(&self.server)));
         for u in self.upstream_list() {
-            if let Some(ca) = &u.cfg.ca_file {
-                if let Err(m) = crate::tls::load_certs(ca) {
-                    errs.push(ConfigError::new(format!("{}.ca_file", u.field), m));
-                }
-            }
+            errs.extend(tls(crate::tls::UpstreamTls::check(&u.field, u.cfg)));
             if let Some(SecretConfig::Vault(v)) = u.secret {
                 if let Some(ca) = &v.ca_file {
                     if let Err(m) = crate::tls::load_certs(ca) {

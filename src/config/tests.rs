@@ -329,6 +329,11 @@ fn durations_have_bounds_naming_the_field() {
     assert_eq!(f, "server.drain_delay");
     assert!(m.contains("longer than server.shutdown_grace (30s)"), "{m}");
     assert!(with("server", "drain_delay = \"5s\"").is_empty());
+    let (f, m) = only(with("server", "tls_reload_interval = \"10ms\""));
+    assert_eq!(f, "server.tls_reload_interval");
+    assert!(m.contains("too short: at least 100ms"), "{m}");
+    let (f, _) = only(with("server", "tls_reload_interval = \"2h\""));
+    assert_eq!(f, "server.tls_reload_interval");
     let (f, m) = only(with("secret", "poll_interval = \"1ms\""));
     assert_eq!(f, "secret.poll_interval");
     assert!(m.contains("too short: at least 10ms"), "{m}");

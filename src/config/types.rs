@@ -8,6 +8,7 @@ use std::time::Duration;
 pub use super::auth::JwtIssuerConfig;
 pub use super::ratelimit::*;
 pub use super::secret::*;
+pub use super::upstream::*;
 pub use super::upstreams::*;
 use super::ConfigError;
 
@@ -73,6 +74,10 @@ pub struct ServerConfig {
     /// The log filter (`RUST_LOG` syntax: `info`, `nimgate=debug,warn`), changed by a reload;
     /// `RUST_LOG`, when set, takes its place.
     pub log_level: String,
+    /// How often every certificate, key and CA file (`tls_cert`, `tls_key`, `client_ca`, each
+    /// upstream's `ca_file`, `client_cert`, `client_key`) is re-read and compared by content.
+    #[serde(with = "dur")]
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +95,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             config_poll_interval: Duration::from_secs(5),
             log_level: "info".into(),
+            tls_reload_interval: Duration::from_secs(10),
         }
     }
 }

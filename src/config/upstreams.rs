@@ -1,100 +1,14 @@
-//! The upstreams of a config: the `[upstream]` schema (shared by the single `[upstream]` form and
-//! each `[[upstreams]]` entry), the list both forms resolve to, and the routing checks (model
-//! patterns, one claim per model, one default).
+//! The upstreams of a config: the list both forms (the single `[upstream]`, `[[upstreams]]`)
+//! resolve to, and the routing checks (model patterns, one claim per model, one default). The
+//! `[upstream]` schema itself is `upstream.rs`.
 //!
 //! Model patterns: an exact name, or a prefix ending in `*` (`*` alone matches every model). A
 //! request's model goes to the upstream claiming it exactly; failing that, to the one whose
 //! pattern has the longest prefix. Two upstreams may not claim the same name or pattern.
 
-use serde::Deserialize;
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use super::types::{dur, secs, Config, SecretConfig};
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[expect(clippy::struct_excessive_bools, reason = "independent TOML switches")]
-pub struct UpstreamConfig {
-    /// `[[upstreams]]` only: the name in metrics, traces and audit records.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// One replica (or `urls` for several; exactly one of the two).
-    #[serde(default)]
-    pub url: String,
-    #[serde(default)]
-    pub urls: Vec<String>,
-    /// `[[upstreams]]` only: models routed here, exact names or a trailing `*`.
-    #[serde(default)]
-    pub models: Vec<String>,
-    /// `[[upstreams]]` only: serves requests that name no model.
-    #[serde(default)]
-    pub default: bool,
-    /// `[[upstreams]]` only: where this upstream's key comes from.
-    #[serde(default)]
-    pub secret: Option<SecretConfig>,
-    /// Active health checks (`GET /v1/health/ready`) of every replica this often; absent = off.
-    #[serde(default, with = "opt_dur")]
-    pub health_interval: Option<Duration>,
-    /// Send the key with health checks (off: probes carry no credential).
-    #[serde(default)]
-    pub health_auth: bool,
-    /// Consecutive connect failures or 5xx answers that eject a replica.
-    #[serde(default = "default_eject_after")]
-    pub eject_after: u32,
-    /// First ejection's length; doubled on each repeat, at most 32 times it.
-    #[serde(default = "secs::<2>", with = "dur")]
-    pub eject_backoff: Duration,
-    #[serde(default = "default_auth_header")]
-    pub auth_header: String,
-    #[serde(default = "default_auth_value")]
-    pub auth_value: String,
-    #[serde(default = "secs::<5>", with = "dur")]
-    pub connect_timeout: Duration,
-    /// Time from sending the request until the upstream's response headers arrive.
-    #[serde(default = "secs::<300>", with = "dur")]
-    pub response_timeout: Duration,
-    /// Speak HTTP/2 to the upstream (h2c prior knowledge for http://, ALPN for https://).
-    #[serde(default)]
-    pub http2: bool,
-    #[serde(default = "secs::<90>", with = "dur")]
-    pub pool_idle_timeout: Duration,
-    #[serde(default = "default_pool_max_idle")]
-    pub pool_max_idle: usize,
-    /// Extra CA bundle (PEM) trusted for an https:// upstream, besides the system roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// On a 401/403 from the upstream, refresh the key once and retry with a new key.
-    #[serde(default = "yes")]
-    pub retry_on_auth_failure: bool,
-}
-
-/// An optional duration as a human string.
-pub(crate) mod opt_dur {
-    use serde::Deserializer;
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::dur::deserialize(d).map(Some)
-    }
-}
-
-fn default_auth_header() -> String {
-    "Authorization".into()
-}
-fn default_auth_value() -> String {
-    "Bearer {key}".into()
-}
-fn default_pool_max_idle() -> usize {
-    1024
-}
-fn default_eject_after() -> u32 {
-    3
-}
-fn yes() -> bool {
-    true
-}
+use super::types::{Config, SecretConfig, UpstreamConfig};
 
 /// Most replicas of one upstream (a request's tried replicas are one bit each in a `u64`).
 pub const MAX_REPLICAS: usize = 64;
@@ -111,24 +25,6 @@ pub struct UpstreamRef<'a> {
     pub default: bool,
     /// The single form claims every model (`*`).
     pub models: Vec<String>,
-}
-
-impl UpstreamConfig {
-    /// `(field, url)` of each replica: `urls` if set, else `url`.
-    pub fn replica_urls(&self, p: &str) -> Vec<(String, &str)> {
-        if self.urls.is_empty() {
-            (!self.url.is_empty())
-                .then(|| (format!("{p}.url"), self.url.as_str()))
-                .into_iter()
-                .collect()
-        } else {
-            self.urls
-                .iter()
-                .enumerate()
-                .map(|(i, u)| (format!("{p}.urls[{i}]"), u.as_str()))
-                .collect()
-        }
-    }
 }
 
 impl Config {
@@ -387,5 +283,78 @@ mod tests {
         for bad in ["", "a*b", "*a", "a**"] {
             assert!(check_pattern(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The validation errors of a single-form config with `upstream` as its `[upstream]` keys.
+    fn single(upstream: &str) -> Vec<(String, String)> {
+        errors(&format!(
+            "[upstream]\n{upstream}\n[secret]\nsource = \"file\"\npath = \"/k\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\n",
+            "a".repeat(64)
+        ))
+    }
+
+    #[test]
+    fn tls_settings_are_checked_together_and_name_their_field() {
+        let https = "url = \"https://nim:8443\"";
+        let ok = format!("{https}\nca_file = \"/ca\"\nclient_cert = \"/c\"\nclient_key = \"/k\"");
+        assert_eq!(single(&ok), vec![]);
+        assert_eq!(
+            single(&format!("{https}\nclient_cert = \"/c\"")),
+            vec![(
+                "upstream.client_key".into(),
+                "must be set together with client_cert".into()
+            )]
+        );
+        assert_eq!(
+            single(&format!("{https}\nclient_key = \"/k\"")),
+            vec![(
+                "upstream.client_cert".into(),
+                "must be set together with client_key".into()
+            )]
+        );
+        let e = single(
+            "urls = [\"https://a:1\", \"http://b:1\"]\nclient_cert = \"/c\"\nclient_key = \"/k\"",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "upstream.client_cert");
+        assert!(e[0].1.contains("needs https://"), "{e:?}");
+        // Never implicit: off by default, and on only where it means something.
+        let off: crate::config::UpstreamConfig = toml::from_str(https).unwrap();
+        assert!(!off.insecure_skip_verify);
+        assert_eq!(
+            single(&format!("{https}\ninsecure_skip_verify = true")),
+            vec![]
+        );
+        let e = single("url = \"http://nim:8000\"\ninsecure_skip_verify = true");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "upstream.insecure_skip_verify");
+        assert!(e[0].1.contains("meaningless for http://"), "{e:?}");
+        let e = single(&format!(
+            "{https}\ninsecure_skip_verify = true\nca_file = \"/ca\""
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "upstream.insecure_skip_verify");
+        assert!(e[0].1.contains("ca_file"), "{e:?}");
+    }
+
+    #[test]
+    fn each_upstreams_entry_is_checked_under_its_own_name() {
+        let t = format!(
+            "[[upstreams]]\nname = \"a\"\nurl = \"https://a:1\"\ndefault = true\nclient_key = \"/k\"\n[upstreams.secret]\nsource = \"file\"\npath = \"/k\"\n[[upstreams]]\nname = \"b\"\nurl = \"http://b:1\"\nmodels = [\"m\"]\ninsecure_skip_verify = true\n[upstreams.secret]\nsource = \"file\"\npath = \"/k\"\n[[clients]]\nid = \"a\"\nkey_sha256 = \"{}\"\n",
+            "a".repeat(64)
+        );
+        let fields: Vec<String> = crate::config::parse(&t)
+            .unwrap()
+            .validate()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "upstreams[0].client_cert",
+                "upstreams[1].insecure_skip_verify"
+            ]
+        );
     }
 }

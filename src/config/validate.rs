@@ -165,6 +165,7 @@ impl Config {
                 "must be a valid header value".into(),
             );
         }
+        u.validate_tls(p, err);
         // `upstream.*` durations are bounded in `bounds`; a `[[upstreams]]` entry's here.
     }
 

@@ -1,17 +1,58 @@
 //! The pooled connection to one upstream replica (hyper-util legacy client, rustls for https). It never
-//! follows redirects; it only ever connects to its one configured authority.
+//! follows redirects; it only ever connects to its one configured authority. `Connector` opens
+//! each new connection with the upstream's current TLS config (`tls::UpstreamTls`, one
+//! `ArcSwap` load per connection, none per request), so rotated certificates and CAs apply to
+//! the next connection while pooled ones carry on.
 
 use http::uri::{Authority, Scheme};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{
+    DefaultServerNameResolver, HttpsConnector, MaybeHttpsStream, ResolveServerName,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
+use tower::Service;
 
 use super::request_body::RequestBody;
 use crate::config::UpstreamConfig;
+use crate::tls::UpstreamTls;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub type UpstreamClient = Client<Connector, RequestBody>;
+
+/// TCP (`HttpConnector`), then for https:// TLS with the upstream's config at connect time. SNI
+/// and the verified name: the URL's host (hyper-rustls' default resolver).
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    tls: UpstreamTls,
+    names: Arc<dyn ResolveServerName + Send + Sync>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Service<http::Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = <HttpsConnector<HttpConnector> as Service<http::Uri>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        HttpsConnector::new(
+            self.http.clone(),
+            self.tls.config(),
+            false,
+            self.names.clone(),
+        )
+        .call(dst)
+    }
+}
 
 pub struct Pool {
     pub client: UpstreamClient,
@@ -25,8 +66,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The pool of one replica, `url`, with its upstream's settings.
-    pub fn new(cfg: &UpstreamConfig, url: &str) -> Result<Self, String> {
+    /// The pool of one replica, `url`, with its upstream's settings and TLS config.
+    pub fn new(cfg: &UpstreamConfig, url: &str, tls: &UpstreamTls) -> Result<Self, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("upstream.url: {e}"))?;
         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = uri.authority().cloned().ok_or("upstream.url: no host")?;
@@ -35,14 +76,10 @@ impl Pool {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        let tls = tls_config(cfg)?;
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let connector = if cfg.http2 {
-            builder.enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().wrap_connector(http)
+        let connector = Connector {
+            http,
+            tls: tls.clone(),
+            names: Arc::new(DefaultServerNameResolver::default()),
         };
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(cfg.pool_idle_timeout)
@@ -72,9 +109,4 @@ impl Pool {
             authority,
         })
     }
-}
-
-fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
-    // ALPN is set by the hyper-rustls builder from the enabled HTTP versions.
-    crate::tls::client_config(cfg.ca_file.as_deref(), "upstream.ca_file")
 }

@@ -162,10 +162,12 @@ mod tests {
 
     fn replicas(n: usize) -> Vec<Arc<Replica>> {
         let cfg: UpstreamConfig = toml::from_str("url = \"http://127.0.0.1:1\"").unwrap();
+        let tls =
+            crate::tls::UpstreamTls::start("t", "upstream", &cfg, Duration::from_secs(1)).unwrap();
         (0..n)
             .map(|i| {
                 let url = format!("http://127.0.0.1:{}", 1000 + i);
-                Arc::new(Replica::new(Pool::new(&cfg, &url).unwrap()))
+                Arc::new(Replica::new(Pool::new(&cfg, &url, &tls).unwrap()))
             })
             .collect()
     }

@@ -38,6 +38,8 @@ pub struct Upstream {
     /// The patterns this upstream claims (exact names or `prefix*`).
     pub models: Vec<String>,
     pub stats: UpstreamStats,
+    /// The TLS config every replica's new connections use (reloaded from its files).
+    pub tls: crate::tls::UpstreamTls,
 }
 
 /// Routing events of one upstream, for `/metrics`.
@@ -55,13 +57,14 @@ impl Upstream {
         cfg: &UpstreamConfig,
         models: Vec<String>,
         store: Arc<SecretStore>,
+        tls: crate::tls::UpstreamTls,
     ) -> Result<Self, String> {
         let auth_header = HeaderName::from_bytes(cfg.auth_header.as_bytes())
             .map_err(|_| "upstream.auth_header: invalid header name".to_string())?;
         let replicas = cfg
             .replica_urls("upstream")
             .into_iter()
-            .map(|(_, url)| Pool::new(cfg, url).map(|p| Arc::new(Replica::new(p))))
+            .map(|(_, url)| Pool::new(cfg, url, &tls).map(|p| Arc::new(Replica::new(p))))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             name: Arc::from(name),
@@ -82,6 +85,7 @@ impl Upstream {
             health_auth: cfg.health_auth,
             models,
             stats: UpstreamStats::default(),
+            tls,
         })
     }
 
@@ -189,6 +193,8 @@ impl Routes {
 mod tests {
     use super::*;
 
+    const SEC: Duration = Duration::from_secs(1);
+
     fn routes(entries: &[(&str, &str, bool)]) -> Routes {
         let mut t = String::new();
         for (name, models, default) in entries {
@@ -204,7 +210,8 @@ mod tests {
             .iter()
             .map(|u| {
                 let store = Arc::new(SecretStore::new("Bearer {key}", None));
-                Arc::new(Upstream::new(u.name, u.cfg, u.models.clone(), store).unwrap())
+                let tls = crate::tls::UpstreamTls::start(u.name, &u.field, u.cfg, SEC).unwrap();
+                Arc::new(Upstream::new(u.name, u.cfg, u.models.clone(), store, tls).unwrap())
             })
             .collect();
         Routes::new(&cfg, ups)

@@ -1,4 +1,5 @@
-//! One client connection: TLS handshake (if configured) or the HTTP/2-preface sniff, both within
+//! One client connection: TLS handshake (if configured; with the listener's current certificate,
+//! which a rotation swaps for later connections only) or the HTTP/2-preface sniff, both within
 //! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
 //! `[limits]`, the stall timeout on writes, and the `RemoteAddr` (the peer, or behind a trusted
 //! proxy the client it names: `xff`) and, with mTLS, `PeerIdentity` extensions on every request.
@@ -31,7 +32,8 @@ use super::xff::TrustedProxies;
 pub struct ConnSettings {
     pub h1: auto::Builder<TokioExecutor>,
     pub h2: auto::Builder<TokioExecutor>,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The listener's TLS config, swapped whole when its files change (`tls::ServerTls`).
+    pub tls: Option<crate::tls::ServerTls>,
     pub first_bytes: Duration,
     pub send_timeout: Duration,
     pub idle_timeout: Duration,
@@ -42,7 +44,7 @@ pub struct ConnSettings {
 impl ConnSettings {
     pub fn new(
         l: &LimitsConfig,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<crate::tls::ServerTls>,
         trusted: TrustedProxies,
     ) -> Self {
         Self {
@@ -138,7 +140,9 @@ pub async fn serve(
                 is_h2
             );
         }
-        Some(acceptor) => {
+        Some(tls) => {
+            // One `ArcSwap` load: this connection keeps the certificate it starts with.
+            let acceptor = tls.acceptor();
             let stream = StallTimeout::new(stream, s.send_timeout);
             let Ok(Ok(tls_stream)) =
                 tokio::time::timeout(s.first_bytes, acceptor.accept(stream)).await

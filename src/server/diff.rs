@@ -11,8 +11,12 @@ pub fn needs_restart(started: &Config, new: &Config) -> Vec<String> {
     let (s, n) = (&started.server, &new.server);
     let (sl, nl) = (&started.limits, &new.limits);
     let (sr, nr) = (&started.ratelimit, &new.ratelimit);
-    let checks: [(&str, bool); 14] = [
+    let checks: [(&str, bool); 15] = [
         ("server.listen", s.listen != n.listen),
+        (
+            "server.tls_reload_interval",
+            s.tls_reload_interval != n.tls_reload_interval,
+        ),
         ("server.workers", s.workers != n.workers),
         ("server.tls_cert", s.tls_cert != n.tls_cert),
         ("server.tls_key", s.tls_key != n.tls_key),

@@ -94,13 +94,12 @@ pub async fn run_reloading(
     let mut tasks = tasks::Tasks::new(audit.clone());
     tasks.start_refreshers(sources);
     tasks.sync(&app.live()).await;
-    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config_mtls(c, k, cfg.server.client_ca_mode())
-                .map_err(InitError::Config)?,
-        )),
-        _ => None,
-    };
+    // The listener's TLS, re-read from its files every `server.tls_reload_interval`.
+    let tls =
+        crate::tls::ServerTls::start(&cfg.server).map_err(|e| InitError::Config(e.to_string()))?;
+    if let Some(t) = &tls {
+        let _ = app.metrics.server_tls.set(t.clone());
+    }
     let addr = listener
         .local_addr()
         .map_err(|e| InitError::Software(format!("server.listen: {e}")))?;

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub(super) reloads: [AtomicU64; 3],
     /// Unix time of the last applied reload (0: none yet).
     pub(super) last_reload: AtomicU64,
+    /// The listener's TLS (set by `server::run` when TLS is on), for its reload counters.
+    pub server_tls: std::sync::OnceLock<crate::tls::ServerTls>,
 }
 
 /// The `outcome` label values of `nimgate_config_reloads_total`.
@@ -131,6 +133,7 @@ impl Metrics {
             key_redactions: AtomicU64::new(0),
             reloads: Default::default(),
             last_reload: AtomicU64::new(0),
+            server_tls: std::sync::OnceLock::new(),
         }
     }
 

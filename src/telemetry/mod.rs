@@ -13,7 +13,7 @@ pub mod spans;
 mod tests;
 pub use labels::{Op, MODEL_CAP};
 pub use metrics::{Finished, Gauge, Metrics, ReqLabels, DURATION_HELP};
-pub use routes::render_routes;
+pub use routes::{render_routes, render_tls};
 
 /// Install the global subscriber once. Secrets never reach it: header values are marked
 /// sensitive, keys live in `SecretString`, and no code logs a secret.

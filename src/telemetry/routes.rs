@@ -1,5 +1,6 @@
 //! Routing metrics by upstream (`nimgate_upstream_*`): ejections, failed health checks, attempts
-//! moved to another replica, replicas in rotation. Rendered after the other families.
+//! moved to another replica, replicas in rotation; and certificate reloads of the listener and
+//! each upstream (`nimgate_tls_reloads_total`). Rendered after the other families.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -48,6 +49,34 @@ pub fn render_routes(routes: &crate::proxy::Routes) -> String {
             "nimgate_upstream_replicas_up{{upstream=\"{}\"}} {up}",
             u.name
         );
+    }
+    o
+}
+
+/// `nimgate_tls_reloads_total{what,outcome}`: certificate-file reloads of the listener
+/// (`what="server"`) and of each upstream (`what="upstream:<name>"`), applied or refused. The
+/// load at start is not counted; both outcomes are always listed (alerts use `increase`).
+pub fn render_tls(server: Option<&crate::tls::ServerTls>, routes: &crate::proxy::Routes) -> String {
+    let mut o = String::new();
+    family(
+        &mut o,
+        "nimgate_tls_reloads_total",
+        "counter",
+        "Changed certificate, key or CA files taken (applied) or refused (kept the current ones), by listener or upstream.",
+    );
+    let units = server
+        .map(crate::tls::ServerTls::stats)
+        .into_iter()
+        .chain(routes.all().iter().map(|u| u.tls.stats()));
+    for s in units {
+        for (outcome, n) in [("applied", &s.applied), ("refused", &s.refused)] {
+            let _ = writeln!(
+                o,
+                "nimgate_tls_reloads_total{{what=\"{}\",outcome=\"{outcome}\"}} {}",
+                super::labels::escape(&s.what),
+                n.load(Ordering::Relaxed)
+            );
+        }
     }
     o
 }

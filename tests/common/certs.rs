@@ -5,6 +5,36 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The certificates of the PEM files `ca` as a root store.
+pub fn roots(ca: &[&Path]) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in ca {
+        for c in nimgate::tls::load_certs(ca).unwrap() {
+            roots.add(c).unwrap();
+        }
+    }
+    roots
+}
+
+/// A rustls client config trusting the CAs in `ca`, presenting `client` (certificate, key) if
+/// given; no ALPN.
+pub fn client_tls(ca: &[&Path], client: Option<(&Path, &Path)>) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let b = rustls::ClientConfig::builder_with_provider(nimgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(ca));
+    match client {
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                nimgate::tls::load_certs(c).unwrap(),
+                rustls_pki_types::PrivateKeyDer::from_pem_file(k).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    }
+}
+
 /// A throwaway CA and a leaf certificate for localhost/127.0.0.1 signed by it:
 /// (ca.crt, leaf.crt, leaf.key).
 pub fn self_signed(
@@ -73,14 +103,37 @@ pub fn self_signed(
 
 /// A client certificate for `cn` signed by the CA `self_signed(dir, ca)` made, with the
 /// extensions `ext` (one per line, e.g. `subjectAltName=URI:spiffe://…`); `expired` dates it in
-/// 2020. Made with `openssl ca` (which, unlike `x509 -req`, can set past dates):
-/// (leaf.crt, leaf.key).
+/// 2020: (leaf.crt, leaf.key).
 pub fn client_cert(
     dir: &Path,
     ca: &str,
     cn: &str,
     ext: &str,
     expired: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dates = if expired { EXPIRED } else { VALID };
+    signed(dir, ca, cn, ext, "1000", dates)
+}
+
+/// Validity periods for `signed` (openssl's `YYYYMMDDHHMMSSZ`).
+pub const VALID: (&str, &str) = ("20240101000000Z", "20991231000000Z");
+pub const EXPIRED: (&str, &str) = ("20200101000000Z", "20200102000000Z");
+pub const NOT_YET_VALID: (&str, &str) = ("20980101000000Z", "20991231000000Z");
+
+/// The extensions of a serving certificate for localhost/127.0.0.1.
+pub const SERVER_EXT: &str =
+    "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth";
+
+/// A certificate for `cn` with serial `serial` (hex) valid over `dates`, signed by the CA
+/// `self_signed(dir, ca)` made, with the extensions `ext` (one per line). Made with `openssl ca`
+/// (which, unlike `x509 -req`, can set past and future dates): (crt, key).
+pub fn signed(
+    dir: &Path,
+    ca: &str,
+    cn: &str,
+    ext: &str,
+    serial: &str,
+    (start, end): (&str, &str),
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     let p = |f: &str| dir.join(format!("{cn}-{f}"));
     let run = |args: &[&str]| {
@@ -107,7 +160,7 @@ pub fn client_cert(
         &s(p("csr")),
     ]);
     std::fs::write(p("index.txt"), "").unwrap();
-    std::fs::write(p("serial"), "1000\n").unwrap();
+    std::fs::write(p("serial"), format!("{serial}\n")).unwrap();
     std::fs::write(
         p("ca.cnf"),
         format!(
@@ -120,11 +173,6 @@ pub fn client_cert(
     .unwrap();
     std::fs::write(p("ext"), format!("basicConstraints=CA:FALSE\n{ext}\n")).unwrap();
     let ca_dir = |f: &str| s(dir.join(format!("{ca}-{f}")));
-    let (start, end) = if expired {
-        ("20200101000000Z", "20200102000000Z")
-    } else {
-        ("20240101000000Z", "20991231000000Z")
-    };
     run(&[
         "ca",
         "-batch",
