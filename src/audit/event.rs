@@ -33,10 +33,12 @@ pub enum Event {
     VaultLogin,
     /// A Vault token renewal.
     VaultRenew,
+    /// Writing the chain head to the anchor store failed (once per outage; retried each tick).
+    AnchorFailure,
 }
 
 impl Event {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Use,
         Self::Done,
         Self::Denied,
@@ -50,6 +52,7 @@ impl Event {
         Self::SecretEvict,
         Self::VaultLogin,
         Self::VaultRenew,
+        Self::AnchorFailure,
     ];
 
     /// The name as written in records.
@@ -68,6 +71,7 @@ impl Event {
             Self::SecretEvict => "secret_evict",
             Self::VaultLogin => "vault_login",
             Self::VaultRenew => "vault_renew",
+            Self::AnchorFailure => "anchor_failure",
         }
     }
 }

@@ -71,6 +71,8 @@ pub async fn run(
     let (app, sources) = app::build(&cfg, audit.clone())?;
     let app = Arc::new(app);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let anchor =
+        crate::audit::anchor::start(&cfg, &audit, stop_rx.clone()).map_err(InitError::Config)?;
     let refreshers: Vec<_> = sources
         .into_iter()
         .map(|(name, store, source)| {
@@ -148,6 +150,10 @@ pub async fn run(
     app.denied_budget.write_summary(&audit).await;
     // Everything queued is written and synced; the writer thread ends with the process.
     let flushed = audit.flush().await;
+    // The head that flush synced is the trail's last: anchor it (`audit.anchor`).
+    if let Some(a) = anchor {
+        a.finish().await;
+    }
     audit.release_lock();
     drop(writer);
     tracing::info!(audit_flushed = flushed, "stopped");
