@@ -13,6 +13,9 @@ use crate::error::{EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 /// `66`: an input file cannot be read (sysexits `EX_NOINPUT`), as for `--key-file`.
 const EXIT_NOINPUT: u8 = 66;
 
+/// The anchors to check and a description of where they came from.
+pub type Loaded = (Vec<Anchor>, String);
+
 #[derive(Args, Debug, Default)]
 pub struct AnchorArgs {
     /// Also check each chain against its last anchor (`audit.anchor`), so records cut from the
@@ -41,7 +44,7 @@ pub struct AnchorArgs {
 impl AnchorArgs {
     /// The anchors to check and where they came from (`None`: no `--anchors`), or the exit code
     /// and message.
-    pub fn load(&self) -> Result<Option<(Vec<Anchor>, String)>, (u8, String)> {
+    pub fn load(&self) -> Result<Option<Loaded>, (u8, String)> {
         let Some(arg) = &self.anchors else {
             return Ok(None);
         };

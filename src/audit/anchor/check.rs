@@ -215,7 +215,7 @@ mod tests {
         assert!(!s.ok && s.errors[0].contains("edited"), "{:?}", s.errors);
         // Cut after seq 5: the chain ends before its anchor.
         let text = std::fs::read_to_string(&p).unwrap();
-        let cut: String = text.lines().take(6).map(|l| format!("{l}\n")).collect();
+        let cut: String = text.lines().take(6).flat_map(|l| [l, "\n"]).collect();
         std::fs::write(&p, cut).unwrap();
         let s = run(&p, vec![anchor("gw-0a1b2c3d", 7, &links[7])]);
         assert!(!s.ok);
