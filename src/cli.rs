@@ -34,10 +34,11 @@ Signals (serve):
                    [audit] and [telemetry] need a restart.
 
 Exit codes:
-  0   success            1   audit verify found a break
+  0   success            1   audit verify found a break (or a chain short of its anchor)
   64  bad config or arguments (each problem names its field)
-  66  audit verify: --key-file unreadable
-  69  unavailable: a listen address in use, check --online could not fetch the key
+  66  audit verify: --key-file or an --anchors file unreadable
+  69  unavailable: a listen address in use, check --online could not fetch the key,
+      audit verify could not read the --anchors store
   70  internal error     74  audit trail I/O (cannot open, locked by another gateway)";
 
 #[derive(Parser)]
@@ -130,8 +131,10 @@ enum AuditCmd {
         /// detects records cut from the end, which the chain alone cannot show.
         #[arg(long, value_name = "N")]
         expect_last_seq: Option<u64>,
+        #[command(flatten)]
+        anchors: crate::verify_cli::AnchorArgs,
         /// Print one JSON object: {"ok", "records", "first_seq", "last_seq", "partial_start",
-        /// "errors": [...]}.
+        /// "errors": [...], "chains": [...]}, with --anchors also "anchors".
         #[arg(long)]
         json: bool,
     },
@@ -223,6 +226,7 @@ pub fn main() -> ExitCode {
                     key_file,
                     allow_empty,
                     expect_last_seq,
+                    anchors,
                     json,
                 },
         } => {
@@ -230,7 +234,7 @@ pub fn main() -> ExitCode {
                 allow_empty,
                 expect_last_seq,
             };
-            audit_verify(&files, key_file.as_deref(), opts, json)
+            audit_verify(&files, key_file.as_deref(), opts, &anchors, json)
         }
         #[cfg(feature = "demo")]
         Cmd::Demo {

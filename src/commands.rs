@@ -1,5 +1,6 @@
 //! The bodies of the CLI's one-shot commands (`audit verify`, `keys new`, `check --online`);
-//! `cli` parses the arguments and calls them. Exit codes as in `cli`.
+//! `cli` parses the arguments and calls them (`verify_cli` loads `verify --anchors`). Exit codes
+//! as in `cli`.
 #![expect(clippy::print_stdout, reason = "the CLI's intended output")]
 
 use std::path::PathBuf;
@@ -8,11 +9,13 @@ use std::process::ExitCode;
 use crate::config;
 use crate::error::{EXIT_CONFIG, EXIT_IO, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 
-/// `audit verify`: exit 0 when the chain holds, 1 on any break, 66 when --key-file is unreadable.
+/// `audit verify`: exit 0 when the chain holds (and reaches every anchor), 1 on any break, 66
+/// when --key-file (or an --anchors file) is unreadable, 69 when the anchor store is not.
 pub(crate) fn audit_verify(
     files: &[PathBuf],
     key_file: Option<&std::path::Path>,
     opts: crate::audit::verify::Options,
+    anchors: &crate::verify_cli::AnchorArgs,
     json: bool,
 ) -> ExitCode {
     let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
@@ -24,7 +27,17 @@ pub(crate) fn audit_verify(
             return ExitCode::from(66);
         }
     };
-    let s = crate::audit::verify::verify(&paths, &key, opts);
+    let anchors = match anchors.load() {
+        Ok(a) => a,
+        Err((code, m)) => {
+            eprintln!("error: {m}");
+            return ExitCode::from(code);
+        }
+    };
+    let mut s = crate::audit::verify::verify(&paths, &key, opts);
+    if let Some((list, source)) = anchors {
+        crate::audit::anchor::apply(&mut s, &paths, &key, list, &source);
+    }
     if json {
         println!(
             "{}",

@@ -26,3 +26,4 @@ pub mod server;
 pub mod stall;
 pub mod telemetry;
 pub mod tls;
+mod verify_cli;

@@ -35,10 +35,12 @@ pub enum Event {
     VaultRenew,
     /// A config reload was attempted (SIGHUP or a changed file): applied, refused or unchanged.
     ConfigReload,
+    /// Writing the chain head to the anchor store failed (once per outage; retried each tick).
+    AnchorFailure,
 }
 
 impl Event {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Use,
         Self::Done,
         Self::Denied,
@@ -53,6 +55,7 @@ impl Event {
         Self::VaultLogin,
         Self::VaultRenew,
         Self::ConfigReload,
+        Self::AnchorFailure,
     ];
 
     /// The name as written in records.
@@ -72,6 +75,7 @@ impl Event {
             Self::VaultLogin => "vault_login",
             Self::VaultRenew => "vault_renew",
             Self::ConfigReload => "config_reload",
+            Self::AnchorFailure => "anchor_failure",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The audit trail: every use of the NIM key, every denied request and every secret-source event,
 //! as hash-chained JSON lines (`writer`), committed in groups by the runtime thread about to park
-//! or by the dedicated writer thread (`commit`).
+//! or by the dedicated writer thread (`commit`); the synced chain head optionally anchored
+//! outside the trail (`anchor`), so that a cut tail shows in `verify`.
 //!
 //! `Audit` is the `AuditSink` seam request handlers use:
 //! - `record_use` waits until the writer has written the record (fail closed: `Err` → 503, the
@@ -8,6 +9,7 @@
 //! - `record` (denied, source events) waits for queue room, bounded by `max_wait`;
 //! - `record_done` never waits (it is already accounted for by its `use`).
 
+pub mod anchor;
 mod chainkey;
 mod change;
 mod commit;
@@ -22,7 +24,7 @@ pub use change::{capped_list, ConfigChange, Diff};
 pub use commit::on_thread_park;
 pub use event::Event;
 pub use record::{Record, Usage};
-pub use writer::{rotated_name, Shared, GENESIS};
+pub use writer::{rotated_name, Head, Shared, GENESIS};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -115,6 +117,8 @@ impl Audit {
             inline_batches: AtomicU64::new(0),
             low_disk: AtomicBool::new(false),
             write_latency: crate::hist::Histogram::new(crate::hist::SECONDS),
+            durable: std::sync::Mutex::new(None),
+            anchor: anchor::Stats::default(),
         });
         let (committer, handle) = commit::Committer::start(writer::open(cfg, shared.clone())?)?;
         let inner = Arc::new(Inner {
@@ -160,6 +164,17 @@ impl Audit {
             i.capacity
                 .saturating_sub(i.shared.permits.available_permits())
         })
+    }
+
+    /// The newest record known to be synced (with `audit.anchor` set): what may be anchored.
+    pub fn durable_head(&self) -> Option<Head> {
+        let i = self.inner.as_ref()?;
+        i.shared.durable.lock().ok()?.clone()
+    }
+
+    /// Anchoring counters (none without an audit trail).
+    pub fn anchor_stats(&self) -> Option<&anchor::Stats> {
+        self.inner.as_ref().map(|i| &i.shared.anchor)
     }
 
     /// The batch write latency histogram (none without an audit trail).

@@ -12,7 +12,7 @@
 //! begins after it did). Records one after another from successive chains (one file, restarts)
 //! are one chain of links, checked across the restarts as before.
 //! An empty trail is refused unless `allow_empty`; `expect_last_seq` catches a cut tail, which
-//! the chain alone cannot show.
+//! the chain alone cannot show, and so do anchors (`anchor::apply`, after this walk).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -46,6 +46,9 @@ pub struct Summary {
     pub interleaved: bool,
     /// Every `chain` id seen, in order of first appearance (`""`: records without one).
     pub chains: Vec<ChainSummary>,
+    /// With `--anchors`: each anchored chain and whether the trail reaches it (`anchor::apply`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchors: Option<super::anchor::Report>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -141,10 +144,12 @@ impl Summary {
             let f = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
             format!("{}..{}", f(a), f(b))
         };
+        let anchors = self.anchors.as_ref().map(super::anchor::Report::text);
         if !self.ok {
             for e in &self.errors {
                 let _ = writeln!(o, "BROKEN: {e}");
             }
+            o.extend(anchors);
             return o;
         }
         let _ = writeln!(
@@ -186,6 +191,7 @@ impl Summary {
                 );
             }
         }
+        o.extend(anchors);
         o
     }
 }
@@ -200,7 +206,7 @@ pub fn verify_files(files: &[&Path]) -> Result<Summary, String> {
 }
 
 /// Every line of every file, in order, with its `FILE:LINE` label; `f` may stop the walk.
-fn each_line(
+pub(super) fn each_line(
     files: &[&Path],
     mut f: impl FnMut(String, &mut Vec<u8>) -> Result<(), String>,
 ) -> Result<(), String> {

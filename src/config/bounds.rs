@@ -62,6 +62,9 @@ impl Config {
         if a.fsync == FsyncPolicy::Interval {
             table.push(b("audit.fsync_interval", a.fsync_interval, MS, HOUR));
         }
+        if a.anchor.is_some() {
+            table.push(b("audit.anchor_interval", a.anchor_interval, SEC, HOUR));
+        }
         // Every upstream (`upstream` or `upstreams[i]`) and its secret source.
         for up in self.upstream_list() {
             let (cfg, at) = (up.cfg, &up.field);

@@ -3,6 +3,7 @@
 //!
 //! Config holds *where* a secret lives (a file path, a Vault path), never a secret itself.
 
+mod audit;
 mod auth;
 mod bounds;
 mod clients;

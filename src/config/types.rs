@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::audit::*;
 pub use super::auth::JwtIssuerConfig;
 pub use super::ratelimit::*;
 pub use super::secret::*;
@@ -216,62 +217,6 @@ pub struct AuthConfig {
     /// JWT issuers whose tokens authenticate clients (`config/auth.rs`).
     #[serde(default)]
     pub jwt: Vec<JwtIssuerConfig>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncPolicy {
-    Batch,
-    Interval,
-    Never,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
-    /// `false` turns the audit trail off (benchmarks only; a warning is logged).
-    pub enabled: bool,
-    /// File path, or `-` for stdout.
-    pub path: String,
-    pub fsync: FsyncPolicy,
-    #[serde(with = "dur")]
-    pub fsync_interval: Duration,
-    /// Rotate when the file would grow past this many bytes (0 = never; default 100 MiB).
-    pub max_bytes: u64,
-    /// Rotated files kept (`audit.jsonl.1` … `.N`).
-    pub keep: usize,
-    /// Longest a request waits for its `use` record to be written before it is refused (503).
-    #[serde(with = "dur")]
-    pub max_wait: Duration,
-    /// Records that may wait for the writer at once.
-    pub queue: usize,
-    /// Key for an HMAC-SHA256 chain (read from this file at start; never from the environment).
-    /// Unset: plain SHA-256 links.
-    pub chain_key_file: Option<PathBuf>,
-    /// This gateway's name in the `chain` id of its records (default: the host name, i.e. the
-    /// pod name in Kubernetes); a start nonce is appended.
-    pub instance: Option<String>,
-    /// Free space the audit volume keeps for `use` records: below it, records an
-    /// unauthenticated peer causes (`denied`) are only counted (`denied_summary`).
-    pub min_free_bytes: u64,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            path: "-".into(),
-            fsync: FsyncPolicy::Interval,
-            fsync_interval: Duration::from_secs(1),
-            max_bytes: 100 * 1024 * 1024,
-            keep: 10,
-            max_wait: Duration::from_secs(2),
-            queue: 8192,
-            chain_key_file: None,
-            instance: None,
-            min_free_bytes: 64 * 1024 * 1024,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -187,6 +187,7 @@ impl Config {
                 "must be at least 1 when max_bytes is set".into(),
             );
         }
+        self.validate_anchor(err);
     }
 
     /// `[limits]`.

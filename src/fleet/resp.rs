@@ -1,9 +1,10 @@
 //! A minimal Redis client: RESP2 over TCP or TLS, a small pool of connections, every call bounded
 //! by one timeout (connect, `AUTH`/`SELECT` on a new connection, write and read together).
 //!
-//! Kept instead of the `redis` crate: nimgate sends two commands (`EVALSHA`, falling back to
-//! `EVAL` on `NOSCRIPT`) and needs a hard per-call deadline and no reconnect loop of its own
-//! (`fleet::Shared` decides when to try again); that is 200 lines with no dependency tree.
+//! Kept instead of the `redis` crate: nimgate sends a handful of commands (`EVALSHA`, falling
+//! back to `EVAL` on `NOSCRIPT`; `SET`, `SCAN`, `GET` for audit anchors) and needs a hard
+//! per-call deadline and no reconnect loop of its own (`fleet::Shared` decides when to try
+//! again); that is 200 lines with no dependency tree.
 //! The password comes from a file and lives only in this struct (zeroized on drop); it is never
 //! logged, and errors never quote a reply that could echo it.
 
@@ -51,6 +52,8 @@ pub struct Client {
 const MAX_IDLE: usize = 32;
 /// Largest bulk string or array accepted from the server (the scripts return a few integers).
 const MAX_LEN: usize = 1 << 20;
+/// Most items in one array reply (the scripts return 8; an anchor `SCAN` step ~100 keys).
+const MAX_ITEMS: usize = 1024;
 
 #[derive(Debug)]
 pub enum CallError {
@@ -212,7 +215,7 @@ fn read_reply<'a, R: AsyncRead + Unpin + Send>(
                     return Ok(Reply::Array(Vec::new()));
                 }
                 let n = usize::try_from(n).map_err(|_| CallError::Protocol("bad length"))?;
-                if n > 64 {
+                if n > MAX_ITEMS {
                     return Err(CallError::Protocol("array too long"));
                 }
                 let mut items = Vec::with_capacity(n);

@@ -91,6 +91,8 @@ pub async fn run_reloading(
     let (app, sources) = app::build(&cfg, audit.clone())?;
     let app = Arc::new(app);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let anchor =
+        crate::audit::anchor::start(&cfg, &audit, stop_rx.clone()).map_err(InitError::Config)?;
     let mut tasks = tasks::Tasks::new(audit.clone());
     tasks.start_refreshers(sources);
     tasks.sync(&app.live()).await;
@@ -162,6 +164,10 @@ pub async fn run_reloading(
     app.denied_budget.write_summary(&audit).await;
     // Everything queued is written and synced; the writer thread ends with the process.
     let flushed = audit.flush().await;
+    // The head that flush synced is the trail's last: anchor it (`audit.anchor`).
+    if let Some(a) = anchor {
+        a.finish().await;
+    }
     audit.release_lock();
     drop(writer);
     tracing::info!(audit_flushed = flushed, "stopped");

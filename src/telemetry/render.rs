@@ -373,4 +373,24 @@ fn render_audit(o: &mut String, audit: &Audit) {
         Some(h) => h.render(o, "nimgate_audit_write_duration_seconds", ""),
         None => Histogram::new(SECONDS).render(o, "nimgate_audit_write_duration_seconds", ""),
     }
+    // Chain-head anchoring, only when `audit.anchor` is set.
+    if let Some(a) = audit
+        .anchor_stats()
+        .filter(|a| a.on.load(Ordering::Relaxed))
+    {
+        family(
+            o,
+            "nimgate_audit_anchor_writes_total",
+            "counter",
+            "Chain-head anchor writes to the anchor store, by result (an error is retried at the next tick).",
+        );
+        let _ = writeln!(o, "nimgate_audit_anchor_writes_total{{result=\"ok\"}} {}\nnimgate_audit_anchor_writes_total{{result=\"error\"}} {}", g(&a.writes), g(&a.errors));
+        family(
+            o,
+            "nimgate_audit_anchor_seq",
+            "gauge",
+            "seq of the last chain head written to the anchor store.",
+        );
+        let _ = writeln!(o, "nimgate_audit_anchor_seq {}", g(&a.seq));
+    }
 }

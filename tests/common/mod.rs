@@ -10,6 +10,7 @@ pub mod h2frames;
 pub mod jwt;
 pub mod openbao;
 pub mod raw;
+pub mod redis;
 
 use bytes::Bytes;
 use http::{Request, Response};

@@ -12,6 +12,7 @@ mod recover;
 mod sync;
 
 pub use file::rotated_name;
+pub use sync::Head;
 
 use std::fs::File;
 use std::io;
@@ -62,6 +63,9 @@ pub struct Shared {
     pub low_disk: AtomicBool,
     /// Time of each batch write (`write_buf`, with its sync under `fsync = "batch"`).
     pub write_latency: crate::hist::Histogram,
+    /// The newest record known to be synced (`audit.anchor` only): what may be anchored.
+    pub durable: std::sync::Mutex<Option<Head>>,
+    pub anchor: crate::audit::anchor::Stats,
 }
 
 enum Sink {
@@ -88,7 +92,7 @@ pub(crate) struct Writer {
     /// The chain's link function (HMAC-SHA256 under `audit.chain_key_file`, else SHA-256).
     key: ChainKey,
     /// This writer's `chain` id on every record (`chain_id`).
-    chain_id: String,
+    chain_id: Arc<str>,
     headroom_checked: Option<Instant>,
     cfg: AuditConfig,
     shared: Arc<Shared>,
@@ -97,7 +101,7 @@ pub(crate) struct Writer {
     pending: Vec<Msg>,
     buf: Vec<u8>,
     /// `fsync = "interval"`: the thread that runs the periodic `fdatasync`.
-    syncer: Option<std::sync::mpsc::Sender<Arc<File>>>,
+    syncer: Option<std::sync::mpsc::Sender<sync::SyncJob>>,
 }
 
 /// Open the sink and recover the chain from the file's last line; the first record queued is
@@ -142,7 +146,7 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         lock,
         chain,
         key,
-        chain_id: chain_id(cfg.instance.as_deref()),
+        chain_id: chain_id(cfg.instance.as_deref()).into(),
         headroom_checked: None,
         cfg: cfg.clone(),
         shared,
@@ -317,6 +321,11 @@ impl Writer {
             if !self.shared.healthy.swap(true, Ordering::AcqRel) {
                 tracing::info!("audit writes succeed again");
             }
+            // Synced by the write itself (`batch`), or handed to the pipe (standard output).
+            let synced = self.cfg.fsync == FsyncPolicy::Batch || matches!(self.sink, Sink::Stdout);
+            if synced && !self.buf.is_empty() {
+                self.publish_head();
+            }
             for (_, ack, permit) in recs {
                 if let Some(a) = ack {
                     let _ = a.send(true);
@@ -371,7 +380,7 @@ impl Writer {
             rec,
             self.chain.next_seq,
             &self.chain.prev,
-            Some(&self.chain_id),
+            Some(&*self.chain_id),
             &self.key,
         );
         self.chain.next_seq += 1;

@@ -4,13 +4,15 @@
 //! secret-id, Kubernetes, jwt — every credential read from a file, never from the environment or
 //! config text; `agent` holds none, a local Vault Proxy adds its own) on the pure `schedule`;
 //! every record names Vault's `request_id` and the token's accessor; `client` makes the
-//! raw calls. Reads use a tolerant raw endpoint so that servers returning KV v2 data without
-//! `metadata` still work. A 403 on the read triggers one fresh login and retry, then eviction.
+//! raw calls; `kv` writes, lists and reads KV v2 entries for chain-head anchoring. Reads use a
+//! tolerant raw endpoint so that servers returning KV v2 data without `metadata` still work.
+//! A 403 on the read triggers one fresh login and retry, then eviction.
 //!
 //! The Vault token lives in the vaultrs client (whose settings type derives `Debug`): this module
 //! never formats the client, and the logging filter silences vaultrs/rustify/reqwest entirely.
 
 mod client;
+mod kv;
 mod login;
 mod schedule;
 
@@ -150,15 +152,7 @@ impl VaultSource {
         match self.read_secret().await {
             Ok(f) => Ok(f),
             Err(CallError::Forbidden) => {
-                // The token may have expired or been revoked: get a fresh one and try once more.
-                let relogged = match &self.cfg.auth {
-                    VaultAuthConfig::Token(_) => {
-                        self.token_file_digest = None;
-                        self.ensure_token().await
-                    }
-                    _ => self.traced_login().await,
-                };
-                relogged?;
+                self.relogin().await?;
                 match self.read_secret().await {
                     Ok(f) => Ok(f),
                     Err(CallError::Forbidden) => Err(SecretError::new(
@@ -172,6 +166,20 @@ impl VaultSource {
                 }
             }
             Err(e) => Err(map_read_err(e, &self.cfg)),
+        }
+    }
+}
+
+impl VaultSource {
+    /// After a 403: the token may have expired or been revoked, so get a fresh one (re-read the
+    /// token file, or log in again) before the one retry.
+    async fn relogin(&mut self) -> Result<(), SecretError> {
+        match &self.cfg.auth {
+            VaultAuthConfig::Token(_) => {
+                self.token_file_digest = None;
+                self.ensure_token().await
+            }
+            _ => self.traced_login().await,
         }
     }
 }
