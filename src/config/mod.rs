@@ -16,6 +16,7 @@ mod types;
 mod upstreams;
 mod validate;
 
+pub use clients::check_clients_file;
 pub use telemetry::TelemetryConfig;
 pub use types::*;
 pub use validate::ConfigError;
