@@ -1,4 +1,4 @@
-//! CLI (clap): `serve`, `check`, `keys new`, `audit verify`, `demo`. Exit codes follow
+//! CLI (clap): `serve`, `check`, `keys new|hash|add|revoke|list`, `audit verify`, `demo`. Exit codes follow
 //! sysexits.h (`error::InitError`): 64 bad config, 69 unavailable, 70 software, 74 audit I/O.
 //! Printing to stdout is this module's job (the intended output of `check`, `keys`, `verify`).
 #![expect(clippy::print_stdout, reason = "the CLI's intended output")]
@@ -111,6 +111,14 @@ enum KeysCmd {
     /// Print the `key_sha256` digest of a key read from stdin (one line; a trailing newline is
     /// ignored), e.g. to register a key that already exists.
     Hash,
+    /// Add a client with a new key to a clients file (`[auth] clients_file`): the key is printed
+    /// once on stdout, only its digest is stored. Atomic, locked, comments kept; refused if the
+    /// gateway would not accept the result.
+    Add(crate::keys::AddArgs),
+    /// Remove a client's entry (by --id, or by --digest prefix) from a clients file.
+    Revoke(crate::keys::RevokeArgs),
+    /// List a clients file's entries: id, how it authenticates, digest prefix, expiry. Never a key.
+    List(crate::keys::ListArgs),
 }
 
 #[derive(Subcommand)]
@@ -205,6 +213,15 @@ pub fn main() -> ExitCode {
         Cmd::Keys {
             cmd: KeysCmd::New { id, key_out },
         } => keys_new(&id, key_out.as_deref()),
+        Cmd::Keys {
+            cmd: KeysCmd::Add(a),
+        } => crate::keys::add(&a),
+        Cmd::Keys {
+            cmd: KeysCmd::Revoke(a),
+        } => crate::keys::revoke(&a),
+        Cmd::Keys {
+            cmd: KeysCmd::List(a),
+        } => crate::keys::list(&a),
         Cmd::Keys { cmd: KeysCmd::Hash } => {
             let mut line = zeroize::Zeroizing::new(String::new());
             if std::io::stdin().read_line(&mut line).is_err() {

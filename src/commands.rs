@@ -1,6 +1,6 @@
-//! The bodies of the CLI's one-shot commands (`audit verify`, `keys new`, `check --online`);
-//! `cli` parses the arguments and calls them (`verify_cli` loads `verify --anchors`). Exit codes
-//! as in `cli`.
+//! The bodies of the CLI's one-shot commands (`audit verify`, `keys new`, `check --online`;
+//! `keys add|revoke|list` live in `keys`); `cli` parses the arguments and calls them
+//! (`verify_cli` loads `verify --anchors`). Exit codes as in `cli`.
 #![expect(clippy::print_stdout, reason = "the CLI's intended output")]
 
 use std::path::PathBuf;
@@ -53,14 +53,21 @@ pub(crate) fn audit_verify(
     }
 }
 
-/// `keys new`: the entry to stdout, the key to stderr or `--key-out` (0600, never overwritten).
-pub(crate) fn keys_new(id: &str, key_out: Option<&std::path::Path>) -> ExitCode {
-    if id.is_empty()
+/// What `--id` of `keys new` and `keys add` must be.
+pub(crate) const ID_RULE: &str = "must be 1–128 printable characters without quotes or backslashes";
+
+/// A client id `keys` accepts (stricter than the config: no quoting questions in any output).
+pub(crate) fn valid_id(id: &str) -> bool {
+    !(id.is_empty()
         || id.len() > 128
         || id.contains(['"', '\\'])
-        || id.chars().any(char::is_control)
-    {
-        eprintln!("error: --id must be 1–128 printable characters without quotes or backslashes");
+        || id.chars().any(char::is_control))
+}
+
+/// `keys new`: the entry to stdout, the key to stderr or `--key-out` (0600, never overwritten).
+pub(crate) fn keys_new(id: &str, key_out: Option<&std::path::Path>) -> ExitCode {
+    if !valid_id(id) {
+        eprintln!("error: --id {ID_RULE}");
         return ExitCode::from(EXIT_CONFIG);
     }
     let key = match crate::auth::new_client_key() {

@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod hardening;
 pub mod health;
 pub mod hist;
+mod keys;
 pub mod names;
 pub mod proxy;
 pub mod request;

@@ -7,7 +7,8 @@
 //! Workload identity over real sockets: JWT bearer tokens (RS256 from the openssl CLI, ES256 and
 //! HS256 from ring) verified against a JWKS file or an in-test HTTPS JWKS endpoint; every refusal
 //! a 401 with an OpenAI-shaped body and a `denied` record that names why and never holds the
-//! token; one credential per request.
+//! token; one credential per request; client certificates (openssl-made) mapped by SAN or, when
+//! no SAN maps, by subject CN, and a certificate name given to two clients refused.
 
 mod common;
 
@@ -448,6 +449,17 @@ fn mtls_client(
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(conn)
 }
 
+/// A gateway serving TLS with `server_cert`/`server_key` that verifies client certificates
+/// against `ca` (`client_auth = mode`).
+fn mtls_opts(server_cert: &Path, server_key: &Path, ca: &Path, mode: &str) -> Opts {
+    Opts::default().server(format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"{mode}\"",
+        server_cert.display(),
+        server_key.display(),
+        ca.display()
+    ))
+}
+
 const SPIFFE: &str = "spiffe://cluster.local/ns/team-m/sa/app";
 
 #[tokio::test]
@@ -478,12 +490,7 @@ async fn client_certificates_map_by_spiffe_uri_and_bad_ones_fail_the_handshake()
         "extendedKeyUsage=serverAuth",
         false,
     );
-    let mut o = Opts::default().server(format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"optional\"",
-        server_cert.display(),
-        server_key.display(),
-        ca.display()
-    ));
+    let mut o = mtls_opts(&server_cert, &server_key, &ca, "optional");
     o.extra = format!(
         "[[clients]]\nid = \"team-m\"\ncert_san_uri = \"{SPIFFE}\"\n[[clients]]\nid = \"batch\"\ncert_san_dns = \"batch.team-m.svc\"\n"
     );
@@ -584,12 +591,7 @@ async fn client_auth_required_refuses_a_handshake_without_a_certificate() {
         &format!("subjectAltName=URI:{SPIFFE}\nextendedKeyUsage=clientAuth"),
         false,
     );
-    let mut o = Opts::default().server(format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\nclient_auth = \"required\"",
-        server_cert.display(),
-        server_key.display(),
-        ca.display()
-    ));
+    let mut o = mtls_opts(&server_cert, &server_key, &ca, "required");
     o.extra = format!("[[clients]]\nid = \"team-m\"\ncert_san_uri = \"{SPIFFE}\"\n");
     let gw = start_with(o).await;
     let url = format!("https://localhost:{}/v1/models", gw.addr.port());
@@ -609,4 +611,82 @@ async fn client_auth_required_refuses_a_handshake_without_a_certificate() {
     assert_eq!(get(Some((&good.0, &good.1)), None).await.unwrap(), 200);
     assert!(gw.nim.seen().len() == 1);
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_certificate_maps_by_subject_cn_when_no_san_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca, server_cert, server_key) = self_signed(d, "gw");
+    let usage = "extendedKeyUsage=clientAuth";
+    // No SAN at all: only the subject CN names it.
+    let cn_only = client_cert(d, "gw", "legacy-batch", usage, false);
+    // A SAN that maps (team-m) wins over a CN that also maps.
+    let both = client_cert(
+        d,
+        "gw",
+        "legacy-batch-2",
+        &format!("subjectAltName=URI:{SPIFFE}\n{usage}"),
+        false,
+    );
+    // A CN nobody maps.
+    let stranger = client_cert(d, "gw", "someone-else", usage, false);
+    let mut o = mtls_opts(&server_cert, &server_key, &ca, "optional");
+    o.extra = format!(
+        "[[clients]]\nid = \"team-m\"\ncert_san_uri = \"{SPIFFE}\"\n[[clients]]\nid = \"legacy\"\ncert_subject_cn = \"legacy-batch\"\n[[clients]]\nid = \"legacy-2\"\ncert_subject_cn = \"legacy-batch-2\"\n"
+    );
+    let gw = start_with(o).await;
+    let url = format!("https://localhost:{}/v1/chat/completions", gw.addr.port());
+    for (cert, want) in [(&cn_only, 200), (&both, 200), (&stranger, 401)] {
+        let client = mtls_client(&ca, Some((cert.0.as_path(), cert.1.as_path())));
+        let req = Request::post(&url)
+            .body(Full::new(bytes::Bytes::from(chat_body(false))))
+            .unwrap();
+        let status = client.request(req).await.unwrap().status().as_u16();
+        assert_eq!(status, want, "{}", cert.0.display());
+    }
+    let uses = gw.audit_events("use").await;
+    assert_eq!(uses.len(), 2);
+    assert_eq!(
+        (uses[0]["client_id"].as_str(), uses[0]["auth"].as_str()),
+        (Some("legacy"), Some("mtls"))
+    );
+    assert_eq!(uses[0]["subject"], "legacy-batch");
+    assert_eq!(uses[1]["client_id"], "team-m");
+    assert_eq!(uses[1]["subject"], SPIFFE);
+    let denied = gw.audit_events("denied").await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["reason"], "unmapped_certificate");
+    gw.stop().await;
+}
+
+#[test]
+fn a_certificate_name_given_to_two_clients_is_refused_naming_both() {
+    let base = "[server]\ntls_cert = \"/c\"\ntls_key = \"/k\"\nclient_ca = \"/ca\"\n[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n";
+    for (field, a, b) in [
+        ("cert_san_uri", SPIFFE, SPIFFE),
+        ("cert_san_dns", "batch.svc", "BATCH.svc"),
+        ("cert_subject_cn", "legacy", "legacy"),
+    ] {
+        let text = format!(
+            "{base}[[clients]]\nid = \"one\"\n{field} = \"{a}\"\n[[clients]]\nid = \"two\"\n{field} = \"{b}\"\n"
+        );
+        let errs = nimgate::config::parse(&text).unwrap().validate();
+        assert_eq!(errs.len(), 1, "{field}: {errs:?}");
+        assert_eq!(errs[0].field, format!("clients[1].{field}"));
+        assert!(
+            errs[0].message.contains(&format!("clients[0].{field}")),
+            "{errs:?}"
+        );
+    }
+    // The same value in two different fields names different things: allowed.
+    let text = format!(
+        "{base}[[clients]]\nid = \"one\"\ncert_san_dns = \"legacy\"\n[[clients]]\nid = \"two\"\ncert_subject_cn = \"legacy\"\n"
+    );
+    assert_eq!(nimgate::config::parse(&text).unwrap().validate(), []);
+    // Without client_ca a CN mapping can never match: refused naming the field.
+    let text = "[upstream]\nurl = \"http://x:1\"\n[secret]\nsource = \"file\"\npath = \"/k\"\n[[clients]]\nid = \"one\"\ncert_subject_cn = \"legacy\"\n";
+    let errs = nimgate::config::parse(text).unwrap().validate();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "clients[0].cert_subject_cn");
 }

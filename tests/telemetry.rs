@@ -457,6 +457,101 @@ async fn without_telemetry_no_trace_work_and_the_client_traceparent_passes_as_be
     assert!(audit.iter().all(|r| r.get("trace_id").is_none()));
 }
 
+/// `sample_ratio = 0`: a request nimgate would start a trace for, and one whose client's trace is
+/// not sampled, build no span (nothing exported, no upstream span: the NIM gets the client's
+/// `traceparent`/`tracestate` exactly as sent, or none); a sampled parent is still followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsampled_requests_export_nothing_and_a_sampled_parent_is_followed() {
+    const UNSAMPLED: &str = "0af7651916cd43dd8448eb211c80319c";
+    let dir = tempfile::tempdir().unwrap();
+    let (got, col) = collector(false).await;
+    let (nim, nim_addr) = fake_nim(vec![NIM_KEY.into()], Duration::from_millis(5)).await;
+    let cfg = write_config(
+        dir.path(),
+        nim_addr,
+        &telemetry_table(col, "sample_ratio = 0.0\n"),
+    );
+    let p = spawn_serve(&cfg, None);
+    wait_ready(p.admin).await;
+    let url = format!("http://{}/v1/chat/completions", p.gw);
+    // 1. No traceparent, ratio 0: no trace at all.
+    assert_eq!(
+        send_json(post(&url, Some(CLIENT_KEY), &chat_body(false)))
+            .await
+            .0,
+        200
+    );
+    // 2. The client's trace is not sampled (flag 00).
+    let unsampled_tp = format!("00-{UNSAMPLED}-{PARENT}-00");
+    let mut req = post(&url, Some(CLIENT_KEY), &chat_body(false));
+    req.headers_mut()
+        .insert("traceparent", unsampled_tp.parse().unwrap());
+    req.headers_mut()
+        .insert("tracestate", "vendor=opaque".parse().unwrap());
+    assert_eq!(send_json(req).await.0, 200);
+    // 3. A sampled parent (flag 01) is followed whatever the ratio.
+    let mut req = post(&url, Some(CLIENT_KEY), &chat_body(false));
+    req.headers_mut().insert(
+        "traceparent",
+        format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+    );
+    assert_eq!(send_json(req).await.0, 200);
+
+    let spans = spans_until(&got, |s| {
+        s.iter().any(|(_, x)| x.kind == SpanKind::Server as i32)
+            && s.iter().any(|(_, x)| x.kind == SpanKind::Client as i32)
+    })
+    .await;
+    // Spans of requests 1 and 2 would have ended before those of request 3: give one more
+    // export round for any that were still queued.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let all: Vec<Span> = got
+        .lock()
+        .unwrap()
+        .spans
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect();
+    let trace = hex::decode(TRACE).unwrap();
+    assert!(
+        all.iter().all(|s| s.trace_id == trace),
+        "only the sampled request's spans are exported: {:?}",
+        all.iter()
+            .map(|s| (&s.name, hex::encode(&s.trace_id)))
+            .collect::<Vec<_>>()
+    );
+    let sv = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(sv.parent_span_id, hex::decode(PARENT).unwrap());
+    let cl = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .unwrap();
+
+    let seen = nim.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen[0].headers.get("traceparent").is_none(),
+        "no trace started: {:?}",
+        seen[0].headers.get("traceparent")
+    );
+    assert_eq!(seen[1].headers["traceparent"], unsampled_tp.as_str());
+    assert_eq!(seen[1].headers["tracestate"], "vendor=opaque");
+    assert_eq!(
+        seen[2].headers["traceparent"],
+        format!("00-{TRACE}-{}-01", hex::encode(&cl.span_id)).as_str()
+    );
+    // The audit records: no trace id for the trace never started, the client's for the rest.
+    let audit = read_audit(&dir.path().join("audit.jsonl"));
+    let uses: Vec<&serde_json::Value> = audit.iter().filter(|r| r["event"] == "use").collect();
+    assert_eq!(uses.len(), 3);
+    assert!(uses[0].get("trace_id").is_none(), "{}", uses[0]);
+    assert_eq!(uses[1]["trace_id"], UNSAMPLED);
+    assert_eq!(uses[2]["trace_id"], TRACE);
+}
+
 #[test]
 fn grpc_and_bad_telemetry_settings_are_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();

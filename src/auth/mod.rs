@@ -136,9 +136,11 @@ pub struct ClientRegistry {
     /// Every client, in config order.
     all: Vec<Arc<ClientEntry>>,
     by_digest: HashMap<[u8; 32], Arc<ClientEntry>>,
-    /// `cert_san_uri` and `cert_san_dns` (kept apart: a URI never matches a DNS name).
+    /// `cert_san_uri`, `cert_san_dns` and `cert_subject_cn` (kept apart: a URI never matches a
+    /// DNS name or a CN).
     by_cert_uri: HashMap<String, Arc<ClientEntry>>,
     by_cert_dns: HashMap<String, Arc<ClientEntry>>,
+    by_cert_cn: HashMap<String, Arc<ClientEntry>>,
     jwt: Option<JwtAuth>,
 }
 
@@ -213,6 +215,7 @@ impl ClientRegistry {
             .map(|p| p.registry.all.iter().map(|e| (&*e.id, e)).collect())
             .unwrap_or_default();
         let mut all = Vec::with_capacity(clients.len());
+        let mut by_cert_cn = HashMap::new();
         for (index, c) in clients.iter().enumerate() {
             let entry = match kept.get(c.id.as_str()) {
                 Some(e) if e.built_from.0 == *c && e.built_from.1 == default_concurrency => {
@@ -236,6 +239,9 @@ impl ClientRegistry {
             if let Some(d) = &c.cert_san_dns {
                 by_cert_dns.insert(d.to_ascii_lowercase(), entry.clone());
             }
+            if let Some(cn) = &c.cert_subject_cn {
+                by_cert_cn.insert(cn.clone(), entry.clone());
+            }
             if let Some(sub) = &c.jwt_subject {
                 subjects.insert((c.jwt_issuer.clone(), sub.clone()), entry);
             }
@@ -254,6 +260,7 @@ impl ClientRegistry {
             by_digest,
             by_cert_uri,
             by_cert_dns,
+            by_cert_cn,
             jwt,
         })
     }
@@ -321,7 +328,15 @@ impl ClientRegistry {
                 .iter()
                 .find_map(|d| Some((d, self.by_cert_dns.get(&d.to_ascii_lowercase())?)))
         };
-        let (name, entry) = uri.or_else(dns).ok_or(AuthFailure::UnmappedCertificate)?;
+        // The subject CN only when no SAN maps (SANs are the names RFC 6125 prefers).
+        let cn = || {
+            let cn = peer.cn.as_ref()?;
+            Some((cn, self.by_cert_cn.get(&**cn)?))
+        };
+        let (name, entry) = uri
+            .or_else(dns)
+            .or_else(cn)
+            .ok_or(AuthFailure::UnmappedCertificate)?;
         Ok(Principal(
             entry.clone(),
             Via {

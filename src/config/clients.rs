@@ -1,22 +1,71 @@
 //! `Config::validate_clients()`: the `[[clients]]` entries (and those of `auth.clients_file`),
-//! each problem naming `clients[N].field`.
+//! each problem naming `clients[N].field`; `check_clients_file`, the same rules for a clients
+//! file `nimgate keys` is about to put in place.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
-use super::types::Config;
+use super::types::{ClientConfig, Config};
+use super::ConfigError;
+
+/// Messages about a client setting whose other half lives in another section of the main
+/// config; `nimgate keys` without `--config` cannot judge them (`check_clients_file`).
+const NEEDS_CLIENT_CA: &str = "needs [server] client_ca";
+const NEEDS_JWT: &str = "needs an [[auth.jwt]] issuer";
+const NOT_AN_ISSUER: &str = "not the issuer of any [[auth.jwt]]";
+const NO_CLIENTS: &str = "no client keys configured; add [[clients]] (see `nimgate keys add`)";
+
+/// The certificate names a client can be mapped by: each value may name one client only.
+const CERT_FIELDS: [&str; 3] = ["cert_san_uri", "cert_san_dns", "cert_subject_cn"];
+
+fn cert_names(c: &ClientConfig) -> [(&'static str, Option<&String>); 3] {
+    [
+        (CERT_FIELDS[0], c.cert_san_uri.as_ref()),
+        (CERT_FIELDS[1], c.cert_san_dns.as_ref()),
+        (CERT_FIELDS[2], c.cert_subject_cn.as_ref()),
+    ]
+}
+
+/// What `nimgate keys` checks before it puts a clients file in place: `path` read and parsed
+/// exactly as the gateway merges `auth.clients_file` (`Config::resolve_files`), then validated.
+/// With `main` (the gateway's config as parsed, its own `auth.clients_file` replaced by `path`):
+/// every problem of the whole config, as `check` would report it. Without: the file's own rules
+/// only; a setting whose other half lives in the main config (`cert_*` needs `client_ca`,
+/// `jwt_subject` needs `[[auth.jwt]]`), and a file with no client, are not judged.
+pub fn check_clients_file(path: &Path, main: Option<&Config>) -> Vec<ConfigError> {
+    let mut cfg = match main {
+        Some(c) => c.clone(),
+        None => match super::parse("") {
+            Ok(c) => c,
+            Err(e) => return e,
+        },
+    };
+    cfg.auth.clients_file = Some(path.to_path_buf());
+    if let Err(e) = cfg.resolve_files() {
+        return e;
+    }
+    if main.is_some() {
+        return cfg.validate();
+    }
+    let mut errs = Vec::new();
+    cfg.validate_clients(&mut |f: &str, m: String| errs.push(ConfigError::new(f, m)));
+    errs.retain(|e| {
+        ![NEEDS_CLIENT_CA, NEEDS_JWT, NOT_AN_ISSUER, NO_CLIENTS].contains(&e.message.as_str())
+    });
+    errs
+}
 
 impl Config {
     /// `[[clients]]` (including those from `auth.clients_file`).
     pub(super) fn validate_clients(&self, err: &mut impl FnMut(&str, String)) {
         if self.clients.is_empty() {
-            err(
-                "clients",
-                "no client keys configured; add [[clients]] (see `nimgate keys new`)".into(),
-            );
+            err("clients", NO_CLIENTS.into());
         }
         let mut ids = HashSet::new();
         let mut digests = HashSet::new();
         let mut subjects = HashSet::new();
+        // (field, value as matched) → the first client that has it.
+        let mut cert_seen: HashMap<(&str, String), usize> = HashMap::new();
         for (i, c) in self.clients.iter().enumerate() {
             let f = |k: &str| format!("clients[{i}].{k}");
             if c.id.is_empty() || c.id.len() > 128 || c.id.chars().any(char::is_control) {
@@ -38,16 +87,36 @@ impl Config {
                     }
                 }
                 None if c.jwt_subject.is_none()
-                    && c.cert_san_uri.is_none()
-                    && c.cert_san_dns.is_none() =>
+                    && cert_names(c).iter().all(|(_, v)| v.is_none()) =>
                 {
                     err(
                         &f("key_sha256"),
-                        "missing: a client needs key_sha256, jwt_subject or cert_san_uri/cert_san_dns"
+                        "missing: a client needs key_sha256, jwt_subject or cert_san_uri/cert_san_dns/cert_subject_cn"
                             .into(),
                     );
                 }
                 None => {}
+            }
+            for (k, v) in cert_names(c) {
+                let Some(v) = v else { continue };
+                if v.is_empty() {
+                    err(&f(k), "must not be empty".into());
+                    continue;
+                }
+                // DNS names match case-insensitively (as the registry looks them up).
+                let key = if k == "cert_san_dns" {
+                    v.to_ascii_lowercase()
+                } else {
+                    v.clone()
+                };
+                if let Some(first) = cert_seen.get(&(k, key.clone())) {
+                    err(
+                        &f(k),
+                        format!("same value as clients[{first}].{k}: a certificate must map to one client"),
+                    );
+                } else {
+                    cert_seen.insert((k, key), i);
+                }
             }
             self.validate_jwt_client(c, &f, &mut subjects, err);
             if let Err(m) = c.expires_at() {
@@ -93,25 +162,19 @@ impl Config {
             if c.jwt_subject.is_none() {
                 err(&f("jwt_issuer"), "only with jwt_subject".into());
             } else if !self.auth.jwt.iter().any(|j| &j.issuer == iss) {
-                err(
-                    &f("jwt_issuer"),
-                    "not the issuer of any [[auth.jwt]]".into(),
-                );
+                err(&f("jwt_issuer"), NOT_AN_ISSUER.into());
             }
         }
-        for (k, v) in [
-            ("cert_san_uri", &c.cert_san_uri),
-            ("cert_san_dns", &c.cert_san_dns),
-        ] {
+        for (k, v) in cert_names(c) {
             if v.is_some() && self.server.client_ca.is_none() {
-                err(&f(k), "needs [server] client_ca".into());
+                err(&f(k), NEEDS_CLIENT_CA.into());
             }
         }
         let Some(sub) = &c.jwt_subject else { return };
         if sub.is_empty() {
             err(&f("jwt_subject"), "must not be empty".into());
         } else if self.auth.jwt.is_empty() {
-            err(&f("jwt_subject"), "needs an [[auth.jwt]] issuer".into());
+            err(&f("jwt_subject"), NEEDS_JWT.into());
         } else if !subjects.insert((c.jwt_issuer.as_deref(), sub.as_str())) {
             err(&f("jwt_subject"), "same subject as another client".into());
         }

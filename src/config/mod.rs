@@ -18,6 +18,7 @@ mod upstream;
 mod upstreams;
 mod validate;
 
+pub use clients::check_clients_file;
 pub use telemetry::TelemetryConfig;
 pub use types::*;
 pub use validate::ConfigError;

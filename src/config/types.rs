@@ -169,6 +169,10 @@ pub struct ClientConfig {
     /// A verified client certificate with this DNS SAN is this client.
     #[serde(default)]
     pub cert_san_dns: Option<String>,
+    /// A verified client certificate whose subject common name is this (and whose SANs map to
+    /// no client) is this client.
+    #[serde(default)]
+    pub cert_subject_cn: Option<String>,
     /// After this UTC instant (`2027-03-01T00:00:00Z`) the key gets 401 `key_expired`.
     #[serde(default)]
     pub expires: Option<toml::value::Datetime>,
@@ -203,6 +207,7 @@ impl ClientConfig {
             jwt_issuer: None,
             cert_san_uri: None,
             cert_san_dns: None,
+            cert_subject_cn: None,
             expires: None,
         }
     }

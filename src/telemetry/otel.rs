@@ -7,6 +7,13 @@
 //!
 //! `enabled()` is the one switch the request path checks: when it is false no span is created,
 //! nothing is recorded and no header is touched.
+//!
+//! Sampling is decided once, before a span exists (`spans::server`): a W3C parent's sampled flag
+//! is followed, a root request is sampled by `sample_root` (`sample_ratio`). An unsampled request
+//! builds no span at all, so a low ratio costs almost nothing per request; the SDK sampler only
+//! sees spans already chosen and is `ParentBased(AlwaysOn)` (a second ratio there would square
+//! the ratio). `sample_root` is a SplitMix64 sequence from a random seed: lock-free, one atomic
+//! add, and independent of the trace ids the SDK generates.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::Context;
@@ -29,6 +36,34 @@ pub const TARGET: &str = "nimgate::otel";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// `sample_root` passes when a 53-bit draw is below this (`threshold(sample_ratio)`).
+static ROOT_THRESHOLD: AtomicU64 = AtomicU64::new(0);
+/// The SplitMix64 state behind `sample_root` (seeded at `init`).
+static DRAW: AtomicU64 = AtomicU64::new(0);
+
+/// `ratio` (0.0..=1.0) as a threshold for 53-bit draws: 0 never passes, 1.0 always does.
+pub(crate) fn threshold(ratio: f64) -> u64 {
+    (ratio.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64
+}
+
+/// The SplitMix64 output for the state `z`, reduced to 53 bits.
+pub(crate) fn draw(z: u64) -> u64 {
+    let mut z = z;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) >> 11
+}
+
+/// The SplitMix64 state increment (the golden ratio in 64 bits).
+pub(crate) const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Whether a trace nimgate starts itself (no parent) is sampled, at `sample_ratio`.
+pub fn sample_root() -> bool {
+    let z = DRAW
+        .fetch_add(GOLDEN, Ordering::Relaxed)
+        .wrapping_add(GOLDEN);
+    draw(z) < ROOT_THRESHOLD.load(Ordering::Relaxed)
+}
 
 /// Whether spans are exported (set once at start).
 pub fn enabled() -> bool {
@@ -92,9 +127,8 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Option<Otel>, String> {
             queued,
             max: cfg.max_queue_size,
         })
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            cfg.sample_ratio,
-        ))))
+        // The ratio was applied before the span was built (`sample_root`, module header).
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(
             Resource::builder()
                 .with_service_name(cfg.service_name.clone())
@@ -102,6 +136,11 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Option<Otel>, String> {
         )
         .build();
     let tracer = provider.tracer("nimgate");
+    let mut seed = [0u8; 8];
+    // Without OS randomness the draws still spread evenly, just from a fixed start.
+    let _ = getrandom::getrandom(&mut seed);
+    DRAW.store(u64::from_le_bytes(seed), Ordering::Relaxed);
+    ROOT_THRESHOLD.store(threshold(cfg.sample_ratio), Ordering::Relaxed);
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some(Otel { provider, tracer }))
 }

@@ -5,7 +5,11 @@
 //! statuses only: never a header value, a body, a prompt or a key.
 //!
 //! Only called when `otel::enabled()`; with tracing off the proxy holds `Span::none()` and
-//! every helper here returns at its `is_none()` check.
+//! every helper here returns at its `is_none()` check. So does an unsampled request: `server`
+//! decides sampling before it builds anything (see `otel`), and an unsampled request has no span,
+//! no attributes and no upstream span; the client's `traceparent` (flag `00`) and `tracestate`
+//! then reach the NIM as received, which W3C Trace Context allows a participant that records
+//! nothing (the trace id and the not-sampled decision carry on unchanged).
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -49,7 +53,9 @@ impl Injector for HeadersMut<'_> {
 }
 
 /// The SERVER span of a request, child of the client's W3C `traceparent` if it sent one, and
-/// its trace id (for the audit records).
+/// its trace id (for the audit records). `Span::none()` when the request is not sampled: the
+/// client's parent says not sampled (the trace id is still returned, for the audit records), or
+/// there is no valid parent and `otel::sample_root` says no.
 pub fn server(
     headers: &HeaderMap,
     method: &str,
@@ -58,6 +64,18 @@ pub fn server(
     request_id: Option<&str>,
     remote: Option<&str>,
 ) -> (Span, Option<Arc<str>>) {
+    let parent = headers
+        .contains_key("traceparent")
+        .then(|| TraceContextPropagator::new().extract(&Headers(headers)))
+        .filter(|cx| cx.span().span_context().is_valid());
+    if let Some(cx) = &parent {
+        let sc = cx.span().span_context().clone();
+        if !sc.is_sampled() {
+            return (Span::none(), Some(sc.trace_id().to_string().into()));
+        }
+    } else if !super::otel::sample_root() {
+        return (Span::none(), None);
+    }
     let span = tracing::info_span!(target: TARGET, "request",
         otel.name = %format_args!("{method} {path}"),
         otel.kind = "server",
@@ -80,9 +98,8 @@ pub fn server(
         trace_id = Empty,
         span_id = Empty,
     );
-    if headers.contains_key("traceparent") {
-        let parent = TraceContextPropagator::new().extract(&Headers(headers));
-        let _ = span.set_parent(parent);
+    if let Some(cx) = parent {
+        let _ = span.set_parent(cx);
     }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
@@ -190,9 +207,10 @@ pub fn outcome(
     }
 }
 
-/// A span of background work (a Vault login, renewal or key fetch); none with tracing off.
+/// A span of background work (a Vault login, renewal or key fetch); none with tracing off, or
+/// when it would start a trace (no span around it) and `sample_root` says no.
 pub fn background(name: &str, source: &str) -> Span {
-    if !super::otel::enabled() {
+    if !super::otel::enabled() || (Span::current().is_none() && !super::otel::sample_root()) {
         return Span::none();
     }
     tracing::info_span!(target: TARGET, "background",

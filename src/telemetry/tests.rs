@@ -138,3 +138,19 @@ fn gauges_follow_their_guards() {
     assert!(render(&m).contains("nimgate_requests_in_flight 0\n"));
     assert!(render(&m).contains("nimgate_sse_streams_open 0\n"));
 }
+
+#[test]
+fn root_sampling_passes_its_ratio_of_draws_and_never_or_always_at_the_ends() {
+    use super::otel::{draw, threshold, GOLDEN};
+    let n = 100_000u64;
+    let passed = |ratio: f64| {
+        let t = threshold(ratio);
+        (1..=n).filter(|i| draw(i.wrapping_mul(GOLDEN)) < t).count() as u64
+    };
+    assert_eq!(passed(0.0), 0);
+    assert_eq!(passed(1.0), n);
+    for r in [0.01, 0.25, 0.5] {
+        let p = passed(r) as f64 / n as f64;
+        assert!((p - r).abs() < 0.2 * r + 0.002, "ratio {r}: {p} passed");
+    }
+}
