@@ -189,9 +189,15 @@ async fn sighup_adds_and_removes_clients_under_traffic_and_a_broken_edit_changes
     let (status, body) = chat(gw, CLIENT_KEY_B).await;
     assert_eq!(status, 401);
     assert_eq!(error_code(&body), "invalid_api_key");
-    assert!(records(d, "denied")
-        .iter()
-        .any(|r| r["reason"] == "unknown_key"));
+    let denied = || {
+        records(d, "denied")
+            .iter()
+            .any(|r| r["reason"] == "unknown_key")
+    };
+    assert!(
+        eventually(denied).await,
+        "a denied record for the removed client"
+    );
 
     // A broken edit: refused whole, the field named, the old config still serving.
     let good = std::fs::read_to_string(&cfg).unwrap();
@@ -446,4 +452,75 @@ async fn the_log_level_follows_the_config() {
     let r = sighup(&p, d).await;
     assert_eq!(r["reason"], "refused", "{r}");
     assert_eq!(names(&r["config"]["errors"]), ["server.log_level"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_add_and_revoke_apply_to_the_running_gateway_while_traffic_flows() {
+    let (dir, _nim) = setup(3).await;
+    let d = dir.path();
+    let clients = d.join("clients.toml");
+    std::fs::write(&clients, "# gateway keys, managed with nimgate keys\n").unwrap();
+    let extra = format!("[auth]\nclients_file = \"{}\"\n", clients.display());
+    let cfg = config(d, "", "", &extra);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen(
+            "[server]\n",
+            "[server]\nconfig_poll_interval = \"200ms\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let p = spawn_serve(&cfg, Some("info"));
+    wait_ready(p.admin).await;
+    let stop = Arc::new(AtomicUsize::new(0));
+    let load = traffic(p.gw, stop.clone());
+
+    let (f, c) = (clients.to_str().unwrap(), cfg.to_str().unwrap());
+    let out = common::bin::run_bin(
+        &["keys", "add", "--file", f, "--id", "team-c", "--config", c],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("ngk_"), "{key}");
+    assert!(!std::fs::read_to_string(&clients).unwrap().contains(&key));
+    let before = records(d, "config_reload").len();
+    let r = wait_reload(d, before).await;
+    assert_eq!(names(&r["config"]["clients"]["added"]), ["team-c"], "{r}");
+    assert_eq!(
+        chat(p.gw, &key).await.0,
+        200,
+        "the added key works without a restart"
+    );
+
+    let out = common::bin::run_bin(&["keys", "revoke", "--file", f, "--id", "team-c"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = wait_reload(d, before + 1).await;
+    assert_eq!(names(&r["config"]["clients"]["removed"]), ["team-c"], "{r}");
+    let (status, body) = chat(p.gw, &key).await;
+    assert_eq!(status, 401, "revoked within the poll interval");
+    assert_eq!(error_code(&body), "invalid_api_key");
+    let denied = || {
+        records(d, "denied")
+            .iter()
+            .any(|r| r["reason"] == "unknown_key" && !r.to_string().contains(&key))
+    };
+    assert!(eventually(denied).await, "a denied record without the key");
+    stop.store(1, Ordering::Relaxed);
+    let (n, failed) = load.await.unwrap();
+    assert!(n > 5);
+    assert!(
+        failed.is_empty(),
+        "others were served throughout: {failed:?}"
+    );
 }
