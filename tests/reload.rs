@@ -57,6 +57,20 @@ async fn setup(sse_events: u64) -> (tempfile::TempDir, Arc<nimgate::fakenim::Fak
     (dir, nim)
 }
 
+/// Serve `cfg` with `server.config_poll_interval = "200ms"`, ready.
+async fn serve_polling(cfg: &Path) -> Proc {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let polling = text.replacen(
+        "[server]\n",
+        "[server]\nconfig_poll_interval = \"200ms\"\n",
+        1,
+    );
+    std::fs::write(cfg, polling).unwrap();
+    let p = spawn_serve(cfg, Some("info"));
+    wait_ready(p.admin).await;
+    p
+}
+
 async fn chat(gw: SocketAddr, key: &str) -> (u16, Value) {
     let url = format!("http://{gw}/v1/chat/completions");
     send_json(post(&url, Some(key), &chat_body(false))).await
@@ -319,18 +333,7 @@ async fn a_changed_clients_file_is_seen_by_polling_even_as_a_symlink_swap() {
         d.join("clients.toml").display()
     );
     let cfg = config(d, "", "", &extra);
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replacen(
-            "[server]\n",
-            "[server]\nconfig_poll_interval = \"200ms\"\n",
-            1,
-        ),
-    )
-    .unwrap();
-    let p = spawn_serve(&cfg, Some("info"));
-    wait_ready(p.admin).await;
+    let p = serve_polling(&cfg).await;
     assert_eq!(chat(p.gw, KEY_C).await.0, 401);
     let before = records(d, "config_reload").len();
     write_version("v2", &client_table("team-c", KEY_C, ""));
@@ -462,18 +465,7 @@ async fn keys_add_and_revoke_apply_to_the_running_gateway_while_traffic_flows() 
     std::fs::write(&clients, "# gateway keys, managed with nimgate keys\n").unwrap();
     let extra = format!("[auth]\nclients_file = \"{}\"\n", clients.display());
     let cfg = config(d, "", "", &extra);
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replacen(
-            "[server]\n",
-            "[server]\nconfig_poll_interval = \"200ms\"\n",
-            1,
-        ),
-    )
-    .unwrap();
-    let p = spawn_serve(&cfg, Some("info"));
-    wait_ready(p.admin).await;
+    let p = serve_polling(&cfg).await;
     let stop = Arc::new(AtomicUsize::new(0));
     let load = traffic(p.gw, stop.clone());
 
