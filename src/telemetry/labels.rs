@@ -57,11 +57,9 @@ pub const MODEL_CAP: usize = 32;
 /// Slots of a per-model family: `MODEL_CAP` names, then `other`.
 pub const MODEL_SLOTS: usize = MODEL_CAP + 1;
 
-/// Model names seen so far, in slot order.
-pub struct Models {
-    names: ArcSwap<Vec<Arc<str>>>,
-    grow: Mutex<()>,
-}
+/// Model names seen so far, in slot order: `Slots` with room for `MODEL_CAP` names, `other` at
+/// `MODEL_CAP` and no tail slot.
+pub struct Models(Slots);
 
 impl Models {
     /// Seeded with the configured models (the first `MODEL_CAP` of them).
@@ -72,36 +70,18 @@ impl Models {
                 v.push(Arc::from(*m));
             }
         }
-        Self {
-            names: ArcSwap::from_pointee(v),
-            grow: Mutex::new(()),
-        }
+        let spare = MODEL_CAP - v.len();
+        Self(Slots::new(&v, spare))
     }
 
     /// The slot of `model`: a known name's, a new one's while there is room, else `other`'s.
     pub fn slot(&self, model: &str) -> usize {
-        if let Some(i) = self.names.load().iter().position(|n| &**n == model) {
-            return i;
-        }
-        let Ok(_g) = self.grow.lock() else {
-            return MODEL_CAP;
-        };
-        let cur = self.names.load_full();
-        if let Some(i) = cur.iter().position(|n| &**n == model) {
-            return i;
-        }
-        if cur.len() >= MODEL_CAP {
-            return MODEL_CAP;
-        }
-        let mut next = (*cur).clone();
-        next.push(Arc::from(model));
-        self.names.store(Arc::new(next));
-        cur.len()
+        self.0.slot(model)
     }
 
     /// The label value of each used slot, `other` last.
     pub fn names(&self) -> Vec<(usize, Arc<str>)> {
-        let mut v: Vec<_> = self.names.load().iter().cloned().enumerate().collect();
+        let mut v = self.0.named();
         v.push((MODEL_CAP, Arc::from("other")));
         v
     }
@@ -161,10 +141,6 @@ impl Slots {
             return i;
         }
         if cur.len() >= self.cap {
-            tracing::warn!(
-                name,
-                "no metrics label slot left until restart: counted as `other`"
-            );
             return self.other();
         }
         let mut next = (*cur).clone();
@@ -173,9 +149,14 @@ impl Slots {
         cur.len()
     }
 
+    /// The named slots in use, with their names.
+    pub fn named(&self) -> Vec<(usize, Arc<str>)> {
+        self.names.load().iter().cloned().enumerate().collect()
+    }
+
     /// Every slot in use with its label value (`other` and the tail last; `tail` names it).
     pub fn labelled(&self, tail: &'static str) -> Vec<(usize, Arc<str>)> {
-        let mut v: Vec<_> = self.names.load().iter().cloned().enumerate().collect();
+        let mut v = self.named();
         v.push((self.other(), Arc::from("other")));
         v.push((self.tail(), Arc::from(tail)));
         v

@@ -90,6 +90,18 @@ pub struct Metrics {
 /// The `outcome` label values of `nimgate_config_reloads_total`.
 pub const RELOAD_OUTCOMES: [&str; 3] = ["applied", "refused", "unchanged"];
 
+/// `s.slot(name)`, saying so when the room for names added since start is used up.
+fn slot_or_warn(s: &Slots, name: &str) -> usize {
+    let i = s.slot(name);
+    if i == s.other() {
+        tracing::warn!(
+            name,
+            "no metrics label slot left until restart: counted as `other`"
+        );
+    }
+    i
+}
+
 fn zeros(n: usize) -> Box<[AtomicU64]> {
     (0..n).map(|_| AtomicU64::new(0)).collect()
 }
@@ -145,12 +157,12 @@ impl Metrics {
     /// The metrics slot of client `id` (its `ClientEntry::index`): the same id keeps its slot
     /// across reloads; a new one gets a free slot.
     pub fn client_slot(&self, id: &str) -> usize {
-        self.clients.slot(id)
+        slot_or_warn(&self.clients, id)
     }
 
     /// Give a new upstream name its slot (at a reload, before requests name it).
     pub fn add_upstream(&self, name: &str) {
-        self.upstreams.slot(name);
+        slot_or_warn(&self.upstreams, name);
     }
 
     fn client(&self, i: usize) -> usize {
