@@ -42,12 +42,16 @@ pub struct ConnSettings {
 }
 
 impl ConnSettings {
+    /// From `cfg`'s `[limits]` and `server.trusted_proxies` (at start and at each reload), with
+    /// the listener's TLS (`tls`, which reloads on its own).
     pub fn new(
-        l: &LimitsConfig,
+        cfg: &crate::config::Config,
         tls: Option<crate::tls::ServerTls>,
-        trusted: TrustedProxies,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::config::ConfigError> {
+        let trusted = TrustedProxies::new(&cfg.server.trusted_proxies)
+            .map_err(|m| crate::config::ConfigError::new("server.trusted_proxies", m))?;
+        let l = &cfg.limits;
+        Ok(Self {
             h1: builder(l).http1_only(),
             h2: builder(l).http2_only(),
             tls,
@@ -55,7 +59,7 @@ impl ConnSettings {
             send_timeout: l.send_timeout,
             idle_timeout: l.idle_timeout,
             trusted: std::sync::Arc::new(trusted),
-        }
+        })
     }
 }
 

@@ -79,15 +79,10 @@ pub fn upstreams(old: &Config, new: &Config) -> Diff {
 
 /// The other top-level sections that differ (clients and upstreams are reported on their own).
 pub fn settings(old: &Config, new: &Config) -> Vec<String> {
-    let mut auth = (old.auth.clone(), new.auth.clone());
-    (auth.0.clients_file, auth.1.clients_file) = (None, None);
     let checks = [
         ("server", old.server != new.server),
         ("admin", old.admin != new.admin),
-        (
-            "auth",
-            auth.0 != auth.1 || old.auth.clients_file != new.auth.clients_file,
-        ),
+        ("auth", old.auth != new.auth),
         ("audit", old.audit != new.audit),
         ("limits", old.limits != new.limits),
         ("ratelimit", old.ratelimit != new.ratelimit),

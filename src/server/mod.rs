@@ -109,14 +109,10 @@ pub async fn run_reloading(
         .local_addr()
         .map_err(|e| InitError::Software(format!("admin.listen: {e}")))?;
     let graceful = GracefulShutdown::new();
-    let trusted = xff::TrustedProxies::new(&cfg.server.trusted_proxies)
-        .map_err(|m| InitError::Config(format!("server.trusted_proxies: {m}")))?;
     let tls_on = tls.is_some();
-    let settings = Arc::new(ArcSwap::from_pointee(ConnSettings::new(
-        &cfg.limits,
-        tls,
-        trusted,
-    )));
+    let settings = ConnSettings::new(&cfg, tls)
+        .map_err(|e| InitError::Config(format!("{}: {}", e.field, e.message)))?;
+    let settings = Arc::new(ArcSwap::from_pointee(settings));
     // The reloader owns the tasks while it runs and hands them back for shutdown. It is built
     // (SIGHUP handler installed) before the serving line below.
     let reload = path.is_some();

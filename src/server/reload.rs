@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::conn::ConnSettings;
+use super::diff;
 use super::tasks::Tasks;
-use super::{diff, xff};
 use crate::app::App;
 use crate::audit::{capped_list, ConfigChange, Event, Record};
 use crate::config::Config;
@@ -201,9 +201,8 @@ impl Reloader {
         if change.clients.is_empty() && change.upstreams.is_empty() && change.settings.is_empty() {
             return Ok(Outcome::Unchanged);
         }
-        let trusted = xff::TrustedProxies::new(&new.server.trusted_proxies)
-            .map_err(|m| vec![("server.trusted_proxies".to_string(), m)])?;
-        let conn = ConnSettings::new(&new.limits, self.conn.load().tls.clone(), trusted);
+        let conn = ConnSettings::new(&new, self.conn.load().tls.clone())
+            .map_err(|e| vec![(e.field, e.message)])?;
         let (live, sources) = self
             .app
             .rebuild(new)

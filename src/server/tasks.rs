@@ -61,11 +61,10 @@ impl Tasks {
 
     /// Stop the refreshers of `stores` (sources started for a reload that was then refused).
     pub async fn stop_refreshers(&mut self, stores: &[Arc<SecretStore>]) {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.refreshers)
-            .into_iter()
-            .partition(|(s, _)| stores.iter().any(|x| Arc::ptr_eq(x, s)));
-        self.refreshers = kept;
-        finish(gone.into_iter().map(|(_, t)| t).collect()).await;
+        let gone = take_if(&mut self.refreshers, |s| {
+            stores.iter().any(|x| Arc::ptr_eq(x, s))
+        });
+        finish(gone).await;
     }
 
     /// Make the running tasks match `live`: start the probes and JWKS refreshers of objects new
@@ -87,22 +86,15 @@ impl Tasks {
                     .push((i.jwks.clone(), Task::start(|stop| k.run(issuer, stop))));
             }
         }
-        let mut gone: Vec<Task> = Vec::new();
-        let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.refreshers)
-            .into_iter()
-            .partition(|(s, _)| !ups.iter().any(|u| Arc::ptr_eq(&u.store, s)));
-        self.refreshers = kept;
-        gone.extend(old.into_iter().map(|(_, t)| t));
-        let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.probes)
-            .into_iter()
-            .partition(|(u, _)| !ups.iter().any(|x| Arc::ptr_eq(x, u)));
-        self.probes = kept;
-        gone.extend(old.into_iter().map(|(_, t)| t));
-        let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.jwks)
-            .into_iter()
-            .partition(|(k, _)| !issuers.iter().any(|i| Arc::ptr_eq(&i.jwks, k)));
-        self.jwks = kept;
-        gone.extend(old.into_iter().map(|(_, t)| t));
+        let mut gone = take_if(&mut self.refreshers, |s| {
+            !ups.iter().any(|u| Arc::ptr_eq(&u.store, s))
+        });
+        gone.extend(take_if(&mut self.probes, |u| {
+            !ups.iter().any(|x| Arc::ptr_eq(x, u))
+        }));
+        gone.extend(take_if(&mut self.jwks, |k| {
+            !issuers.iter().any(|i| Arc::ptr_eq(&i.jwks, k))
+        }));
         finish(gone).await;
     }
 
@@ -115,6 +107,15 @@ impl Tasks {
             let _ = t.stop.send(true);
         }
     }
+}
+
+/// Remove from `tasks` those whose object `gone` says is gone; their tasks.
+fn take_if<T>(tasks: &mut Vec<(Arc<T>, Task)>, gone: impl Fn(&Arc<T>) -> bool) -> Vec<Task> {
+    let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(tasks)
+        .into_iter()
+        .partition(|(o, _)| gone(o));
+    *tasks = kept;
+    old.into_iter().map(|(_, t)| t).collect()
 }
 
 async fn finish(tasks: Vec<Task>) {
