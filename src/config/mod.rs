@@ -34,7 +34,12 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
             format!("cannot read {}: {e}", path.display()),
         )]
     })?;
-    let mut cfg = parse(&text)?;
+    load_text(&text)
+}
+
+/// `load` of a config file's contents already read (a reload digests the very text it loads).
+pub fn load_text(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut cfg = parse(text)?;
     env::apply_overlay(&mut cfg, getenv)?;
     cfg.resolve_files()?;
     let mut errs = cfg.validate();

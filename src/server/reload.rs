@@ -2,9 +2,9 @@
 //! `auth.clients_file`'s *contents*, polled every `server.config_poll_interval` (contents, not
 //! mtimes: a Kubernetes ConfigMap or Secret update swaps a symlink).
 //!
-//! One attempt: read and validate the whole file as at start (`config::load`), build a complete
-//! new live state (`App::rebuild`: clients, routes and upstreams, limits, prefixes), give each
-//! upstream with new secret settings its first key (so no request ever finds an upstream without
+//! One attempt: read the file once, digest it, and validate those very contents as at start
+//! (`config::load_text`); build a complete new live state (`App::rebuild`: clients, routes and
+//! upstreams, limits, prefixes), give each upstream with new secret settings its first key (so no request ever finds an upstream without
 //! one), then publish it with one `ArcSwap` store and make the background tasks match it. A
 //! request in flight keeps the state it started with; no connection is touched. Anything that
 //! fails refuses the whole change and the old state keeps serving; settings that only a restart
@@ -77,15 +77,17 @@ impl Reloader {
             seen: [0; 32],
             hup,
         };
-        r.seen = r.read().0;
+        r.seen = r.read().1;
         r
     }
 
-    /// The digest of the config file and clients file as they are now, and the config file's
-    /// and clients file's own digests (hex; the clients file's when one is set).
-    fn read(&self) -> ([u8; 32], String, Option<String>) {
-        let text = std::fs::read(&self.path).unwrap_or_default();
-        let config = Sha256::digest(&text);
+    /// The config file's contents as they are now (empty when unreadable), the digest of them
+    /// and of the clients file together, and each one's own digest (hex; the clients file's when
+    /// one is set).
+    fn read(&self) -> (std::io::Result<Vec<u8>>, [u8; 32], String, Option<String>) {
+        let read = std::fs::read(&self.path);
+        let text = read.as_deref().unwrap_or_default();
+        let config = Sha256::digest(text);
         let clients = self
             .app
             .live()
@@ -100,6 +102,7 @@ impl Reloader {
             both.update(c);
         }
         (
+            read,
             both.finalize().into(),
             hex::encode(config),
             clients.map(hex::encode),
@@ -120,7 +123,7 @@ impl Reloader {
             let trigger = tokio::select! {
                 _ = sighup => "sighup",
                 () = tokio::time::sleep(every), if !every.is_zero() => {
-                    if self.read().0 == self.seen {
+                    if self.read().1 == self.seen {
                         continue;
                     }
                     "file_changed"
@@ -134,7 +137,7 @@ impl Reloader {
     /// One reload attempt, recorded whatever its outcome.
     pub async fn attempt(&mut self, trigger: &'static str, tasks: &mut Tasks) {
         let started_at = Instant::now();
-        let (seen, sha256, clients_file_sha256) = self.read();
+        let (text, seen, sha256, clients_file_sha256) = self.read();
         self.seen = seen;
         let mut change = ConfigChange {
             trigger,
@@ -142,7 +145,7 @@ impl Reloader {
             clients_file_sha256,
             ..ConfigChange::default()
         };
-        let outcome = match self.apply(&mut change, tasks).await {
+        let outcome = match self.apply(text, &mut change, tasks).await {
             Ok(o) => o,
             Err(errors) => {
                 for (field, message) in &errors {
@@ -178,12 +181,23 @@ impl Reloader {
         let _ = self.app.audit.record(r).await;
     }
 
+    /// `text`: the config file's contents that `change.sha256` is the digest of.
     async fn apply(
         &mut self,
+        text: std::io::Result<Vec<u8>>,
         change: &mut ConfigChange,
         tasks: &mut Tasks,
     ) -> Result<Outcome, Vec<(String, String)>> {
-        let new = crate::config::load(&self.path).map_err(|errs| {
+        let cannot_read = |e: &dyn std::fmt::Display| {
+            vec![(
+                "config".to_string(),
+                format!("cannot read {}: {e}", self.path.display()),
+            )]
+        };
+        let text = text.map_err(|e| cannot_read(&e))?;
+        let text = String::from_utf8(text)
+            .map_err(|_| cannot_read(&"stream did not contain valid UTF-8"))?;
+        let new = crate::config::load_text(&text).map_err(|errs| {
             errs.into_iter()
                 .map(|e| (e.field, e.message))
                 .collect::<Vec<_>>()
