@@ -19,6 +19,7 @@ pub mod hardening;
 pub mod health;
 pub mod hist;
 mod keys;
+pub(crate) mod lockfile;
 pub mod names;
 pub mod proxy;
 pub mod request;

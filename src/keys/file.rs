@@ -36,19 +36,9 @@ pub(crate) fn open(path: &Path) -> io::Result<Locked> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_path_buf(),
         Err(e) => return Err(e),
     };
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)?;
+    let (f, lock_path) = crate::lockfile::open(&path)?;
     let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, errno)| {
-        io::Error::other(format!(
-            "cannot lock {}: {errno}",
-            Path::new(&lock_path).display()
-        ))
+        io::Error::other(format!("cannot lock {}: {errno}", lock_path.display()))
     })?;
     let (text, mode) = match std::fs::read_to_string(&path) {
         Ok(t) => {

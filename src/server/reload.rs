@@ -4,11 +4,12 @@
 //!
 //! One attempt: read the file once, digest it, and validate those very contents as at start
 //! (`config::load_text`); build a complete new live state (`App::rebuild`: clients, routes and
-//! upstreams, limits, prefixes), give each upstream with new secret settings its first key (so no request ever finds an upstream without
-//! one), then publish it with one `ArcSwap` store and make the background tasks match it. A
-//! request in flight keeps the state it started with; no connection is touched. Anything that
-//! fails refuses the whole change and the old state keeps serving; settings that only a restart
-//! can change are reported (`needs_restart`) and keep their old value while the rest applies.
+//! upstreams, limits, prefixes), give each upstream with new secret settings its first key (so no
+//! request ever finds an upstream without one), then publish it with one `ArcSwap` store and make
+//! the background tasks match it. A request in flight keeps the state it started with; no
+//! connection is touched. Anything that fails refuses the whole change and the old state keeps
+//! serving; settings that only a restart can change are reported (`needs_restart`) and keep their
+//! old value while the rest applies.
 //! Every attempt is a `config_reload` audit record and a `nimgate_config_reloads_total` count.
 
 use arc_swap::ArcSwap;

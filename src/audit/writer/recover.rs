@@ -45,15 +45,7 @@ pub(super) fn open_append(path: &Path) -> io::Result<File> {
 /// and reopened after write errors, the lock file never is. The kernel drops the lock when the
 /// process dies, so a stale file blocks nothing.
 pub(super) fn lock(path: &Path) -> io::Result<Flock<File>> {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".lock");
-    let lock_path = PathBuf::from(s);
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)?;
+    let (f, lock_path) = crate::lockfile::open(path)?;
     Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
             io::Error::new(
