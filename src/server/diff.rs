@@ -48,11 +48,7 @@ pub fn needs_restart(started: &Config, new: &Config) -> Vec<String> {
                 || sr.key_prefix != nr.key_prefix,
         ),
     ];
-    checks
-        .into_iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(f, _)| f.to_string())
-        .collect()
+    changed(&checks)
 }
 
 /// Clients by id: added, removed, and those whose settings differ.
@@ -88,8 +84,13 @@ pub fn settings(old: &Config, new: &Config) -> Vec<String> {
         ("ratelimit", old.ratelimit != new.ratelimit),
         ("telemetry", old.telemetry != new.telemetry),
     ];
+    changed(&checks)
+}
+
+/// The names whose check says changed.
+fn changed(checks: &[(&str, bool)]) -> Vec<String> {
     checks
-        .into_iter()
+        .iter()
         .filter(|(_, changed)| *changed)
         .map(|(f, _)| f.to_string())
         .collect()
