@@ -108,10 +108,8 @@ impl Attempt {
         }
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
-        let mut uri = parts.uri.clone().into_parts();
-        uri.scheme = Some(rep.pool.scheme.clone());
-        uri.authority = Some(rep.pool.authority.clone());
-        *req.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| parts.uri.clone());
+        // A path and query: the pool makes it absolute for HTTP/2.
+        *req.uri_mut() = parts.uri.clone();
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
         if let Some(host) = &rep.pool.host {
@@ -134,7 +132,7 @@ impl Attempt {
         );
         spans::inject(&span, req.headers_mut());
         let sent = std::time::Instant::now();
-        let result = tokio::time::timeout(up.response_timeout, rep.pool.client.request(req)).await;
+        let result = tokio::time::timeout(up.response_timeout, rep.pool.request(req)).await;
         if let Ok(Ok(resp)) = &result {
             p.metrics.upstream_ttfb(&up.name, sent.elapsed());
             spans::status(&span, resp.status().as_u16(), None);

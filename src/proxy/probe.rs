@@ -55,7 +55,7 @@ pub async fn get(
             .insert(up.auth_header.clone(), key.header_value.clone());
     }
     let fetch = async {
-        let resp = rep.pool.client.request(req).await.ok()?;
+        let resp = rep.pool.request(req).await.ok()?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_PROBE_BODY)
             .collect()

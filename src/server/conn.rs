@@ -9,9 +9,9 @@
 //! blocking the socket.
 
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -30,8 +30,8 @@ use super::xff::TrustedProxies;
 /// Everything a connection task needs, cloned once per connection.
 #[derive(Clone)]
 pub struct ConnSettings {
-    pub h1: auto::Builder<TokioExecutor>,
-    pub h2: auto::Builder<TokioExecutor>,
+    pub h1: http1::Builder,
+    pub h2: http2::Builder<TokioExecutor>,
     /// The listener's TLS config, swapped whole when its files change (`tls::ServerTls`).
     pub tls: Option<crate::tls::ServerTls>,
     pub first_bytes: Duration,
@@ -52,8 +52,8 @@ impl ConnSettings {
             .map_err(|m| crate::config::ConfigError::new("server.trusted_proxies", m))?;
         let l = &cfg.limits;
         Ok(Self {
-            h1: builder(l).http1_only(),
-            h2: builder(l).http2_only(),
+            h1: h1_builder(l),
+            h2: h2_builder(l),
             tls,
             first_bytes: l.header_read_timeout,
             send_timeout: l.send_timeout,
@@ -112,23 +112,21 @@ pub async fn serve(
         }
         app.live.load().service.clone().call(req)
     });
-    // HTTP/1 goes through `serve_connection_with_upgrades`: with hyper-util 0.1.21 only that
-    // path applies the http1 builder's `max_buf_size` (431 on oversized heads; see
-    // tests/security.rs). No upgrade is ever granted: `Upgrade` is stripped, no 101 is sent.
+    // hyper's own HTTP/1 and HTTP/2 connections (the protocol is known here, so hyper-util's
+    // auto builder and its `Rewind` buffer are not needed). `max_buf_size` gives 431 on an
+    // oversized head (tests/security_limits.rs). No upgrade is ever granted: `Upgrade` is
+    // stripped, no 101 is sent.
     macro_rules! serve {
         ($io:expr, $is_h2:expr) => {
             if $is_h2 {
-                let conn = watcher.watch(s.h2.serve_connection($io, h2_svc).into_owned());
+                let conn = watcher.watch(s.h2.serve_connection($io, h2_svc));
                 tokio::select! {
                     _ = conn => {},
                     () = activity.idle(s.idle_timeout) => {},
                     () = activity.watchdog(s.send_timeout) => {},
                 }
             } else {
-                let conn =
-                    s.h1.serve_connection_with_upgrades($io, h1_svc)
-                        .into_owned();
-                let _ = watcher.watch(conn).await;
+                let _ = watcher.watch(s.h1.serve_connection($io, h1_svc)).await;
             }
         };
     }
@@ -188,17 +186,20 @@ async fn detect_h2(stream: &TcpStream, limit: Duration) -> Option<bool> {
     .flatten()
 }
 
-fn builder(l: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+fn h1_builder(l: &LimitsConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
         .header_read_timeout(l.header_read_timeout)
         .max_buf_size(l.max_header_bytes.max(8192))
         .max_headers(l.max_headers)
         .keep_alive(true)
         .half_close(false);
-    b.http2()
-        .timer(TokioTimer::new())
+    b
+}
+
+fn h2_builder(l: &LimitsConfig) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(l.max_h2_streams)
         .max_header_list_size(l.max_header_bytes as u32)
         .max_pending_accept_reset_streams(Some(32))
