@@ -40,7 +40,7 @@ BODY = json.dumps({"model": "meta/llama-3.1-8b-instruct", "messages": [{"role": 
 PORTS = {"upstream": 18000, "ssenim": 18001, "nimgate": 18080, "nimgate-batch": 18083, "nimgate-noaudit": 18084,
          "nimgate-2core": 18085, "nimgate-sse": 18086, "nimgate-otel": 18087, "nimgate-3up": 18095, "nimgate-otel-1pct": 18089,
          "otlp": 18010, "hyper-floor": 18088, "nginx": 18081, "haproxy": 18082, "nginx-sse": 18091,
-         "haproxy-sse": 18092, "nimgate-redis": 18094, "redis": 18093}
+         "haproxy-sse": 18092, "nimgate-redis": 18094, "redis": 18093, "nginx-2w": 18096, "nginx-2w-sse": 18097}
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
 
@@ -118,6 +118,58 @@ def cpu_ticks(pids):
     return total
 
 
+def ctx_switches(pids):
+    """Voluntary + involuntary context switches of every thread of `pids` so far."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{t}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
+
+
+MALLOC_PROBE = "probe_libc:malloc"
+
+
+def have_malloc_probe():
+    """`perf probe -x <libc> malloc` (run.sh adds it when it runs as root): a uprobe on libc's
+    malloc that `perf stat` counts per process. Without it, no mallocs/request figure."""
+    if not shutil.which("perf"):
+        return False
+    r = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True)
+    return MALLOC_PROBE in r.stdout
+
+
+def count_mallocs(pid, port, duration, rate):
+    """malloc calls per 200 response of `pid` at `rate` req/s (a separate run: the uprobe slows
+    every malloc, so CPU figures never come from it)."""
+    out = tempfile.NamedTemporaryFile(suffix=".perf", delete=False).name
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", MALLOC_PROBE, "-p", str(pid), "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PROCS.append(perf)
+    time.sleep(0.3)
+    res = oha(port, duration, rate=rate)
+    perf.send_signal(signal.SIGINT)
+    perf.wait(timeout=10)
+    n = None
+    with open(out) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) > 2 and parts[2] == MALLOC_PROBE and parts[0].isdigit():
+                n = int(parts[0])
+    os.unlink(out)
+    return n / max(res["ok"], 1) if n is not None else None
+
+
 def rss_kb(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -142,6 +194,16 @@ def oha(port, duration, conns=64, rate=None, path="/v1/chat/completions"):
     lp = j.get("latencyPercentiles", {})
     return {"rps": j["summary"]["requestsPerSec"], "ok": ok, "errors": bad,
             "p50_ms": lp.get("p50", 0) * 1e3, "p99_ms": lp.get("p99", 0) * 1e3, "p999_ms": lp.get("p99.9", 0) * 1e3}
+
+
+def start_nginx_proxy(d, name, cpus, workers):
+    """The nginx peer: one worker without a master (its pid is the worker: CPU is counted), or a
+    master with `workers` workers (for the scaling comparison; only req/s is read)."""
+    write_templ("nginx-proxy.conf", f"{d}/{name}.conf", DIR=d, NAME=name, PORT=PORTS[name],
+                UPSTREAM_PORT=PORTS["upstream"], CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY,
+                SSE_PORT=PORTS[f"{name}-sse"], SSE_UPSTREAM_PORT=PORTS["ssenim"],
+                MASTER="off" if workers == 1 else "on", WORKERS=workers)
+    return start(["nginx", "-c", f"{d}/{name}.conf", "-e", f"{d}/{name}-err.log"], cpus, f"{d}/{name}.log").pid
 
 
 def write_templ(src, dst, **vals):
@@ -296,6 +358,8 @@ def main():
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--soak", type=int, default=0, help="seconds of soak at --rate, sampling RSS")
     ap.add_argument("--quick", action="store_true", help="3 s runs, 1 round (smoke)")
+    ap.add_argument("--only", default="", help="comma-separated targets to run (direct always runs); "
+                    "for profiling one change: e.g. --only nimgate,hyper-floor,nginx")
     a = ap.parse_args()
     if a.quick:
         a.duration, a.rounds = "3s", 1
@@ -306,6 +370,8 @@ def main():
         os.sched_setaffinity(0, {1})
     except OSError:
         pass
+    only = set(filter(None, a.only.split(",")))
+    want = lambda name: not only or name in only
     have_nginx = shutil.which("nginx") is not None
     have_haproxy = shutil.which("haproxy") is not None
     pids = {}
@@ -329,11 +395,13 @@ def main():
         for name, audit, ratio in (("nimgate", "interval", None), ("nimgate-batch", "batch", None),
                                    ("nimgate-noaudit", "off", None), ("nimgate-otel", "interval", 1.0),
                                    ("nimgate-otel-1pct", "interval", 0.01)):
+            if not want(name):
+                continue
             cfg = nimgate_config(d, name, PORTS[name], PORTS["upstream"], audit, 1, ratio)
             pids[name] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/{name}.log").pid]
         # Shared limits: the client has an (unreachable) rate limit, checked in a Redis on core 1
         # each request (issue 19's budget: what the round trip adds).
-        if shutil.which("redis-server"):
+        if shutil.which("redis-server") and want("nimgate-redis"):
             start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no", "--dir", d], "1", f"{d}/redis.log")
             wait_redis(PORTS["redis"])
@@ -342,17 +410,16 @@ def main():
                                  extra=f'[ratelimit]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{PORTS["redis"]}/0"\ntimeout = "50ms"')
             pids["nimgate-redis"] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/nimgate-redis.log").pid]
         # Three upstreams, routing by model (issue 16): its cost against `nimgate`.
-        cfg = nimgate_config(d, "nimgate-3up", PORTS["nimgate-3up"], PORTS["upstream"], "interval", 1, multi=True)
-        pids["nimgate-3up"] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/nimgate-3up.log").pid]
+        if want("nimgate-3up"):
+            cfg = nimgate_config(d, "nimgate-3up", PORTS["nimgate-3up"], PORTS["upstream"], "interval", 1, multi=True)
+            pids["nimgate-3up"] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/nimgate-3up.log").pid]
         # The stack's floor: hyper + hyper-util alone (no auth, audit or limits), same pinning.
-        pids["hyper-floor"] = [start([f"{REL}/examples/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
-                                      f"http://127.0.0.1:{PORTS['upstream']}"], "0", f"{d}/hyper-floor.log").pid]
-        if have_nginx:
-            write_templ("nginx-proxy.conf", f"{d}/proxy.conf", DIR=d, PORT=PORTS["nginx"], UPSTREAM_PORT=PORTS["upstream"],
-                        CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY, SSE_PORT=PORTS["nginx-sse"],
-                        SSE_UPSTREAM_PORT=PORTS["ssenim"])
-            pids["nginx"] = [start(["nginx", "-c", f"{d}/proxy.conf", "-e", f"{d}/proxy-err.log"], "0", f"{d}/nginx.log").pid]
-        if have_haproxy:
+        if want("hyper-floor"):
+            pids["hyper-floor"] = [start([f"{REL}/examples/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
+                                          f"http://127.0.0.1:{PORTS['upstream']}"], "0", f"{d}/hyper-floor.log").pid]
+        if have_nginx and want("nginx"):
+            pids["nginx"] = [start_nginx_proxy(d, "nginx", "0", 1)]
+        if have_haproxy and want("haproxy"):
             write_templ("haproxy.cfg", f"{d}/haproxy.cfg", DIR=d, PORT=PORTS["haproxy"], UPSTREAM_PORT=PORTS["upstream"],
                         CLIENT_KEY=CLIENT_KEY, NIM_KEY=NIM_KEY, SSE_PORT=PORTS["haproxy-sse"],
                         SSE_UPSTREAM_PORT=PORTS["ssenim"])
@@ -380,10 +447,11 @@ def main():
             order = targets[r % len(targets):] + targets[:r % len(targets)]
             for t in order:
                 ps = pids.get(t, [])
-                c0 = cpu_ticks(ps)
+                c0, x0 = cpu_ticks(ps), ctx_switches(ps)
                 res = oha(port_of(t), a.duration, rate=a.rate)
-                c1 = cpu_ticks(ps)
+                c1, x1 = cpu_ticks(ps), ctx_switches(ps)
                 res["cpu_us_per_req"] = ((c1 - c0) / TICK * 1e6 / max(res["ok"], 1)) if ps else None
+                res["ctx_per_req"] = ((x1 - x0) / max(res["ok"], 1)) if ps else None
                 fixed_runs[t].append(res)
                 cpu_s = f"{res['cpu_us_per_req']:.1f} µs/req" if ps else ""
                 print(f"  fixed {a.rate}/s round {r + 1} {t:16s} p99 {res['p99_ms']:.3f} ms  {cpu_s}", flush=True)
@@ -394,19 +462,43 @@ def main():
                         "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"), "p999_ms": med("p999_ms"),
                         "rounds_p99_ms": [round(x["p99_ms"], 3) for x in runs],
                         "cpu_us_per_req": med("cpu_us_per_req") if runs[0]["cpu_us_per_req"] is not None else None,
+                        "ctx_per_req": med("ctx_per_req") if runs[0]["ctx_per_req"] is not None else None,
                         "rounds_cpu_us_per_req": [round(x["cpu_us_per_req"], 1) for x in runs if x["cpu_us_per_req"] is not None]}
-        # Two cores for nimgate (oha shares them), for reference.
-        cfg2 = nimgate_config(d, "nimgate-2core", PORTS["nimgate-2core"], PORTS["upstream"], "interval", 2)
-        p2 = start([f"{REL}/nimgate", "serve", "--config", cfg2], "0,1", f"{d}/nimgate-2core.log")
-        wait_port(PORTS["nimgate-2core"], "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-        two_core = oha(PORTS["nimgate-2core"], a.duration)
-        p2.send_signal(signal.SIGTERM)
-        print(f"  nimgate on 2 cores (shared with oha + upstream): {two_core['rps']:.0f} req/s", flush=True)
+        # malloc calls per request (a separate run per target: the uprobe slows every malloc).
+        mallocs = {}
+        if have_malloc_probe():
+            for t in ("nimgate", "nimgate-noaudit", "hyper-floor", "nginx"):
+                if t in pids:
+                    mallocs[t] = count_mallocs(pids[t][0], PORTS[t], "3s", min(a.rate, 2000))
+                    if mallocs[t] is not None:
+                        print(f"  mallocs/request {t:16s} {mallocs[t]:.1f}", flush=True)
+        else:
+            print("  (no perf probe on libc malloc: mallocs/request not measured)", flush=True)
+        # Both cores (oha and the upstream share them): nimgate with `workers = 2` against nginx
+        # with two workers, interleaved rounds.
+        two = {}
+        if want("nimgate"):
+            cfg2 = nimgate_config(d, "nimgate-2core", PORTS["nimgate-2core"], PORTS["upstream"], "interval", 2)
+            two["nimgate-2core"] = start([f"{REL}/nimgate", "serve", "--config", cfg2], "0,1", f"{d}/nimgate-2core.log").pid
+        if have_nginx and want("nginx"):
+            two["nginx-2w"] = start_nginx_proxy(d, "nginx-2w", "0,1", 2)
+        for t in two:
+            wait_port(PORTS[t], "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+            oha(PORTS[t], "2s")
+        two_runs = {t: [] for t in two}
+        for r in range(a.rounds):
+            for t in (list(two) if r % 2 == 0 else list(two)[::-1]):
+                two_runs[t].append(oha(PORTS[t], a.duration)["rps"])
+        two_core = {t: statistics.median(v) for t, v in two_runs.items()}
+        for t, v in two_core.items():
+            print(f"  {t} on 2 cores (shared with oha + upstream): {v:.0f} req/s", flush=True)
         # SSE through each proxy (the probe runs on core 1, like oha).
-        cfg_sse = nimgate_config(d, "nimgate-sse", PORTS["nimgate-sse"], PORTS["ssenim"], "interval", 1)
-        start([f"{REL}/nimgate", "serve", "--config", cfg_sse], "0", f"{d}/nimgate-sse.log")
-        wait_port(PORTS["nimgate-sse"], "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-        sse = {"direct": sse_probe(PORTS["ssenim"]), "nimgate": sse_probe(PORTS["nimgate-sse"])}
+        sse = {"direct": sse_probe(PORTS["ssenim"])}
+        if want("nimgate"):
+            cfg_sse = nimgate_config(d, "nimgate-sse", PORTS["nimgate-sse"], PORTS["ssenim"], "interval", 1)
+            start([f"{REL}/nimgate", "serve", "--config", cfg_sse], "0", f"{d}/nimgate-sse.log")
+            wait_port(PORTS["nimgate-sse"], "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+            sse["nimgate"] = sse_probe(PORTS["nimgate-sse"])
         for peer in ("nginx", "haproxy"):
             if peer in pids:
                 sse[peer] = sse_probe(PORTS[f"{peer}-sse"])
@@ -414,7 +506,7 @@ def main():
             print(f"  SSE {t:10s} event delay p50/p99/max {v['event_delay_ms_p50']:.3f}/{v['event_delay_ms_p99']:.3f}/"
                   f"{v['event_delay_ms_max']:.3f} ms  TTFT {v['ttft_ms_median']:.2f} ms", flush=True)
         soak = []
-        if a.soak:
+        if a.soak and "nimgate" in pids:
             t_end = time.time() + a.soak
             while time.time() < t_end:
                 res = oha(PORTS["nimgate"], "30s", rate=a.rate)
@@ -423,8 +515,9 @@ def main():
         results = {
             "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release, "cpu": cpu_model()},
             "upstream": upstream_kind, "duration": a.duration, "rounds": a.rounds, "fixed_rate": a.rate,
-            "targets": {}, "nimgate_rss_kb": {"mid_run": max(rss_mid) if rss_mid else None, "peak": rss_kb(pids["nimgate"][0], "VmHWM")},
-            "nimgate_2core_rps": two_core["rps"], "sse": sse, "soak": soak,
+            "targets": {}, "nimgate_rss_kb": {"mid_run": max(rss_mid) if rss_mid else None,
+                                              "peak": rss_kb(pids["nimgate"][0], "VmHWM") if "nimgate" in pids else None},
+            "two_cores_rps": two_core, "mallocs_per_req": mallocs, "sse": sse, "soak": soak,
         }
         for t in targets:
             runs = closed[t]
@@ -459,18 +552,29 @@ def cpu_model():
 
 def print_table(r):
     direct = r["targets"]["direct"]
+    rate = r["fixed_rate"]
     print()
-    print(f"| target | req/s (closed loop) | p50 ms | p99 ms | p99.9 ms | added p99 at {r['fixed_rate']}/s, ms | CPU µs/req at {r['fixed_rate']}/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| target | req/s (closed loop) | p50 ms | p99 ms | p99.9 ms | added p50 / p99 at {rate}/s, ms "
+          f"| CPU µs/req at {rate}/s | context switches/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for t, v in r["targets"].items():
         c, f = v["closed"], v["fixed"]
-        added = f["p99_ms"] - direct["fixed"]["p99_ms"] if t != "direct" else 0
+        a50 = f["p50_ms"] - direct["fixed"]["p50_ms"] if t != "direct" else 0
+        a99 = f["p99_ms"] - direct["fixed"]["p99_ms"] if t != "direct" else 0
         cpu = f"{f['cpu_us_per_req']:.1f}" if f.get("cpu_us_per_req") is not None else "–"
-        print(f"| {t} | {c['rps']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['p999_ms']:.2f} | {added:+.3f} | {cpu} |")
+        ctx = f"{f['ctx_per_req']:.3f}" if f.get("ctx_per_req") is not None else "–"
+        print(f"| {t} | {c['rps']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['p999_ms']:.2f} "
+              f"| {a50:+.3f} / {a99:+.3f} | {cpu} | {ctx} |")
     print()
     rss = r["nimgate_rss_kb"]
-    print(f"nimgate RSS under 64 connections: {rss['mid_run'] / 1024:.1f} MB (peak {rss['peak'] / 1024:.1f} MB); "
-          f"2 cores: {r['nimgate_2core_rps']:,.0f} req/s")
+    if rss["mid_run"]:
+        print(f"nimgate RSS under 64 connections: {rss['mid_run'] / 1024:.1f} MB (peak {rss['peak'] / 1024:.1f} MB)")
+    if r["mallocs_per_req"]:
+        print("malloc calls per request (perf probe on libc malloc): " +
+              ", ".join(f"{t} {v:.1f}" for t, v in r["mallocs_per_req"].items() if v is not None))
+    if r["two_cores_rps"]:
+        print("both cores (shared with oha and the upstream): " +
+              ", ".join(f"{t} {v:,.0f} req/s" for t, v in r["two_cores_rps"].items()))
     s = r["sse"]
     print("SSE (fake NIM, 10 streams × 50 events 20 ms apart): per-event delay from the NIM's send stamp to the client, ms")
     print()
@@ -479,6 +583,40 @@ def print_table(r):
     for t, v in s.items():
         print(f"| {t} | {v['event_delay_ms_p50']:.3f} | {v['event_delay_ms_p99']:.3f} | {v['event_delay_ms_max']:.3f} | "
               f"{v['ttft_ms_median']:.2f} |")
+    print_targets(r)
+
+
+def print_targets(r):
+    """The figures issue 20 sets targets for, from this run."""
+    t = r["targets"]
+    if not all(k in t for k in ("nimgate", "nginx")):
+        return
+    ng, nx = t["nimgate"], t["nginx"]
+    d = t["direct"]["fixed"]
+    rows = [("CPU µs/request at the fixed rate, nimgate / nginx",
+             ng["fixed"]["cpu_us_per_req"] / nx["fixed"]["cpu_us_per_req"], "≤ 1.15×"),
+            ("closed-loop req/s, nimgate / nginx", ng["closed"]["rps"] / nx["closed"]["rps"], "≥ 0.85×")]
+    if "nimgate-noaudit" in t and "hyper-floor" in t:
+        rows.append(("closed-loop req/s, nimgate audit off / hyper-floor",
+                     t["nimgate-noaudit"]["closed"]["rps"] / t["hyper-floor"]["closed"]["rps"], "≥ 0.9×"))
+    print()
+    print("| figure | this run | target |")
+    print("|---|---:|---:|")
+    for name, v, want in rows:
+        print(f"| {name} | {v:.2f}× | {want} |")
+    m = r["mallocs_per_req"].get("nimgate")
+    if m is not None:
+        print(f"| malloc calls/request, nimgate (nginx {r['mallocs_per_req'].get('nginx') or 0:.1f}) | {m:.1f} | ≤ 15 |")
+    print(f"| context switches/request, nimgate (nginx {nx['fixed']['ctx_per_req']:.3f}) | {ng['fixed']['ctx_per_req']:.3f} | ≤ 0.05 |")
+    a_ng = ng["fixed"]["p50_ms"] - d["p50_ms"]
+    a_nx = nx["fixed"]["p50_ms"] - d["p50_ms"]
+    print(f"| added p50 over direct, nimgate − nginx | {a_ng - a_nx:+.3f} ms | ≤ +0.05 ms |")
+    s = r["sse"]
+    if "nimgate" in s and "nginx" in s:
+        print(f"| SSE per-event delay p99, nimgate vs nginx | {s['nimgate']['event_delay_ms_p99']:.3f} vs "
+              f"{s['nginx']['event_delay_ms_p99']:.3f} ms | ≤ nginx |")
+    if r["nimgate_rss_kb"]["mid_run"]:
+        print(f"| nimgate RSS under 64 connections | {r['nimgate_rss_kb']['mid_run'] / 1024:.1f} MB | ≤ 20 MB |")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 #   bash benches/load/run.sh            # 3 rounds × 10 s per target (≈ 8 min)
 #   bash benches/load/run.sh --quick    # smoke: 1 round × 3 s
 #   bash benches/load/run.sh --soak 600 # plus a 10-minute soak at 5,000 req/s sampling RSS
+#   bash benches/load/run.sh --quick --only nimgate,hyper-floor,nginx   # just those (and direct)
 # Results: benches/load/results/latest.json and results/chart.svg; a Markdown table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,4 +25,10 @@ if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
   command -v haproxy >/dev/null || echo "haproxy not on PATH: peer skipped" >&2
 fi
 cargo build --release --locked --bins --example hyper-floor
+# mallocs/request: a uprobe on libc's malloc, counted per process with `perf stat` (skipped when
+# perf is absent or this is not root).
+if [ "$(id -u)" = 0 ] && command -v perf >/dev/null && ! perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc'; then
+  libc=$(ldconfig -p | awk '/libc\.so\.6 / {print $NF; exit}')
+  [ -n "$libc" ] && perf probe -q -x "$libc" malloc >/dev/null 2>&1 || true
+fi
 exec python3 benches/load/driver.py "$@"

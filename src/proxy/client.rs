@@ -262,11 +262,7 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(|e| PoolError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
+        spawn_conn(conn);
         Ok(tx)
     }
 
@@ -283,11 +279,7 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(|e| PoolError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
+        spawn_conn(conn);
         *lock(&self.h2) = Some(tx.clone());
         Ok(tx)
     }
@@ -299,6 +291,15 @@ impl Pool {
             .filter(|e| !e.tx.is_closed() && e.tx.is_ready())
             .count()
     }
+}
+
+/// Drive one upstream connection until it ends.
+fn spawn_conn(conn: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

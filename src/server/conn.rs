@@ -113,8 +113,9 @@ pub async fn serve(
         app.live.load().service.clone().call(req)
     });
     // hyper's own HTTP/1 and HTTP/2 connections (the protocol is known here, so hyper-util's
-    // auto builder and its `Rewind` buffer are not needed). `max_buf_size` gives 431 on an
-    // oversized head (tests/security_limits.rs). No upgrade is ever granted: `Upgrade` is
+    // auto builder and its `Rewind` buffer are not needed). `max_header_size` gives 431 on an
+    // oversized head (tests/security_headers.rs, security_limits.rs): `max_buf_size` alone is
+    // not exact, since one read may fill more than it once the buffer has grown. No upgrade is ever granted: `Upgrade` is
     // stripped, no 101 is sent.
     macro_rules! serve {
         ($io:expr, $is_h2:expr) => {
@@ -191,6 +192,7 @@ fn h1_builder(l: &LimitsConfig) -> http1::Builder {
     b.timer(TokioTimer::new())
         .header_read_timeout(l.header_read_timeout)
         .max_buf_size(l.max_header_bytes.max(8192))
+        .max_header_size(l.max_header_bytes)
         .max_headers(l.max_headers)
         .keep_alive(true)
         .half_close(false);
