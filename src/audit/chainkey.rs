@@ -59,9 +59,21 @@ impl ChainKey {
 
     /// The link from `line` (without its `\n`) to the next record, as hex.
     pub fn link(&self, line: &[u8]) -> String {
-        match &self.0 {
-            None => hex::encode(Sha256::digest(line)),
-            Some(k) => hex::encode(hmac_sha256(k, line)),
+        let mut out = String::with_capacity(64);
+        self.link_into(line, &mut out);
+        out
+    }
+
+    /// `link` into `out` (replacing what it held; its buffer is reused).
+    pub fn link_into(&self, line: &[u8], out: &mut String) {
+        let digest: [u8; 32] = match &self.0 {
+            None => Sha256::digest(line).into(),
+            Some(k) => hmac_sha256(k, line),
+        };
+        let mut hex_buf = [0u8; 64];
+        out.clear();
+        if hex::encode_to_slice(digest, &mut hex_buf).is_ok() {
+            out.push_str(std::str::from_utf8(&hex_buf).unwrap_or_default());
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
 use super::queue::{Queue, Wait, PENDING};
-use super::writer::{chunks, Writer};
+use super::writer::Writer;
 
 pub(crate) struct Committer {
     pub queue: Queue,
@@ -45,8 +45,8 @@ pub fn on_thread_park() {
 impl Committer {
     /// Write the `start` record, register a committer and start its writer thread.
     pub fn start(mut writer: Writer) -> std::io::Result<(Arc<Self>, std::thread::JoinHandle<()>)> {
-        let start = writer.take_pending();
-        writer.commit(start, false);
+        let mut start = writer.take_pending();
+        writer.commit(&mut start, false);
         let c = Arc::new(Self {
             queue: Queue::new(),
             inline: writer.inline_capable(),
@@ -86,11 +86,10 @@ impl Committer {
         let Ok(mut w) = self.writer.try_lock() else {
             return false;
         };
-        let mut batch = Vec::new();
+        let mut batch = w.take_scratch();
         self.queue.take(&mut batch);
-        for chunk in chunks(batch) {
-            w.commit(chunk, true);
-        }
+        w.commit_all(&mut batch, true);
+        w.give_scratch(batch);
         if w.has_pending() {
             self.queue.hand_over();
         }
@@ -110,13 +109,11 @@ impl Committer {
             };
             let mut batch = w.take_pending();
             let closed = self.queue.take(&mut batch) || closed;
-            for chunk in chunks(batch) {
-                w.commit(chunk, false);
-            }
+            w.commit_all(&mut batch, false);
             if closed {
                 // One last attempt for records a failed write above left pending.
-                let rest = w.take_pending();
-                w.commit(rest, false);
+                let mut rest = w.take_pending();
+                w.commit(&mut rest, false);
                 w.sync();
                 return;
             }

@@ -13,6 +13,7 @@ pub mod anchor;
 mod chainkey;
 mod change;
 mod commit;
+mod encode;
 mod event;
 mod queue;
 pub mod record;
@@ -57,6 +58,17 @@ struct Inner {
     capacity: usize,
 }
 
+/// How `record_use` left its record.
+enum Queued {
+    /// No audit trail.
+    Off,
+    Refused(AuditError),
+    /// Queued; the acknowledgement and the deadline for it.
+    Ack(oneshot::Receiver<bool>, Instant),
+    /// The queue is full: wait for room (boxed: rare, and the record is large).
+    NoRoom(Box<Record>, Instant),
+}
+
 impl Drop for Inner {
     /// The last handle gone: the writer drains what is queued and ends.
     fn drop(&mut self) {
@@ -74,6 +86,17 @@ impl Inner {
             .map_err(|_| AuditError::WriteFailed)?
             .forget();
         Ok(())
+    }
+
+    /// `record_use` when the queue had no room: wait for a permit (up to `max_wait`), then queue.
+    async fn push_use_waiting(
+        &self,
+        rec: Box<Record>,
+    ) -> Result<oneshot::Receiver<bool>, AuditError> {
+        self.acquire().await?;
+        let (ack_tx, ack_rx) = oneshot::channel();
+        self.push_held(*rec, Some(ack_tx))?;
+        Ok(ack_rx)
     }
 
     /// Queue a record that holds a permit taken by the caller (`ack`: someone waits for it, so
@@ -182,29 +205,64 @@ impl Audit {
         self.inner.as_ref().map(|i| &i.shared.write_latency)
     }
 
-    /// Write a `use` record; returns once `write(2)` has returned for it.
-    pub async fn record_use(&self, rec: Record) -> Result<(), AuditError> {
-        let Some(i) = &self.inner else { return Ok(()) };
+    /// Write a `use` record; the future resolves once `write(2)` has returned for it. The record
+    /// is queued by the call itself when a queue permit is free (the usual case), so the future
+    /// holds the acknowledgement, not the record: futures are moved by copying, and this one sits
+    /// inside every request's.
+    pub fn record_use(
+        &self,
+        rec: Record,
+    ) -> impl std::future::Future<Output = Result<(), AuditError>> + Send + '_ {
+        let queued = self.queue_use(rec);
+        async move {
+            let (mut ack_rx, deadline) = match queued {
+                Queued::Off => return Ok(()),
+                Queued::Refused(e) => return Err(e),
+                Queued::Ack(rx, deadline) => (rx, deadline),
+                Queued::NoRoom(rec, deadline) => match &self.inner {
+                    Some(i) => (Box::pin(i.push_use_waiting(rec)).await?, deadline),
+                    None => return Ok(()),
+                },
+            };
+            let Some(i) = &self.inner else { return Ok(()) };
+            // Normally the runtime's park hook commits it; if this thread stays busy (or the
+            // runtime has no hook), commit it ourselves (or wake the writer thread) after a
+            // short wait.
+            let first = tokio::time::timeout(queue::KICK_AFTER, &mut ack_rx).await;
+            let acked = if let Ok(r) = first {
+                Ok(r)
+            } else {
+                i.committer.commit_or_kick();
+                tokio::time::timeout_at(deadline.into(), ack_rx).await
+            };
+            match acked {
+                Ok(Ok(true)) => Ok(()),
+                Ok(_) => Err(AuditError::WriteFailed),
+                Err(_) => Err(AuditError::Timeout),
+            }
+        }
+    }
+
+    /// The synchronous half of `record_use`: queue the record if a permit is free.
+    fn queue_use(&self, rec: Record) -> Queued {
+        let Some(i) = &self.inner else {
+            return Queued::Off;
+        };
         if !i.shared.healthy.load(Ordering::Acquire) && i.shared.permits.available_permits() == 0 {
-            return Err(AuditError::WriteFailed);
+            return Queued::Refused(AuditError::WriteFailed);
         }
         let deadline = Instant::now() + i.max_wait;
-        i.acquire().await?;
-        let (ack_tx, mut ack_rx) = oneshot::channel();
-        i.push_held(rec, Some(ack_tx))?;
-        // Normally the runtime's park hook commits it; if this thread stays busy (or the runtime
-        // has no hook), commit it ourselves (or wake the writer thread) after a short wait.
-        let first = tokio::time::timeout(queue::KICK_AFTER, &mut ack_rx).await;
-        let acked = if let Ok(r) = first {
-            Ok(r)
-        } else {
-            i.committer.commit_or_kick();
-            tokio::time::timeout_at(deadline.into(), ack_rx).await
-        };
-        match acked {
-            Ok(Ok(true)) => Ok(()),
-            Ok(_) => Err(AuditError::WriteFailed),
-            Err(_) => Err(AuditError::Timeout),
+        match i.shared.permits.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                let (ack_tx, ack_rx) = oneshot::channel();
+                match i.push_held(rec, Some(ack_tx)) {
+                    Ok(()) => Queued::Ack(ack_rx, deadline),
+                    Err(e) => Queued::Refused(e),
+                }
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => Queued::NoRoom(Box::new(rec), deadline),
+            Err(tokio::sync::TryAcquireError::Closed) => Queued::Refused(AuditError::WriteFailed),
         }
     }
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::Event;
 
@@ -168,32 +168,48 @@ pub fn encode_line_keyed(
     chain: Option<&str>,
     key: &super::ChainKey,
 ) -> String {
-    use std::io::Write;
+    let mut link = prev_hash.to_owned();
+    encode_line_into(buf, rec, seq, &mut link, chain, key);
+    link
+}
+
+/// `encode_line_keyed` for the writer: `link` holds the previous record's hash on the way in and
+/// this one's on the way out (its buffer reused: no allocation per record).
+pub(crate) fn encode_line_into(
+    buf: &mut Vec<u8>,
+    rec: &Record,
+    seq: u64,
+    link: &mut String,
+    chain: Option<&str>,
+    key: &super::ChainKey,
+) {
     let start = buf.len();
     buf.extend_from_slice(b"{\"ts\":\"");
-    write_ts(buf, SystemTime::now());
-    let _ = write!(buf, "\",\"seq\":{seq},\"prev_hash\":\"{prev_hash}\"");
+    super::encode::write_ts(buf, SystemTime::now());
+    buf.extend_from_slice(b"\",\"seq\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    buf.extend_from_slice(b",\"prev_hash\":\"");
+    buf.extend_from_slice(link.as_bytes());
+    buf.push(b'"');
     if let Some(c) = chain {
         // `writer::chain_id` makes it of `[A-Za-z0-9._-]` only: no escaping needed.
-        let _ = write!(buf, ",\"chain\":\"{c}\"");
+        buf.extend_from_slice(b",\"chain\":\"");
+        buf.extend_from_slice(c.as_bytes());
+        buf.push(b'"');
     }
     let brace = buf.len();
-    if serde_json::to_writer(&mut *buf, rec).is_err() {
-        buf.truncate(brace);
-        buf.extend_from_slice(br#"{"event":"unencodable_record"}"#);
-    }
+    super::encode::write_record(buf, rec);
     // The record's own opening brace becomes the separator after the chain fields.
     buf[brace] = b',';
     escape_invisible(buf, brace);
-    let hash = key.link(&buf[start..]);
+    key.link_into(&buf[start..], link);
     buf.push(b'\n');
-    hash
 }
 
 /// True for the non-ASCII characters a JSON-lines reader may split on or a terminal may hide:
 /// C1 controls (U+0085 NEL included), line/paragraph separators, bidi controls and the other
 /// format characters (zero-width, invisible operators, BOM, interlinear annotations, tags).
-/// serde_json escapes only ASCII controls, so these would land raw in a record.
+/// JSON escaping covers only ASCII controls, so these would land raw in a record.
 fn is_invisible(c: char) -> bool {
     matches!(c,
         '\u{80}'..='\u{9f}'
@@ -208,8 +224,8 @@ fn is_invisible(c: char) -> bool {
         | '\u{e0000}'..='\u{e007f}')
 }
 
-/// Replace every `is_invisible` character in `buf[from..]` (serde_json output: they can only be
-/// inside strings) by its `\uXXXX` escape, so one record is one line for every reader (Python's
+/// Replace every `is_invisible` character in `buf[from..]` (JSON output: they can only be inside
+/// strings) by its `\uXXXX` escape, so one record is one line for every reader (Python's
 /// `splitlines` included). ASCII-only records (the usual case) cost one scan and no allocation.
 fn escape_invisible(buf: &mut Vec<u8>, from: usize) {
     use std::io::Write;
@@ -234,68 +250,9 @@ fn escape_invisible(buf: &mut Vec<u8>, from: usize) {
     }
 }
 
-/// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-28T23:59:01.123Z`.
-pub fn now_rfc3339() -> String {
-    let mut b = Vec::with_capacity(24);
-    write_ts(&mut b, SystemTime::now());
-    String::from_utf8(b).unwrap_or_default()
-}
-
-/// Append `t` as RFC 3339 UTC with milliseconds. The date-and-seconds head (humantime's
-/// formatting) is made once per second per thread.
-fn write_ts(buf: &mut Vec<u8>, t: SystemTime) {
-    use std::cell::Cell;
-    thread_local! {
-        static CACHE: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
-    }
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (cached, head) = CACHE.get();
-    if cached == secs {
-        buf.extend_from_slice(&head);
-    } else {
-        // "YYYY-MM-DDTHH:MM:SSZ": the head is everything before the `Z`.
-        let s =
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs))
-                .to_string();
-        let head = s.trim_end_matches('Z');
-        if let Ok(h) = <[u8; 19]>::try_from(head.as_bytes()) {
-            CACHE.set((secs, h));
-        }
-        buf.extend_from_slice(head.as_bytes());
-    }
-    let ms = d.subsec_millis();
-    buf.extend_from_slice(&[
-        b'.',
-        b'0' + (ms / 100) as u8,
-        b'0' + (ms / 10 % 10) as u8,
-        b'0' + (ms % 10) as u8,
-        b'Z',
-    ]);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps() {
-        let at = |secs: u64, ms: u64| {
-            let mut b = Vec::new();
-            write_ts(
-                &mut b,
-                UNIX_EPOCH + std::time::Duration::from_millis(secs * 1000 + ms),
-            );
-            String::from_utf8(b).unwrap()
-        };
-        assert_eq!(at(0, 7), "1970-01-01T00:00:00.007Z");
-        // Same second (cached head), then the next one.
-        assert_eq!(at(1_795_910_399, 999), "2026-11-28T23:59:59.999Z");
-        assert_eq!(at(1_795_910_399, 40), "2026-11-28T23:59:59.040Z");
-        assert_eq!(at(1_795_910_400, 0), "2026-11-29T00:00:00.000Z");
-        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(now_rfc3339().len(), 24);
-    }
 
     #[test]
     fn encoded_line_chains() {

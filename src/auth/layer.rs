@@ -14,12 +14,11 @@ use std::time::Instant;
 use tower::{Layer, Service};
 
 use super::flood::{ip_of, DeniedBudget};
-use super::mtls::PeerIdentity;
 use super::{AuthFailure, AuthMethod, ClientRegistry};
 use crate::audit::{Audit, Event, Record};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::request::{method_name, RemoteAddr, RequestId};
+use crate::request::{method_name, Ctx};
 use crate::telemetry::{Metrics, Op, ReqLabels};
 
 /// Characters of an unauthenticated request's path kept in its `denied` record.
@@ -74,10 +73,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let peer = req.extensions().get::<PeerIdentity>();
+        let peer = Ctx::of(req.extensions()).and_then(|c| c.peer.as_ref());
         match self.cfg.registry.authenticate_with(req.headers(), peer) {
             Ok(p) => {
-                req.extensions_mut().insert(p);
+                Ctx::get_mut(req.extensions_mut()).principal = Some(p);
                 Either::Right(self.inner.call(req))
             }
             Err(why) if why.wants_refetch() => {
@@ -89,7 +88,7 @@ where
                 Either::Left(Box::pin(async move {
                     match cfg.registry.authenticate_refetching(req.headers()).await {
                         Ok(p) => {
-                            req.extensions_mut().insert(p);
+                            Ctx::get_mut(req.extensions_mut()).principal = Some(p);
                             inner.call(req).await
                         }
                         Err(why) => cfg.deny(req, why).await,
@@ -109,8 +108,11 @@ impl AuthLayer {
         why: AuthFailure,
     ) -> impl std::future::Future<Output = Result<Resp, Infallible>> + Send + 'static {
         let start = Instant::now();
-        let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-        let remote = req.extensions().get::<RemoteAddr>().map(|a| a.0.clone());
+        let ctx = Ctx::of(req.extensions());
+        let id = ctx
+            .and_then(|c| c.request_id.as_ref())
+            .map(|r| r.header.clone());
+        let remote = ctx.and_then(|c| c.remote.as_ref()).map(|a| a.0.clone());
         let ip = remote.as_deref().and_then(ip_of);
         let reason = why.reason();
         // The raw path's ending is enough for a label (no normalising allocation here).
@@ -154,7 +156,7 @@ impl AuthLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{key_digest_hex, Principal};
+    use crate::auth::key_digest_hex;
     use crate::config::{AuditConfig, ClientConfig};
     use crate::request::RequestIdLayer;
     use http_body_util::BodyExt;
@@ -182,7 +184,9 @@ mod tests {
                 budget: Arc::new(DeniedBudget::new(60)),
             })
             .service_fn(|req: Request<String>| async move {
-                let id = req.extensions().get::<Principal>().map(|p| p.0.id.clone());
+                let id = Ctx::of(req.extensions())
+                    .and_then(|c| c.principal.as_ref())
+                    .map(|p| p.0.id.clone());
                 let body = GatewayBody::full(id.as_deref().unwrap_or("none").to_string().into());
                 Ok::<_, Infallible>(Response::new(body))
             });

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use crate::audit::Usage;
 use redact::Redactor;
-use sniff::Sniffer;
+pub use sniff::Sniffer;
 use usage::UsageStrip;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -135,7 +135,7 @@ impl GatewayBody {
     }
     pub fn upstream(
         inner: Incoming,
-        sse: bool,
+        sniff: Sniffer,
         redact: Option<Redactor>,
         strip_usage: bool,
         on_done: Box<dyn OnDone>,
@@ -144,9 +144,9 @@ impl GatewayBody {
             inner,
             track: Some(Track {
                 bytes: 0,
-                sniff: if sse { Sniffer::sse() } else { Sniffer::json() },
+                strip: (sniff.is_sse() && strip_usage).then(UsageStrip::default),
+                sniff,
                 redact,
-                strip: (sse && strip_usage).then(UsageStrip::default),
                 pending: None,
                 first_byte: None,
                 on_done: Some(on_done),

@@ -15,15 +15,26 @@ const SSE_LINE_MAX: usize = 256 * 1024;
 
 pub enum Sniffer {
     Json {
-        chunks: Vec<Bytes>,
+        /// The first chunk, then the others (most responses are one chunk: no `Vec`).
+        first: Option<Bytes>,
+        more: Vec<Bytes>,
         size: usize,
         overflow: bool,
+        /// The request named no model: read the response's (else it is not even copied).
+        want_model: bool,
     },
     Sse {
         carry: BytesMut,
         usage: Option<Usage>,
         model: Option<String>,
     },
+}
+
+/// `UsageProbe` without the model: `model` is skipped like any other field.
+#[derive(serde::Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
 #[derive(serde::Deserialize)]
@@ -35,12 +46,18 @@ struct UsageProbe<'a> {
 }
 
 impl Sniffer {
-    pub fn json() -> Self {
+    pub fn json(want_model: bool) -> Self {
         Self::Json {
-            chunks: Vec::new(),
+            first: None,
+            more: Vec::new(),
             size: 0,
             overflow: false,
+            want_model,
         }
+    }
+
+    pub fn is_sse(&self) -> bool {
+        matches!(self, Self::Sse { .. })
     }
 
     pub fn sse() -> Self {
@@ -54,9 +71,11 @@ impl Sniffer {
     pub fn feed(&mut self, d: &Bytes) {
         match self {
             Self::Json {
-                chunks,
+                first,
+                more,
                 size,
                 overflow,
+                ..
             } => {
                 if *overflow {
                     return;
@@ -64,9 +83,12 @@ impl Sniffer {
                 *size += d.len();
                 if *size > JSON_SNIFF_MAX {
                     *overflow = true;
-                    chunks.clear();
+                    *first = None;
+                    more.clear();
+                } else if first.is_none() {
+                    *first = Some(d.clone());
                 } else {
-                    chunks.push(d.clone());
+                    more.push(d.clone());
                 }
             }
             Self::Sse {
@@ -97,19 +119,31 @@ impl Sniffer {
     pub fn result(&mut self) -> (Option<Usage>, Option<String>) {
         match self {
             Self::Json {
-                chunks,
+                first: Some(one),
+                more,
                 overflow: false,
+                want_model,
                 ..
-            } if !chunks.is_empty() => {
+            } => {
+                let want_model = *want_model;
                 let probe = |b: &[u8]| {
-                    serde_json::from_slice::<UsageProbe>(b)
-                        .map_or((None, None), |p| (p.usage, p.model.map(String::from)))
+                    if want_model {
+                        serde_json::from_slice::<UsageProbe>(b)
+                            .map_or((None, None), |p| (p.usage, p.model.map(String::from)))
+                    } else {
+                        (
+                            serde_json::from_slice::<UsageOnly>(b).map_or(None, |p| p.usage),
+                            None,
+                        )
+                    }
                 };
-                if let [one] = chunks.as_slice() {
+                if more.is_empty() {
                     return probe(one);
                 }
-                let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
-                for c in chunks.drain(..) {
+                let mut all =
+                    Vec::with_capacity(one.len() + more.iter().map(Bytes::len).sum::<usize>());
+                all.extend_from_slice(one);
+                for c in more.drain(..) {
                     all.extend_from_slice(&c);
                 }
                 probe(&all)
@@ -158,18 +192,26 @@ mod tests {
 
     #[test]
     fn json_usage_across_chunks() {
-        let mut s = Sniffer::json();
+        let mut s = Sniffer::json(true);
         let body =
             br#"{"model":"m1","usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
         for part in body.chunks(5) {
             s.feed(&Bytes::copy_from_slice(part));
         }
         assert_eq!(s.result(), (Some(usage(3, 4)), Some("m1".into())));
+        // The request named its model: the response's is not read; one chunk or several.
+        for size in [body.len(), 5] {
+            let mut s = Sniffer::json(false);
+            for part in body.chunks(size) {
+                s.feed(&Bytes::copy_from_slice(part));
+            }
+            assert_eq!(s.result(), (Some(usage(3, 4)), None));
+        }
     }
 
     #[test]
     fn json_missing_fields_default_to_zero_and_bad_json_is_ignored() {
-        let mut s = Sniffer::json();
+        let mut s = Sniffer::json(true);
         s.feed(&Bytes::from_static(br#"{"usage":{"prompt_tokens":9}}"#));
         assert_eq!(
             s.result().0,
@@ -178,14 +220,14 @@ mod tests {
                 u
             })
         );
-        let mut s = Sniffer::json();
+        let mut s = Sniffer::json(true);
         s.feed(&Bytes::from_static(b"{not json"));
         assert_eq!(s.result(), (None, None));
     }
 
     #[test]
     fn json_over_the_cap_is_not_read() {
-        let mut s = Sniffer::json();
+        let mut s = Sniffer::json(true);
         s.feed(&Bytes::from(vec![b' '; JSON_SNIFF_MAX]));
         s.feed(&Bytes::from_static(br#"{"usage":{"prompt_tokens":1}}"#));
         assert_eq!(s.result(), (None, None));

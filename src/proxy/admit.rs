@@ -142,7 +142,9 @@ impl Proxy {
             .as_ref()
             .filter(|_| !c.shared.is_empty());
         if let Some(s) = shared {
-            match s.check(&c.id, &c.shared).await {
+            // Boxed: only clients with shared limits wait on Redis; inline, the round trip's
+            // state would grow every request's future.
+            match Box::pin(s.check(&c.id, &c.shared)).await {
                 Verdict::Allowed {
                     requests: r,
                     tokens: t,

@@ -211,10 +211,8 @@ impl Attempt {
             return Ok((resp, key));
         };
         tracing::warn!(request_id = self.info.id_text.as_deref().unwrap_or("-"), status = status.as_u16(), key_version = %key.version, "upstream rejected the key; refreshing");
-        if let Some(new_key) = up
-            .store
-            .refresh_newer_than(key.generation, REFRESH_WAIT)
-            .await
+        if let Some(new_key) =
+            Box::pin(up.store.refresh_newer_than(key.generation, REFRESH_WAIT)).await
         {
             let mut r = self.done_record(&key, status.as_u16());
             r.reason = Some("upstream_rejected_key_retrying".into());

@@ -138,7 +138,9 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, PoolError> {
         if self.http2 {
-            return self.request_h2(req).await;
+            // Boxed: inline, the HTTP/2 path's state would grow the HTTP/1 one's (futures are
+            // moved by copying, up the request's chain of futures).
+            return Box::pin(self.request_h2(req)).await;
         }
         if req.uri().scheme().is_some() {
             let pq = req.uri().path_and_query().cloned();
@@ -148,10 +150,12 @@ impl Pool {
         loop {
             let pooled = if retried { None } else { self.checkout() };
             let reused = pooled.is_some();
+            // Connecting (TCP, TLS, handshake) is boxed: kept inline, its state would make every
+            // request's future several kB larger, and futures are moved by copying.
             let mut tx = if let Some(tx) = pooled {
                 tx
             } else {
-                self.connect_h1().await?
+                Box::pin(self.connect_h1()).await?
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -184,7 +188,7 @@ impl Pool {
         let current = lock(&self.h2).as_ref().filter(|t| !t.is_closed()).cloned();
         let mut tx = match current {
             Some(tx) => tx,
-            None => self.connect_h2().await?,
+            None => Box::pin(self.connect_h2()).await?,
         };
         tx.ready().await.map_err(PoolError::Http)?;
         tx.send_request(req).await.map_err(PoolError::Http)

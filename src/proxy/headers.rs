@@ -26,22 +26,42 @@ const CLIENT_CREDENTIALS: [HeaderName; 4] = [
     API_KEY,
 ];
 
-/// Remove hop-by-hop headers and the headers `Connection` names.
+/// Remove hop-by-hop headers and the headers `Connection` names. A single `Connection` value
+/// (the usual case: `keep-alive`, `close`) is copied to the stack and its tokens removed by
+/// `&str`, which parses each name without allocating.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            // Bytes, not `to_str`: one non-ASCII token must not hide the others.
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
+    let mut values = h.get_all(header::CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => {}
+        (Some(v), None) if v.len() <= 256 => {
+            let mut copy = [0u8; 256];
+            let copy = &mut copy[..v.len()];
+            copy.copy_from_slice(v.as_bytes());
+            remove_named(h, copy);
+        }
+        _ => {
+            let all: Vec<u8> = h
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.as_bytes().iter().copied().chain([b',']))
+                .collect();
+            remove_named(h, &all);
         }
     }
     for n in &HOP_BY_HOP {
         h.remove(n);
+    }
+}
+
+/// Remove every header named in a comma-separated `Connection` list. Bytes, not `to_str`: one
+/// non-ASCII token must not hide the others.
+fn remove_named(h: &mut HeaderMap, list: &[u8]) {
+    for t in list.split(|&b| b == b',') {
+        if let Ok(name) = std::str::from_utf8(t.trim_ascii()) {
+            if !name.is_empty() {
+                h.remove(name);
+            }
+        }
     }
 }
 
@@ -142,6 +162,44 @@ mod tests {
             h.get(header::PROXY_AUTHORIZATION).is_none() && h.get(header::CONNECTION).is_none()
         );
         assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn every_header_connection_names_goes_in_any_spelling_and_count() {
+        let long = format!("{}, X-Named-3", "a".repeat(300));
+        for values in [
+            vec!["Keep-Alive, X-Named-1 ,x-named-2,,\u{e9}"],
+            vec!["x-named-1", "X-NAMED-2, bad name, x-named-3"],
+            vec![long.as_str(), "x-named-1, x-named-2"],
+        ] {
+            let mut h = HeaderMap::new();
+            for v in &values {
+                h.append(
+                    header::CONNECTION,
+                    HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+                );
+            }
+            for n in [
+                "x-named-1",
+                "x-named-2",
+                "x-named-3",
+                "keep-alive",
+                "x-other",
+            ] {
+                h.insert(n, HeaderValue::from_static("v"));
+            }
+            strip_hop_by_hop(&mut h);
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            let named_3 = values
+                .iter()
+                .any(|v| v.to_ascii_lowercase().contains("x-named-3"));
+            let want: &[&str] = if named_3 {
+                &["x-other"]
+            } else {
+                &["x-named-3", "x-other"]
+            };
+            assert_eq!(left, want, "{values:?}");
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ use crate::audit::{Audit, Event};
 use crate::auth::Principal;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::request::{method_name, truncated_path, RemoteAddr, ReqInfo, RequestId};
+use crate::request::{method_name, truncated_path, Ctx, ReqInfo};
 use crate::telemetry::{otel, spans, Metrics, Op, ReqLabels};
 use attempt::{build_upstream_request, Attempt};
 use respond::wrap_response;
@@ -139,22 +139,22 @@ impl tower::Service<Request<Incoming>> for ProxyService {
 impl Proxy {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<GatewayBody> {
         let start = Instant::now();
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .map_or_else(|| HeaderValue::from_static("unknown"), |r| r.0.clone());
-        let Some(principal) = req.extensions().get::<Principal>().cloned() else {
+        let ctx = Ctx::of(req.extensions());
+        let id = ctx.and_then(|c| c.request_id.as_ref());
+        let request_id =
+            id.map_or_else(|| HeaderValue::from_static("unknown"), |r| r.header.clone());
+        let id_text = id.map(|r| r.text.clone());
+        let remote = ctx.and_then(|c| c.remote.as_ref()).map(|r| r.0.clone());
+        let Some(principal) = ctx.and_then(|c| c.principal.clone()) else {
             // The auth layer always runs first; reaching here without a principal is a bug.
             return GatewayError::Unauthenticated.into_response(Some(&request_id));
         };
         let normalized = path::normalize(req.uri().path());
-        let remote = req.extensions().get::<RemoteAddr>().map(|r| r.0.clone());
         let method = method_name(req.method());
         let path: Arc<str> = match &normalized {
             Some(p) => Arc::from(p.as_str()),
             None => truncated_path(req.uri().path()),
         };
-        let id_text = request_id.to_str().ok().map(Arc::from);
         // Tracing off: no span, no header read, nothing recorded (`spans::*` return at once).
         let (span, trace_id) = if otel::enabled() {
             spans::server(
@@ -213,7 +213,9 @@ impl Proxy {
         let permits = self.limit(principal).await?;
         if self.routes.multi && parts.method == http::Method::GET && path == "/v1/models" {
             let allowed = principal.0.models.as_deref();
-            let list = self.models.list(&self.routes, allowed).await;
+            // Boxed, as every path off the hot one: inline, its state would grow each
+            // request's future (moved by copying) by kilobytes.
+            let list = Box::pin(self.models.list(&self.routes, allowed)).await;
             drop(permits);
             let took = info.start.elapsed();
             self.metrics.response(info.labels, None, 200, took);

@@ -51,6 +51,14 @@ fn strict(raw: &str) -> Option<String> {
     if !raw.starts_with('/') {
         return None;
     }
+    if is_plain(raw) {
+        return Some(raw.to_owned());
+    }
+    resolve(raw)
+}
+
+/// `strict` the long way: decode, refuse, resolve the segments.
+fn resolve(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     // Bytes, not chars: a non-ASCII byte is kept as it is (pushing it `as char` would re-encode
     // each byte of a UTF-8 sequence as Latin-1 and change the path the NIM sees).
@@ -99,6 +107,23 @@ fn strict(raw: &str) -> Option<String> {
         path.push('/');
     }
     Some(path)
+}
+
+/// A path `strict` would return unchanged (the usual case, checked in one pass): no escape, no
+/// refused byte, no empty, `.` or `..` segment (a trailing `/` is kept as it is).
+fn is_plain(raw: &str) -> bool {
+    if raw
+        .bytes()
+        .any(|c| matches!(c, b'%' | b'\\' | b';' | 0x7f) || c < 0x20)
+    {
+        return false;
+    }
+    if raw == "/" {
+        return true;
+    }
+    let segs = &raw[1..];
+    let body = segs.strip_suffix('/').unwrap_or(segs);
+    !body.is_empty() && body.split('/').all(|s| !matches!(s, "" | "." | ".."))
 }
 
 /// Whether a decoded query parameter name is a credential: `api_key`, `api-key`, `apikey`,
@@ -167,6 +192,50 @@ fn form_decode(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_fast_path_agrees_with_resolving() {
+        let cases = [
+            "/",
+            "//",
+            "///",
+            "/v1/chat/completions",
+            "/v1/chat/completions/",
+            "/v1//x",
+            "/v1/./x",
+            "/v1/../x",
+            "/..",
+            "/.",
+            "/v1/x/.",
+            "/v1/x/..",
+            "/v1/x/",
+            "/a.b/..c/d..",
+            "/v1/caf\u{e9}",
+            "/v1/%2e%2e/x",
+            "/v1/a;b",
+            "/v1/a\\b",
+            "/v1/\u{7f}",
+            "/v1/x//",
+            "/.well-known/x",
+        ];
+        for raw in cases {
+            let fast = if is_plain(raw) {
+                Some(raw.to_owned())
+            } else {
+                None
+            };
+            if let Some(f) = fast {
+                assert_eq!(
+                    Some(f),
+                    resolve(raw),
+                    "{raw:?} is plain but resolves differently"
+                );
+            }
+            assert_eq!(strict(raw), resolve(raw), "{raw:?}");
+        }
+        assert!(is_plain("/v1/chat/completions") && is_plain("/") && is_plain("/v1/x/"));
+        assert!(!is_plain("//") && !is_plain("/v1/./x") && !is_plain("/v1/%41"));
+    }
 
     #[test]
     fn normalises() {

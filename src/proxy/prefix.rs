@@ -32,6 +32,8 @@ pub async fn read_prefix(
     deadline: tokio::time::Instant,
 ) -> Result<Prefix, GatewayError> {
     use http_body::Body as _;
+    // The first frame apart: most bodies are one frame, and then no `VecDeque` is allocated.
+    let mut first: Option<Bytes> = None;
     let mut prefix = VecDeque::new();
     let mut total = 0usize;
     while total < PEEK_BYTES && !body.is_end_stream() {
@@ -44,18 +46,23 @@ pub async fn read_prefix(
                     if total as u64 > limit {
                         return Err(GatewayError::BodyTooLarge);
                     }
-                    prefix.push_back(d);
+                    if first.is_none() {
+                        first = Some(d);
+                    } else {
+                        prefix.push_back(d);
+                    }
                 }
             }
         }
     }
     counter.store(total as u64, Ordering::Relaxed);
     if body.is_end_stream() || total < PEEK_BYTES {
-        let data = match prefix.len() {
-            0 => Bytes::new(),
-            1 => prefix.pop_front().unwrap_or_default(),
-            _ => {
+        let data = match first {
+            None => Bytes::new(),
+            Some(one) if prefix.is_empty() => one,
+            Some(one) => {
                 let mut b = BytesMut::with_capacity(total);
+                b.extend_from_slice(&one);
                 for c in prefix {
                     b.extend_from_slice(&c);
                 }
@@ -69,6 +76,9 @@ pub async fn read_prefix(
             replay: Some(data),
             model,
         });
+    }
+    if let Some(one) = first {
+        prefix.push_front(one);
     }
     // The model may be anywhere in the prefix, which may have come in many frames.
     let model = if prefix.len() == 1 {

@@ -10,7 +10,7 @@ use super::admit::Permits;
 use super::attempt::Attempt;
 use super::headers;
 use crate::body::redact::Redactor;
-use crate::body::{GatewayBody, OnDone, Outcome};
+use crate::body::{GatewayBody, OnDone, Outcome, Sniffer};
 use crate::secret::KeyMaterial;
 use crate::telemetry::{spans, Finished, Gauge};
 
@@ -38,6 +38,12 @@ pub(super) fn wrap_response(
         attempt.proxy.metrics.key_redactions(n);
     }
     let strip = attempt.strip_usage;
+    // The response's model is read only when the request named none (or a span wants it).
+    let sniff = if sse {
+        Sniffer::sse()
+    } else {
+        Sniffer::json(attempt.model.is_none() || crate::telemetry::otel::enabled())
+    };
     let done = Done {
         status: rparts.status.as_u16(),
         _stream: sse.then(|| attempt.proxy.metrics.open_stream()),
@@ -48,7 +54,7 @@ pub(super) fn wrap_response(
     };
     Response::from_parts(
         rparts,
-        GatewayBody::upstream(incoming, sse, redactor, strip, Box::new(done)),
+        GatewayBody::upstream(incoming, sniff, redactor, strip, Box::new(done)),
     )
 }
 
@@ -57,7 +63,9 @@ pub(super) fn wrap_response(
 /// substring search per header value; allocates only when the key is found.
 fn redact_headers(h: &mut http::HeaderMap, key: &[u8]) -> u64 {
     use http::header::{CONTENT_LOCATION, LOCATION};
-    let hit = |v: &http::HeaderValue| memchr::memmem::find(v.as_bytes(), key).is_some();
+    // One searcher for every value (`memmem::find` would build one per call).
+    let finder = memchr::memmem::Finder::new(key);
+    let hit = |v: &http::HeaderValue| finder.find(v.as_bytes()).is_some();
     if key.is_empty() || !h.values().any(hit) {
         return 0;
     }

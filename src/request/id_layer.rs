@@ -1,11 +1,11 @@
 //! `RequestIdLayer`: keep a valid client `X-Request-Id`, else generate one; store it in the
-//! request's extensions as `RequestId` (the proxy sends it upstream, every response carries it).
+//! request's `Ctx` as `request_id` (the proxy sends it upstream, every response carries it).
 
 use http::{HeaderValue, Request};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-use super::RequestId;
+use super::{Ctx, RequestId};
 use crate::names::X_REQUEST_ID;
 
 #[derive(Clone, Copy, Default)]
@@ -33,7 +33,7 @@ pub fn valid_request_id(v: &HeaderValue) -> bool {
 /// A fresh id: 128 bits of SHA-256(per-thread 256-bit key from the OS ‖ per-thread counter),
 /// hex. Unpredictable and unlinkable (a shared counter told anyone how many requests others
 /// made, and when), without a syscall per request: one SHA-256 block (~0.1–0.3 µs).
-fn new_request_id() -> HeaderValue {
+fn new_request_id() -> RequestId {
     use sha2::{Digest, Sha256};
     use std::cell::Cell;
     thread_local! {
@@ -61,10 +61,11 @@ fn new_request_id() -> HeaderValue {
         h.finalize()
     });
     let mut hex_id = [0u8; 32];
-    if hex::encode_to_slice(&digest[..16], &mut hex_id).is_err() {
-        return HeaderValue::from_static("invalid");
-    }
-    HeaderValue::from_bytes(&hex_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    let text = match hex::encode_to_slice(&digest[..16], &mut hex_id) {
+        Ok(()) => std::str::from_utf8(&hex_id).unwrap_or("invalid"),
+        Err(_) => "invalid",
+    };
+    RequestId::from_text(text)
 }
 
 impl<S, B> Service<Request<B>> for RequestIdService<S>
@@ -80,13 +81,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        let id = req
+        let id = match req
             .headers()
             .get(X_REQUEST_ID)
             .filter(|v| valid_request_id(v))
-            .cloned()
-            .unwrap_or_else(new_request_id);
-        req.extensions_mut().insert(RequestId(id));
+        {
+            Some(v) => RequestId::from_header(v.clone()),
+            None => new_request_id(),
+        };
+        Ctx::get_mut(req.extensions_mut()).request_id = Some(id);
         self.0.call(req)
     }
 }
@@ -102,7 +105,9 @@ mod tests {
             ServiceBuilder::new()
                 .layer(RequestIdLayer)
                 .service_fn(|req: Request<()>| async move {
-                    let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+                    let id = Ctx::of(req.extensions())
+                        .and_then(|c| c.request_id.as_ref())
+                        .map(|r| r.header.clone());
                     Ok::<_, Infallible>(id.unwrap().to_str().unwrap().to_string())
                 });
         let mut req = Request::builder();
@@ -128,7 +133,12 @@ mod tests {
     #[test]
     fn generated_ids_share_no_counter() {
         let ids: Vec<String> = (0..64)
-            .map(|_| new_request_id().to_str().unwrap().to_string())
+            .map(|_| {
+                let id = new_request_id();
+                // The header value and the recorded text are the same bytes.
+                assert_eq!(id.header.to_str().unwrap(), &*id.text);
+                id.text.to_string()
+            })
             .collect();
         let set: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(set.len(), ids.len());

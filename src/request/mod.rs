@@ -1,7 +1,8 @@
 //! Request-context types shared by the layers and the proxy: the request id, the client's address,
 //! the method's name for records, and `ReqInfo`, what every audit record of one request shares.
-//! Who produces what (see `app.rs`): the server inserts `RemoteAddr` per connection,
-//! `RequestIdLayer` inserts `RequestId`, `AuthLayer` inserts `auth::Principal`.
+//! They travel in one extension, `Ctx` (one insert per request, not one per layer). Who fills
+//! what (see `app.rs`): the server sets `remote` and `peer` per connection, `RequestIdLayer` sets
+//! `request_id`, `AuthLayer` sets `principal`.
 
 mod id_layer;
 
@@ -14,9 +15,58 @@ use std::time::Instant;
 
 use crate::audit::{Event, Record};
 
+/// What the server and the layers know about one request: one extension.
+#[derive(Clone, Default)]
+pub struct Ctx {
+    pub remote: Option<RemoteAddr>,
+    /// The client certificate's identity (TLS listener with client certificates).
+    pub peer: Option<crate::auth::mtls::PeerIdentity>,
+    pub request_id: Option<RequestId>,
+    pub principal: Option<crate::auth::Principal>,
+}
+
+impl Ctx {
+    pub fn of(e: &http::Extensions) -> Option<&Self> {
+        e.get()
+    }
+
+    /// The request's `Ctx`, inserted empty if it has none yet.
+    pub fn get_mut(e: &mut http::Extensions) -> &mut Self {
+        e.get_or_insert_default()
+    }
+}
+
 /// The request id, set by `RequestIdLayer` (client's if valid, else generated).
 #[derive(Clone)]
-pub struct RequestId(pub HeaderValue);
+pub struct RequestId {
+    /// As sent upstream and to the client (cloning it never copies).
+    pub header: HeaderValue,
+    /// As records show it (the same bytes).
+    pub text: Arc<str>,
+}
+
+impl RequestId {
+    /// A client's (already valid, so ASCII) id: its header value is kept as it is.
+    pub fn from_header(header: HeaderValue) -> Self {
+        let text = Arc::from(header.to_str().unwrap_or_default());
+        Self { header, text }
+    }
+
+    /// A generated id: the header value shares the text's allocation (`Bytes::from_owner`), so
+    /// neither a copy nor a later clone allocates again.
+    pub fn from_text(text: &str) -> Self {
+        struct Shared(Arc<str>);
+        impl AsRef<[u8]> for Shared {
+            fn as_ref(&self) -> &[u8] {
+                self.0.as_bytes()
+            }
+        }
+        let text: Arc<str> = Arc::from(text);
+        let header = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(Shared(text.clone())))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        Self { header, text }
+    }
+}
 
 /// The client's socket address as records show it, set by the server per connection (formatted
 /// once per connection, not per request).

@@ -21,7 +21,7 @@ use tower::Service;
 use crate::app::App;
 use crate::auth::mtls::PeerIdentity;
 use crate::config::LimitsConfig;
-use crate::request::RemoteAddr;
+use crate::request::{Ctx, RemoteAddr};
 use crate::stall::StallTimeout;
 
 use super::peers::{Activity, IpPermit};
@@ -81,21 +81,26 @@ pub async fn serve(
     let activity = Activity::new();
     let streams = activity.clone();
     // Behind a trusted proxy, the client it forwards for (formatted per request, only then).
-    let addr_for = move |req: &Request<Incoming>| match trusted
-        .as_ref()
-        .and_then(|t| t.client(peer_addr, req.headers()))
-    {
-        Some(ip) => RemoteAddr(ip.to_string().into()),
-        None => remote.clone(),
+    // The request's `Ctx`, its one extension: the client's address and certificate identity.
+    let ctx_peer = peer.clone();
+    let ctx_for = move |req: &Request<Incoming>| Ctx {
+        remote: Some(
+            match trusted
+                .as_ref()
+                .and_then(|t| t.client(peer_addr, req.headers()))
+            {
+                Some(ip) => RemoteAddr(ip.to_string().into()),
+                None => remote.clone(),
+            },
+        ),
+        peer: ctx_peer.get().cloned(),
+        ..Ctx::default()
     };
     let h2_svc = {
-        let (app, addr_for, peer) = (app.clone(), addr_for.clone(), peer.clone());
+        let (app, ctx_for) = (app.clone(), ctx_for.clone());
         hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let remote = addr_for(&req);
-            req.extensions_mut().insert(remote);
-            if let Some(p) = peer.get() {
-                req.extensions_mut().insert(p.clone());
-            }
+            let ctx = ctx_for(&req);
+            req.extensions_mut().insert(ctx);
             let guard = streams.begin();
             // The live state (stack, routes, clients) as of this request: one atomic load.
             let fut = app.live.load().service.clone().call(req);
@@ -103,13 +108,9 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| streams.watch(b, guard))) }
         })
     };
-    let h1_peer = peer.clone();
     let h1_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let remote = addr_for(&req);
-        req.extensions_mut().insert(remote);
-        if let Some(p) = h1_peer.get() {
-            req.extensions_mut().insert(p.clone());
-        }
+        let ctx = ctx_for(&req);
+        req.extensions_mut().insert(ctx);
         app.live.load().service.clone().call(req)
     });
     // hyper's own HTTP/1 and HTTP/2 connections (the protocol is known here, so hyper-util's

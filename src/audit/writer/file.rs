@@ -2,8 +2,9 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::recover::open_append;
 use super::{Sink, Writer};
@@ -94,4 +95,35 @@ fn rotate(path: &Path, keep: usize) -> io::Result<()> {
         }
     }
     std::fs::rename(path, rotated_name(path, 1))
+}
+
+impl Writer {
+    /// `statvfs` of the audit file's volume, at most once a second.
+    pub(super) fn check_headroom(&mut self) {
+        let Sink::File { path, .. } = &self.sink else {
+            return;
+        };
+        if self
+            .headroom_checked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.headroom_checked = Some(Instant::now());
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or_else(|| std::path::Path::new("."));
+        if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
+            // 64-bit Linux: both are u64.
+            let free: u64 = st.blocks_available().saturating_mul(st.fragment_size());
+            let low = free < self.cfg.min_free_bytes;
+            if low != self.shared.low_disk.swap(low, Ordering::AcqRel) {
+                tracing::warn!(
+                    free_bytes = free,
+                    min_free_bytes = self.cfg.min_free_bytes,
+                    low,
+                    "audit volume headroom changed: denied records are only counted while low"
+                );
+            }
+        }
+    }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
-use super::record::{encode_line_keyed, Record};
+use super::record::{encode_line_into, Record};
 use super::{ChainKey, Event};
 use crate::config::{AuditConfig, FsyncPolicy};
 use recover::{chain_id, lock, open_and_recover};
@@ -100,6 +100,11 @@ pub(crate) struct Writer {
     last_sync: Instant,
     pending: Vec<Msg>,
     buf: Vec<u8>,
+    /// Buffers kept across commits (no allocation per batch): the drain, the batch's records
+    /// until they are answered, and the chain head to roll back to.
+    scratch: Vec<Msg>,
+    recs: Vec<(Record, Option<oneshot::Sender<bool>>, bool)>,
+    saved_prev: String,
     /// `fsync = "interval"`: the thread that runs the periodic `fdatasync`.
     syncer: Option<std::sync::mpsc::Sender<sync::SyncJob>>,
 }
@@ -154,6 +159,9 @@ pub(crate) fn open(cfg: &AuditConfig, shared: Arc<Shared>) -> io::Result<Writer>
         last_sync: Instant::now(),
         pending: Vec::new(),
         buf: Vec::with_capacity(64 * 1024),
+        scratch: Vec::new(),
+        recs: Vec::new(),
+        saved_prev: String::with_capacity(64),
         syncer: None,
     };
     w.check_headroom();
@@ -191,19 +199,29 @@ impl Writer {
     }
 }
 
-/// Split a large drain into batches of at most `MAX_BATCH` records (one write each).
-pub(crate) fn chunks(mut batch: Vec<Msg>) -> Vec<Vec<Msg>> {
-    let mut out = Vec::new();
-    while batch.len() > MAX_BATCH {
-        let rest = batch.split_off(MAX_BATCH);
-        out.push(batch);
-        batch = rest;
-    }
-    out.push(batch);
-    out
-}
-
 impl Writer {
+    /// Commit a drain in batches of at most `MAX_BATCH` records (one write each); `batch` is left
+    /// empty, its buffer kept for the next drain.
+    pub(crate) fn commit_all(&mut self, batch: &mut Vec<Msg>, inline: bool) {
+        while batch.len() > MAX_BATCH {
+            let rest = batch.split_off(MAX_BATCH);
+            self.commit(batch, inline);
+            *batch = rest;
+        }
+        self.commit(batch, inline);
+    }
+
+    /// The reusable drain buffer (`Committer` takes it, fills it from the queue, gives it back).
+    pub(crate) fn take_scratch(&mut self) -> Vec<Msg> {
+        std::mem::take(&mut self.scratch)
+    }
+
+    pub(crate) fn give_scratch(&mut self, v: Vec<Msg>) {
+        if v.capacity() <= MAX_BATCH {
+            self.scratch = v;
+        }
+    }
+
     /// Whether a runtime thread may commit for this sink (`commit(.., inline = true)`): a file,
     /// not synced per batch. Standard output (maybe a blocking pipe) and `fsync = "batch"` are
     /// left to the writer thread.
@@ -223,22 +241,24 @@ impl Writer {
     /// Write `batch` as one group and answer its records. `inline`: called on a runtime thread,
     /// which must not block on a sync or a rotation; such a batch is left in `pending` for the
     /// writer thread (the caller wakes it).
-    pub(crate) fn commit(&mut self, batch: Vec<Msg>, inline: bool) {
+    /// `batch` is drained (left empty with its buffer), so a caller reuses it.
+    pub(crate) fn commit(&mut self, batch: &mut Vec<Msg>, inline: bool) {
         if batch.is_empty() {
             return;
         }
         self.check_headroom();
         if inline && !self.pending.is_empty() {
             // Keep file order: what the writer thread still holds goes first.
-            self.pending.extend(batch);
+            self.pending.append(batch);
             return;
         }
         let saved_seq = self.chain.next_seq;
-        let saved_prev = self.chain.prev.clone();
+        self.saved_prev.clone_from(&self.chain.prev);
         self.buf.clear();
         let mut flushes = Vec::new();
-        let mut recs = Vec::with_capacity(batch.len());
-        for m in batch {
+        let mut recs = std::mem::take(&mut self.recs);
+        recs.clear();
+        for m in batch.drain(..) {
             match m {
                 Msg::Flush(tx) if inline => self.pending.push(Msg::Flush(tx)),
                 Msg::Flush(tx) => flushes.push(tx),
@@ -260,11 +280,12 @@ impl Writer {
         }
         if inline && self.would_rotate() {
             self.chain.next_seq = saved_seq;
-            self.chain.prev = saved_prev;
+            std::mem::swap(&mut self.chain.prev, &mut self.saved_prev);
             let deferred = recs
-                .into_iter()
+                .drain(..)
                 .map(|(rec, ack, permit)| Msg::Rec { rec, ack, permit });
             self.pending.splice(0..0, deferred);
+            self.recs = recs;
             return;
         }
         let result = if self.buf.is_empty() {
@@ -283,7 +304,7 @@ impl Writer {
                 tracing::error!(error = %e, path = %self.cfg.path, "audit write failed: refusing keyed requests until it recovers");
             }
             self.chain.next_seq = saved_seq;
-            self.chain.prev = saved_prev;
+            std::mem::swap(&mut self.chain.prev, &mut self.saved_prev);
             let mut failure = Record::event(Event::AuditFailure);
             failure.reason = Some(format!("{:?}", e.kind()));
             let mut keep = vec![Msg::Rec {
@@ -291,7 +312,7 @@ impl Writer {
                 ack: None,
                 permit: false,
             }];
-            for (rec, ack, permit) in recs {
+            for (rec, ack, permit) in recs.drain(..) {
                 match ack {
                     Some(a) => {
                         let _ = a.send(false);
@@ -326,13 +347,14 @@ impl Writer {
             if synced && !self.buf.is_empty() {
                 self.publish_head();
             }
-            for (_, ack, permit) in recs {
+            for (_, ack, permit) in recs.drain(..) {
                 if let Some(a) = ack {
                     let _ = a.send(true);
                 }
                 released += usize::from(permit);
             }
         }
+        self.recs = recs;
         if released > 0 {
             self.shared.permits.add_permits(released);
         }
@@ -344,42 +366,13 @@ impl Writer {
         }
     }
 
-    /// `statvfs` of the audit file's volume, at most once a second.
-    fn check_headroom(&mut self) {
-        let Sink::File { path, .. } = &self.sink else {
-            return;
-        };
-        if self
-            .headroom_checked
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.headroom_checked = Some(Instant::now());
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = dir.unwrap_or_else(|| std::path::Path::new("."));
-        if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
-            // 64-bit Linux: both are u64.
-            let free: u64 = st.blocks_available().saturating_mul(st.fragment_size());
-            let low = free < self.cfg.min_free_bytes;
-            if low != self.shared.low_disk.swap(low, Ordering::AcqRel) {
-                tracing::warn!(
-                    free_bytes = free,
-                    min_free_bytes = self.cfg.min_free_bytes,
-                    low,
-                    "audit volume headroom changed: denied records are only counted while low"
-                );
-            }
-        }
-    }
-
     /// Serialise one record onto the chain (tentatively: `commit` rolls back on failure).
     fn append(&mut self, rec: &Record) {
-        self.chain.prev = encode_line_keyed(
+        encode_line_into(
             &mut self.buf,
             rec,
             self.chain.next_seq,
-            &self.chain.prev,
+            &mut self.chain.prev,
             Some(&*self.chain_id),
             &self.key,
         );
