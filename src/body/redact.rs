@@ -40,6 +40,22 @@ pub fn overwrite(buf: &mut [u8], key: &[u8]) -> u64 {
     n
 }
 
+/// Whether `key` occurs in `chunk`. A small chunk (most JSON answers, SSE events) is searched by
+/// the key's first byte: building a substring searcher costs more than such a search.
+pub fn has_key(chunk: &[u8], key: &[u8]) -> bool {
+    let Some(&first) = key.first() else {
+        return false;
+    };
+    if chunk.len() < key.len() {
+        return false;
+    }
+    if chunk.len() > 4096 {
+        return memchr::memmem::find(chunk, key).is_some();
+    }
+    memchr::memchr_iter(first, &chunk[..=chunk.len() - key.len()])
+        .any(|i| chunk[i..].starts_with(key))
+}
+
 /// Length of the longest proper prefix of `key` that `buf` ends with (0: none): the bytes that
 /// must wait for the next chunk.
 fn partial_prefix_len(buf: &[u8], key: &[u8]) -> usize {
@@ -83,7 +99,7 @@ impl Redactor {
             return chunk;
         }
         if !self.hold_back {
-            if memchr::memmem::find(&chunk, self.key_bytes()).is_none() {
+            if !has_key(&chunk, self.key_bytes()) {
                 return chunk;
             }
             let mut b = BytesMut::from(&chunk[..]);
@@ -92,7 +108,7 @@ impl Redactor {
         }
         self.budget = self.budget.saturating_sub(chunk.len() as u64);
         let hold = !last && self.budget > 0;
-        if self.carry.is_empty() && memchr::memmem::find(&chunk, self.key_bytes()).is_none() {
+        if self.carry.is_empty() && !has_key(&chunk, self.key_bytes()) {
             // The common case, a clean chunk: forwarded as is (no copy), holding back only a tail
             // that could be the start of a key split across chunks.
             let tail = if hold {

@@ -63,9 +63,7 @@ pub(super) fn wrap_response(
 /// substring search per header value; allocates only when the key is found.
 fn redact_headers(h: &mut http::HeaderMap, key: &[u8]) -> u64 {
     use http::header::{CONTENT_LOCATION, LOCATION};
-    // One searcher for every value (`memmem::find` would build one per call).
-    let finder = memchr::memmem::Finder::new(key);
-    let hit = |v: &http::HeaderValue| finder.find(v.as_bytes()).is_some();
+    let hit = |v: &http::HeaderValue| crate::body::redact::has_key(v.as_bytes(), key);
     if key.is_empty() || !h.values().any(hit) {
         return 0;
     }
@@ -135,5 +133,19 @@ impl OnDone for Done {
                 .charge(u.prompt_tokens.saturating_add(u.completion_tokens));
         }
         self.attempt.proxy.audit.record_done(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn contains_finds_the_key_anywhere_and_only_whole() {
+        let c = crate::body::redact::has_key;
+        assert!(c(b"nvapi-KEY", b"nvapi-KEY") && c(b"x nvapi-KEY", b"nvapi-KEY"));
+        assert!(c(b"nnvapi-KEYy", b"nvapi-KEY") && c(b"nvapi-nvapi-KEY", b"nvapi-KEY"));
+        let big = [b"x".repeat(5000), b"nvapi-KEY".to_vec()].concat();
+        assert!(c(&big, b"nvapi-KEY") && !c(&big[..5003], b"nvapi-KEY"));
+        assert!(!c(b"nvapi-KE", b"nvapi-KEY") && !c(b"nvapi-KEX nvapi-", b"nvapi-KEY"));
+        assert!(!c(b"", b"k") && !c(b"abc", b""));
     }
 }
