@@ -5,14 +5,17 @@ Layout on a 2-core machine: every proxy under test is pinned to core 0 (`taskset
 generator (oha) and the upstream (nginx returning a fixed chat completion, or the project's
 fake-nim when nginx is absent) share core 1. Targets: direct (upstream itself), nimgate (audit
 fsync=interval), nimgate with fsync=batch, nimgate with audit off, nimgate-otel and
-nimgate-otel-1pct (traces exported to a local OTLP sink at sample_ratio 1.0 and 0.01), hyper-floor (the smallest hyper +
-hyper-util proxy: what the stack alone costs), nginx and HAProxy (when on PATH; same job:
-client-key check, key injection, one JSON log line per request, keep-alive pool).
+nimgate-otel-1pct (traces exported to a local OTLP sink at sample_ratio 1.0 and 0.01), hyper-floor (the smallest hyper
+proxy: what the stack alone costs), nginx and HAProxy (when on PATH; same job: client-key check,
+key injection, one JSON log line per request, keep-alive pool).
 
 Measures, interleaved over several rounds:
   - closed-loop requests/s and p50/p99/p99.9 latency (oha -c 64 -z DUR);
-  - at a fixed rate (oha -q RATE): added p99 latency over direct and the CPU time each proxy spends
-    per request (utime+stime of its processes over the run / requests served);
+  - at a fixed rate (oha -q RATE): added p50/p99 latency over direct, the CPU time each proxy spends
+    per request (utime+stime of its processes over the run / requests served) and its context
+    switches per request (every thread's, from /proc/<pid>/task/*/status);
+  - malloc calls per request (a separate run under `perf stat` of the libc malloc uprobe);
+  - both cores: nimgate with workers = 2 against nginx with 2 workers (closed loop);
   - nimgate RSS under 64 connections (VmRSS mid-run, VmHWM at the end);
   - SSE: time to first event and per-event forwarding delay, gateway vs direct (fake-nim stamps each
     event with its send time);
@@ -413,7 +416,7 @@ def main():
         if want("nimgate-3up"):
             cfg = nimgate_config(d, "nimgate-3up", PORTS["nimgate-3up"], PORTS["upstream"], "interval", 1, multi=True)
             pids["nimgate-3up"] = [start([f"{REL}/nimgate", "serve", "--config", cfg], "0", f"{d}/nimgate-3up.log").pid]
-        # The stack's floor: hyper + hyper-util alone (no auth, audit or limits), same pinning.
+        # The stack's floor: hyper + tokio alone (no auth, audit or limits), same pinning.
         if want("hyper-floor"):
             pids["hyper-floor"] = [start([f"{REL}/examples/hyper-floor", f"127.0.0.1:{PORTS['hyper-floor']}",
                                           f"http://127.0.0.1:{PORTS['upstream']}"], "0", f"{d}/hyper-floor.log").pid]
