@@ -492,6 +492,8 @@ def main():
         for r in range(a.rounds):
             for t in (list(two) if r % 2 == 0 else list(two)[::-1]):
                 two_runs[t].append(oha(PORTS[t], a.duration)["rps"])
+        for pid in two.values():
+            os.kill(pid, signal.SIGTERM)  # ours (in PROCS): idle through SSE and the soak otherwise
         two_core = {t: statistics.median(v) for t, v in two_runs.items()}
         for t, v in two_core.items():
             print(f"  {t} on 2 cores (shared with oha + upstream): {v:.0f} req/s", flush=True)

@@ -1,7 +1,8 @@
 //! A record's fields as JSON, written straight into the line buffer: the same bytes serde_json
 //! writes for `Record` (field order, skipped `None`s, escapes, `MAX_FIELD_BYTES` caps; a test
-//! compares them), without its per-field serializer calls; and the RFC 3339 timestamps. The rare nested `config` and the
-//! floats still go through serde_json (no allocation either way).
+//! compares them), without its per-field serializer calls. The rare nested `config` and the
+//! floats still go through serde_json (no allocation either way). Also the RFC 3339 timestamps
+//! of the lines.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -59,14 +59,14 @@ struct Inner {
 }
 
 /// How `record_use` left its record.
-enum Queued {
+enum Queued<'a> {
     /// No audit trail.
     Off,
     Refused(AuditError),
     /// Queued; the acknowledgement and the deadline for it.
-    Ack(oneshot::Receiver<bool>, Instant),
+    Ack(&'a Inner, oneshot::Receiver<bool>, Instant),
     /// The queue is full: wait for room (boxed: rare, and the record is large).
-    NoRoom(Box<Record>, Instant),
+    NoRoom(&'a Inner, Box<Record>, Instant),
 }
 
 impl Drop for Inner {
@@ -215,16 +215,14 @@ impl Audit {
     ) -> impl std::future::Future<Output = Result<(), AuditError>> + Send + '_ {
         let queued = self.queue_use(rec);
         async move {
-            let (mut ack_rx, deadline) = match queued {
+            let (i, mut ack_rx, deadline) = match queued {
                 Queued::Off => return Ok(()),
                 Queued::Refused(e) => return Err(e),
-                Queued::Ack(rx, deadline) => (rx, deadline),
-                Queued::NoRoom(rec, deadline) => match &self.inner {
-                    Some(i) => (Box::pin(i.push_use_waiting(rec)).await?, deadline),
-                    None => return Ok(()),
-                },
+                Queued::Ack(i, rx, deadline) => (i, rx, deadline),
+                Queued::NoRoom(i, rec, deadline) => {
+                    (i, Box::pin(i.push_use_waiting(rec)).await?, deadline)
+                }
             };
-            let Some(i) = &self.inner else { return Ok(()) };
             // Normally the runtime's park hook commits it; if this thread stays busy (or the
             // runtime has no hook), commit it ourselves (or wake the writer thread) after a
             // short wait.
@@ -244,7 +242,7 @@ impl Audit {
     }
 
     /// The synchronous half of `record_use`: queue the record if a permit is free.
-    fn queue_use(&self, rec: Record) -> Queued {
+    fn queue_use(&self, rec: Record) -> Queued<'_> {
         let Some(i) = &self.inner else {
             return Queued::Off;
         };
@@ -257,11 +255,13 @@ impl Audit {
                 p.forget();
                 let (ack_tx, ack_rx) = oneshot::channel();
                 match i.push_held(rec, Some(ack_tx)) {
-                    Ok(()) => Queued::Ack(ack_rx, deadline),
+                    Ok(()) => Queued::Ack(i, ack_rx, deadline),
                     Err(e) => Queued::Refused(e),
                 }
             }
-            Err(tokio::sync::TryAcquireError::NoPermits) => Queued::NoRoom(Box::new(rec), deadline),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                Queued::NoRoom(i, Box::new(rec), deadline)
+            }
             Err(tokio::sync::TryAcquireError::Closed) => Queued::Refused(AuditError::WriteFailed),
         }
     }

@@ -146,6 +146,17 @@ impl Redactor {
 mod tests {
     use super::*;
 
+    #[test]
+    fn has_key_finds_the_key_anywhere_and_only_whole() {
+        let c = has_key;
+        assert!(c(b"nvapi-KEY", b"nvapi-KEY") && c(b"x nvapi-KEY", b"nvapi-KEY"));
+        assert!(c(b"nnvapi-KEYy", b"nvapi-KEY") && c(b"nvapi-nvapi-KEY", b"nvapi-KEY"));
+        let big = [b"x".repeat(5000), b"nvapi-KEY".to_vec()].concat();
+        assert!(c(&big, b"nvapi-KEY") && !c(&big[..5003], b"nvapi-KEY"));
+        assert!(!c(b"nvapi-KE", b"nvapi-KEY") && !c(b"nvapi-KEX nvapi-", b"nvapi-KEY"));
+        assert!(!c(b"", b"k") && !c(b"abc", b""));
+    }
+
     fn r(sse: bool) -> Redactor {
         Redactor::new(HeaderValue::from_static("Bearer SECRETKEY"), 7, 16, sse)
     }

@@ -219,14 +219,9 @@ mod tests {
             "/.well-known/x",
         ];
         for raw in cases {
-            let fast = if is_plain(raw) {
-                Some(raw.to_owned())
-            } else {
-                None
-            };
-            if let Some(f) = fast {
+            if is_plain(raw) {
                 assert_eq!(
-                    Some(f),
+                    Some(raw.to_owned()),
                     resolve(raw),
                     "{raw:?} is plain but resolves differently"
                 );

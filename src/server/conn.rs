@@ -80,8 +80,8 @@ pub async fn serve(
     let peer = std::sync::Arc::new(std::sync::OnceLock::<PeerIdentity>::new());
     let activity = Activity::new();
     let streams = activity.clone();
-    // Behind a trusted proxy, the client it forwards for (formatted per request, only then).
-    // The request's `Ctx`, its one extension: the client's address and certificate identity.
+    // The request's `Ctx`, its one extension: the client's address (behind a trusted proxy, the
+    // client it forwards for, formatted per request, only then) and certificate identity.
     let ctx_peer = peer.clone();
     let ctx_for = move |req: &Request<Incoming>| Ctx {
         remote: Some(
@@ -116,8 +116,8 @@ pub async fn serve(
     // hyper's own HTTP/1 and HTTP/2 connections (the protocol is known here, so hyper-util's
     // auto builder and its `Rewind` buffer are not needed). `max_header_size` gives 431 on an
     // oversized head (tests/security_headers.rs, security_limits.rs): `max_buf_size` alone is
-    // not exact, since one read may fill more than it once the buffer has grown. No upgrade is ever granted: `Upgrade` is
-    // stripped, no 101 is sent.
+    // not exact, since one read may fill more than it once the buffer has grown. No upgrade is
+    // ever granted: `Upgrade` is stripped, no 101 is sent.
     macro_rules! serve {
         ($io:expr, $is_h2:expr) => {
             if $is_h2 {
