@@ -75,7 +75,7 @@ fn header_rewrite(bencher: divan::Bencher) {
 }
 
 #[divan::bench]
-fn path_normalize() -> Option<String> {
+fn path_normalize() -> Option<std::borrow::Cow<'static, str>> {
     nimgate::proxy::path::normalize(divan::black_box("/v1/chat/completions"))
 }
 

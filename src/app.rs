@@ -4,22 +4,22 @@
 //! `limits.max_connections_per_ip` from one address, the socket is closed at once) → TLS handshake with ALPN, or the HTTP/2-preface sniff, both within
 //! `limits.header_read_timeout` → hyper HTTP/1.1 (head size/count limits → 431) or HTTP/2
 //! (stream limits, reset-flood limits, keep-alive pings) → the stall timeout on writes
-//! (`limits.send_timeout`) → `RemoteAddr` inserted into each request's extensions.
+//! (`limits.send_timeout`) → each request passed down as a `Call`, with the `RemoteAddr` (and,
+//! with mTLS, the `PeerIdentity`) in its `Ctx`.
 //!
 //! **Layers**, outermost first (each answers with a response, never an error, so the stack's error
 //! type is `Infallible`):
 //!
-//! 1. `SetSensitiveRequestHeadersLayer` — marks `Authorization`, `Proxy-Authorization`,
-//!    `X-Api-Key`, `Api-Key` sensitive before anything could log them;
-//! 2. `RequestIdLayer` (`request/`) — keeps a valid client `X-Request-Id` or makes one;
-//!    produces `RequestId`;
-//! 3. `AuthLayer` (`auth/layer.rs`) — client key digest lookup or JWT check (a cache hit, else
+//! 1. `RequestIdLayer` (`request/`) — marks `Authorization`, `Proxy-Authorization`,
+//!    `X-Api-Key`, `Api-Key` sensitive before anything could log them, then keeps a valid client
+//!    `X-Request-Id` or makes one; produces `RequestId`;
+//! 2. `AuthLayer` (`auth/layer.rs`) — client key digest lookup or JWT check (a cache hit, else
 //!    the signature; an unknown `kid` waits for one rate-limited JWKS refetch); produces `Principal`, or answers
 //!    401 with a `denied` record within the address's unauthenticated budget, else 429 counted
 //!    into a `denied_summary` (`auth/flood.rs`); consumes `RequestId`, `RemoteAddr`;
-//! 4. `ProxyService` (`proxy/`) — the phases of `Proxy::forward`: admit → limit → read_prefix →
+//! 3. `ProxyService` (`proxy/`) — the phases of `Proxy::forward`: admit → limit → read_prefix →
 //!    route → load_key → build_upstream_request → send_with_retry → wrap_response (the table in
-//!    `proxy/mod.rs` says why each sits where it does); consumes all three extensions.
+//!    `proxy/mod.rs` says why each sits where it does); consumes the whole `Ctx`.
 //!
 //! **Response**: streamed back frame by frame (`body/`), usage sniffed on the side, the `done`
 //! record written when the body ends; the connection's permit is released when it closes.
@@ -33,26 +33,23 @@
 //! global in-flight semaphore while its size is the same.
 
 use arc_swap::ArcSwap;
-use http::header;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
-use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 use crate::audit::Audit;
 use crate::auth::flood::DeniedBudget;
 use crate::auth::{AuthLayer, AuthService, ClientRegistry, Prior};
 use crate::config::{Backend, Config, SecretConfig, UpstreamRef};
 use crate::error::InitError;
-use crate::names::{API_KEY, X_API_KEY};
 use crate::proxy::{ProxyService, ProxySettings, Routes, Upstream};
 use crate::request::{RequestIdLayer, RequestIdService};
 use crate::secret::{SecretSource, SecretStore};
 use crate::telemetry::Metrics;
 
 /// The stack's concrete type (no boxing: cloning it per connection/request clones a few `Arc`s).
-pub type GatewayService = SetSensitiveRequestHeaders<RequestIdService<AuthService<ProxyService>>>;
+pub type GatewayService = RequestIdService<AuthService<ProxyService>>;
 
 /// What a config reload replaces, as one unit.
 pub struct Live {
@@ -260,12 +257,6 @@ fn build_live(
         concurrency.clone(),
     );
     let service = ServiceBuilder::new()
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::PROXY_AUTHORIZATION,
-            X_API_KEY,
-            API_KEY,
-        ]))
         .layer(RequestIdLayer)
         .layer(AuthLayer {
             registry: registry.clone(),

@@ -229,7 +229,7 @@ mod tests {
         let a = |s: &str| Some(Arc::<str>::from(s));
         let mut r = Record::event(Event::Done);
         assert_eq!(both(&r).0, both(&r).1);
-        r.request_id = a("0123abcd");
+        r.request_id = Some("0123abcd".into());
         r.trace_id = a(nasty);
         r.client_id = a("team-a");
         r.auth = Some("key");
@@ -237,7 +237,7 @@ mod tests {
         r.remote_addr = a("127.0.0.1:5000");
         r.method = Some(Cow::Borrowed("POST"));
         r.path = a("/v1/chat/completions");
-        r.model = a(&"é".repeat(400));
+        r.model = Some("é".repeat(400).into());
         r.upstream = a("llama");
         r.replica = a("http://127.0.0.1:8000");
         r.key_version = a("v3");

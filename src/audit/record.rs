@@ -24,7 +24,7 @@ pub struct Usage {
 pub struct Record {
     pub event: Event,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
-    pub request_id: Option<Arc<str>>,
+    pub request_id: Option<bytestring::ByteString>,
     /// The request's trace (32 hex digits), on `use`/`done` when tracing is on.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub trace_id: Option<Arc<str>>,
@@ -43,7 +43,7 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub path: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
-    pub model: Option<Arc<str>>,
+    pub model: Option<bytestring::ByteString>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "capped")]
     pub upstream: Option<Arc<str>>,
     /// The replica (`scheme://authority`) of the upstream this attempt went to.
@@ -276,7 +276,7 @@ mod tests {
     fn line_separators_and_format_characters_are_escaped() {
         let mut r = Record::event(Event::Use);
         let nasty = "a\u{2028}b\u{2029}c\u{85}d\u{200b}\u{202e}\u{2066}\u{feff}\u{e0041}e\u{1c}f";
-        r.model = Some(Arc::from(nasty));
+        r.model = Some(nasty.into());
         r.path = Some(Arc::from("/v1/caf\u{e9}/\u{65e5}\u{672c}"));
         let mut buf = Vec::new();
         let h = encode_line(&mut buf, &r, 1, "00");
@@ -310,9 +310,9 @@ mod tests {
     fn every_string_field_is_capped() {
         let long: Arc<str> = Arc::from("é".repeat(100_000).as_str());
         let mut r = Record::event(Event::Done);
-        r.model = Some(long.clone());
+        r.model = Some((*long).into());
         r.path = Some(long.clone());
-        r.request_id = Some(long.clone());
+        r.request_id = Some((*long).into());
         r.reason = Some(long.to_string());
         r.detail = Some(long.to_string());
         r.method = Some(Cow::Owned(long.to_string()));
@@ -327,7 +327,7 @@ mod tests {
                 "{f}"
             );
         }
-        r.model = Some(Arc::from("short"));
+        r.model = Some("short".into());
         let s = serde_json::to_string(&r).unwrap();
         assert!(s.contains(r#""model":"short""#));
     }

@@ -1,12 +1,12 @@
 //! `AuthLayer`: authenticate every request (there are no open routes on the client listener);
-//! put the `Principal` in the request's extensions, or answer 401 with a `denied` audit record —
+//! set the `Call`'s `Principal`, or answer 401 with a `denied` audit record —
 //! within the remote address's unauthenticated budget (`flood.rs`); beyond it a 429, counted into
 //! a `denied_summary` record. A `denied` record never holds the client's `X-Request-Id` and keeps
 //! at most `DENIED_PATH_CHARS` of the path: an unauthenticated peer chooses that text.
 //! Generic over the request body, so it is unit-tested around an echo service without sockets.
 
 use futures_util::future::{BoxFuture, Either};
-use http::{Request, Response};
+use http::Response;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,7 +18,7 @@ use super::{AuthFailure, AuthMethod, ClientRegistry};
 use crate::audit::{Audit, Event, Record};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::request::{method_name, Ctx};
+use crate::request::{method_name, Call};
 use crate::telemetry::{Metrics, Op, ReqLabels};
 
 /// Characters of an unauthenticated request's path kept in its `denied` record.
@@ -58,9 +58,9 @@ pub struct AuthService<S> {
 
 type Resp = Response<GatewayBody>;
 
-impl<S, B> Service<Request<B>> for AuthService<S>
+impl<S, B> Service<Call<B>> for AuthService<S>
 where
-    S: Service<Request<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Call<B>, Response = Resp, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
     B: Send + 'static,
 {
@@ -72,12 +72,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let peer = Ctx::of(req.extensions()).and_then(|c| c.peer.as_ref());
-        match self.cfg.registry.authenticate_with(req.headers(), peer) {
+    fn call(&mut self, mut c: Call<B>) -> Self::Future {
+        match self
+            .cfg
+            .registry
+            .authenticate_with(c.req.headers(), c.ctx.peer.as_ref())
+        {
             Ok(p) => {
-                Ctx::get_mut(req.extensions_mut()).principal = Some(p);
-                Either::Right(self.inner.call(req))
+                c.ctx.principal = Some(p);
+                Either::Right(self.inner.call(c))
             }
             Err(why) if why.wants_refetch() => {
                 // A JWT whose `kid` its issuer's cached keys lack: refetch them (rate-limited),
@@ -86,16 +89,16 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let cfg = self.cfg.clone();
                 Either::Left(Box::pin(async move {
-                    match cfg.registry.authenticate_refetching(req.headers()).await {
+                    match cfg.registry.authenticate_refetching(c.req.headers()).await {
                         Ok(p) => {
-                            Ctx::get_mut(req.extensions_mut()).principal = Some(p);
-                            inner.call(req).await
+                            c.ctx.principal = Some(p);
+                            inner.call(c).await
                         }
-                        Err(why) => cfg.deny(req, why).await,
+                        Err(why) => cfg.deny(c, why).await,
                     }
                 }))
             }
-            Err(why) => Either::Left(Box::pin(self.cfg.deny(req, why))),
+            Err(why) => Either::Left(Box::pin(self.cfg.deny(c, why))),
         }
     }
 }
@@ -104,15 +107,12 @@ impl AuthLayer {
     /// 401 with a `denied` record (or 429 beyond the address's budget).
     fn deny<B: Send + 'static>(
         &self,
-        req: Request<B>,
+        Call { req, ctx }: Call<B>,
         why: AuthFailure,
     ) -> impl std::future::Future<Output = Result<Resp, Infallible>> + Send + 'static {
         let start = Instant::now();
-        let ctx = Ctx::of(req.extensions());
-        let id = ctx
-            .and_then(|c| c.request_id.as_ref())
-            .map(|r| r.header.clone());
-        let remote = ctx.and_then(|c| c.remote.as_ref()).map(|a| a.0.clone());
+        let id = ctx.request_id.map(|r| r.header);
+        let remote = ctx.remote.map(|a| a.0);
         let ip = remote.as_deref().and_then(ip_of);
         let reason = why.reason();
         // The raw path's ending is enough for a label (no normalising allocation here).
@@ -183,25 +183,24 @@ mod tests {
                 metrics: Arc::new(Metrics::default()),
                 budget: Arc::new(DeniedBudget::new(60)),
             })
-            .service_fn(|req: Request<String>| async move {
-                let id = Ctx::of(req.extensions())
-                    .and_then(|c| c.principal.as_ref())
-                    .map(|p| p.0.id.clone());
+            .service_fn(|c: Call<String>| async move {
+                let id = c.ctx.principal.as_ref().map(|p| p.0.id.clone());
                 let body = GatewayBody::full(id.as_deref().unwrap_or("none").to_string().into());
                 Ok::<_, Infallible>(Response::new(body))
             });
-        let mut req = Request::builder().uri("/v1/models?x=1");
+        let mut req = http::Request::builder().uri("/v1/models?x=1");
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
-        let resp = svc.oneshot(req.body(String::new()).unwrap()).await.unwrap();
+        let req = Call::new(req.body(String::new()).unwrap());
+        let resp = svc.oneshot(req).await.unwrap();
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
     #[tokio::test]
-    async fn principal_in_extensions_or_401_with_a_denied_record() {
+    async fn principal_set_or_401_with_a_denied_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let cfg = AuditConfig {

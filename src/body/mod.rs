@@ -6,6 +6,7 @@
 //! A leaf module: it knows nothing of the proxy, so `error` and `proxy` both use it without
 //! importing each other.
 
+pub mod json;
 pub mod redact;
 pub mod sniff;
 pub mod usage;

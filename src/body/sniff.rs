@@ -30,19 +30,29 @@ pub enum Sniffer {
     },
 }
 
-/// `UsageProbe` without the model: `model` is skipped like any other field.
-#[derive(serde::Deserialize)]
-struct UsageOnly {
-    #[serde(default)]
-    usage: Option<Usage>,
-}
-
-#[derive(serde::Deserialize)]
-struct UsageProbe<'a> {
-    #[serde(default)]
-    usage: Option<Usage>,
-    #[serde(default, borrow)]
-    model: Option<Cow<'a, str>>,
+/// The top-level `usage` and (`want_model`) `model` of the JSON document `b`: found by a
+/// structural walk (`json::each_member`), so only those two values are deserialised (skipping
+/// the rest with serde would allocate for every nested array or object, such as `choices`). The
+/// last of a duplicated member wins, as in the NIM's parser.
+fn probe(b: &[u8], want_model: bool) -> (Option<Usage>, Option<String>) {
+    let (mut usage, mut model) = (None, None);
+    let whole = super::json::each_member(b, |k, v| match k {
+        "usage" => usage = Some(v),
+        "model" if want_model => model = Some(v),
+        _ => {}
+    });
+    if !whole {
+        return (None, None);
+    }
+    (
+        usage.and_then(|v| serde_json::from_slice::<Option<Usage>>(v).ok().flatten()),
+        model.and_then(|v| {
+            serde_json::from_slice::<Option<Cow<'_, str>>>(v)
+                .ok()
+                .flatten()
+                .map(String::from)
+        }),
+    )
 }
 
 impl Sniffer {
@@ -125,20 +135,8 @@ impl Sniffer {
                 want_model,
                 ..
             } => {
-                let want_model = *want_model;
-                let probe = |b: &[u8]| {
-                    if want_model {
-                        serde_json::from_slice::<UsageProbe>(b)
-                            .map_or((None, None), |p| (p.usage, p.model.map(String::from)))
-                    } else {
-                        (
-                            serde_json::from_slice::<UsageOnly>(b).map_or(None, |p| p.usage),
-                            None,
-                        )
-                    }
-                };
                 if more.is_empty() {
-                    return probe(one);
+                    return probe(one, *want_model);
                 }
                 let mut all =
                     Vec::with_capacity(one.len() + more.iter().map(Bytes::len).sum::<usize>());
@@ -146,7 +144,7 @@ impl Sniffer {
                 for c in more.drain(..) {
                     all.extend_from_slice(&c);
                 }
-                probe(&all)
+                probe(&all, *want_model)
             }
             Self::Json { .. } => (None, None),
             Self::Sse { usage, model, .. } => (usage.take(), model.take()),
@@ -168,13 +166,12 @@ fn scan_sse_line(line: &[u8], usage: &mut Option<Usage>, model: &mut Option<Stri
     if !want_model && !has_usage {
         return;
     }
-    if let Ok(p) = serde_json::from_slice::<UsageProbe>(payload) {
-        if want_model {
-            *model = p.model.map(String::from);
-        }
-        if let Some(u) = p.usage {
-            *usage = Some(u);
-        }
+    let (u, m) = probe(payload, want_model);
+    if want_model {
+        *model = m;
+    }
+    if u.is_some() {
+        *usage = u;
     }
 }
 

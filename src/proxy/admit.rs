@@ -92,17 +92,18 @@ impl Proxy {
     pub(super) fn admit(
         &self,
         parts: &Parts,
-        normalized: Option<String>,
-    ) -> Result<String, GatewayError> {
+        as_sent: Option<bool>,
+        path: &str,
+    ) -> Result<bool, GatewayError> {
         if parts.method == Method::CONNECT || parts.method == Method::TRACE {
             return Err(GatewayError::MethodNotAllowed);
         }
-        let path = normalized.ok_or(GatewayError::BadRequest)?;
+        let as_sent = as_sent.ok_or(GatewayError::BadRequest)?;
         let allowed = self
             .settings
             .route_prefixes
             .iter()
-            .any(|p| path.starts_with(p.as_str()) || path == p[..p.len() - 1]);
+            .any(|p| path.starts_with(p.as_str()) || path == &p[..p.len() - 1]);
         if !allowed {
             return Err(GatewayError::NotFound);
         }
@@ -114,7 +115,7 @@ impl Proxy {
         if content_length.is_some_and(|n| n > self.settings.max_body_bytes) {
             return Err(GatewayError::BodyTooLarge);
         }
-        Ok(path)
+        Ok(as_sent)
     }
 
     /// The client's rate limit and token budget (here, then in the fleet's backend), its

@@ -7,12 +7,12 @@
 
 use http::{request::Parts, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::replica::{self, InFlight, Replica};
-use super::request_body::{BodyTimeout, BodyTooLarge, RequestBody};
+use super::request_body::{BodyTimeout, BodyTooLarge, BytesIn, RequestBody};
 use super::upstream::Upstream;
 use super::{headers, path, Failure, Proxy};
 use crate::audit::{Event, Record};
@@ -25,29 +25,32 @@ use crate::telemetry::spans;
 /// Longest wait for a fresh key after the NIM rejected the current one.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
 
-/// Rewrite the client's request head for `up`: the normalised path and the query minus
-/// credential parameters (the replica's scheme and authority are added per attempt), HTTP/1.1
-/// semantics, headers stripped of hop-by-hop and client credentials *before* the key goes in, no
-/// client extensions.
+/// Rewrite the client's request head for `up`: the normalised path (`info.path`) and the query
+/// minus credential parameters (the replica's scheme and authority are added per attempt),
+/// HTTP/1.1 semantics, headers stripped of hop-by-hop and client credentials *before* the key
+/// goes in, no client extensions. `as_sent`: the client's path is normal already; then an
+/// origin-form target with no credential parameter is kept as it is (it shares the request
+/// head's buffer: no copy now, none when an attempt clones it).
 pub(super) fn build_upstream_request(
     parts: &mut Parts,
-    path: String,
+    as_sent: bool,
     up: &Upstream,
     key: &KeyMaterial,
     info: &ReqInfo,
 ) -> Result<(), GatewayError> {
-    let pq = match parts.uri.query().and_then(path::strip_credential_params) {
-        Some(q) if q.is_empty() => path,
-        Some(q) => format!("{path}?{q}"),
-        None => match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        },
-    };
-    parts.uri = Uri::builder()
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::BadRequest)?;
+    let stripped = parts.uri.query().and_then(path::strip_credential_params);
+    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+    if !(as_sent && origin_form && stripped.is_none()) {
+        let path = &*info.path;
+        let pq = match (stripped.as_deref(), parts.uri.query()) {
+            (Some(""), _) | (None, None) => path.to_owned(),
+            (Some(q), _) | (None, Some(q)) => format!("{path}?{q}"),
+        };
+        parts.uri = Uri::builder()
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| GatewayError::BadRequest)?;
+    }
     parts.version = http::Version::HTTP_11;
     headers::rewrite_request(&mut parts.headers, &up.auth_header, &key.header_value);
     parts.headers.insert(X_REQUEST_ID, info.request_id.clone());
@@ -60,8 +63,8 @@ pub(super) struct Attempt {
     pub proxy: Arc<Proxy>,
     pub upstream: Arc<Upstream>,
     pub info: ReqInfo,
-    pub model: Option<Arc<str>>,
-    pub bytes_in: Arc<AtomicU64>,
+    pub model: Option<bytestring::ByteString>,
+    pub bytes_in: BytesIn,
     /// nimgate added `stream_options.include_usage`: remove that event from the response.
     pub strip_usage: bool,
     /// The replica of the current attempt (counted in its outstanding requests).
@@ -78,7 +81,7 @@ impl Attempt {
         r.key_fingerprint = Some(key.fingerprint.clone());
         r.status = Some(status);
         r.duration_ms = Some(self.info.elapsed_ms());
-        r.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
+        r.bytes_in = Some(self.bytes_in.get());
         r
     }
 

@@ -31,10 +31,10 @@ pub mod upstream;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ use crate::audit::{Audit, Event};
 use crate::auth::Principal;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::request::{method_name, truncated_path, Ctx, ReqInfo};
+use crate::request::{method_name, truncated_path, Call, ReqInfo};
 use crate::telemetry::{otel, spans, Metrics, Op, ReqLabels};
 use attempt::{build_upstream_request, Attempt};
 use respond::wrap_response;
@@ -54,7 +54,7 @@ pub use upstream::{Routes, Upstream};
 /// Why a request got no upstream response.
 pub(crate) enum Failure {
     /// Refused before the key was used: a `denied` record follows (with the model, if known).
-    Denied(GatewayError, Option<Arc<str>>),
+    Denied(GatewayError, Option<bytestring::ByteString>),
     /// Failed after its `use` record: the `done` record is written already.
     Failed(GatewayError),
 }
@@ -121,7 +121,7 @@ impl ProxyService {
     }
 }
 
-impl tower::Service<Request<Incoming>> for ProxyService {
+impl tower::Service<Call<Incoming>> for ProxyService {
     type Response = Response<GatewayBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -130,31 +130,32 @@ impl tower::Service<Request<Incoming>> for ProxyService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, c: Call<Incoming>) -> Self::Future {
         let p = self.0.clone();
-        Box::pin(async move { Ok(p.handle(req).await) })
+        Box::pin(async move { Ok(p.handle(c).await) })
     }
 }
 
 impl Proxy {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<GatewayBody> {
+    async fn handle(self: Arc<Self>, Call { req, ctx }: Call<Incoming>) -> Response<GatewayBody> {
         let start = Instant::now();
-        let ctx = Ctx::of(req.extensions());
-        let id = ctx.and_then(|c| c.request_id.as_ref());
-        let request_id =
-            id.map_or_else(|| HeaderValue::from_static("unknown"), |r| r.header.clone());
-        let id_text = id.map(|r| r.text.clone());
-        let remote = ctx.and_then(|c| c.remote.as_ref()).map(|r| r.0.clone());
-        let Some(principal) = ctx.and_then(|c| c.principal.clone()) else {
+        let (request_id, id_text) = match ctx.request_id {
+            Some(r) => (r.header, Some(r.text)),
+            None => (HeaderValue::from_static("unknown"), None),
+        };
+        let remote = ctx.remote.map(|r| r.0);
+        let Some(principal) = ctx.principal else {
             // The auth layer always runs first; reaching here without a principal is a bug.
             return GatewayError::Unauthenticated.into_response(Some(&request_id));
         };
-        let normalized = path::normalize(req.uri().path());
-        let method = method_name(req.method());
-        let path: Arc<str> = match &normalized {
-            Some(p) => Arc::from(p.as_str()),
-            None => truncated_path(req.uri().path()),
+        // Normalised, or (refused) the raw path cut short, as records show it; `as_sent`: the
+        // client's path is already normal, so its request target can go upstream unchanged.
+        let (path, as_sent): (Arc<str>, Option<bool>) = match path::normalize(req.uri().path()) {
+            Some(p) => (Arc::from(&*p), Some(matches!(p, Cow::Borrowed(_)))),
+            None => (truncated_path(req.uri().path()), None),
         };
+        let method = method_name(req.method());
+        let op = Op::of_path(if as_sent.is_some() { &path } else { "" });
         // Tracing off: no span, no header read, nothing recorded (`spans::*` return at once).
         let (span, trace_id) = if otel::enabled() {
             spans::server(
@@ -180,16 +181,16 @@ impl Proxy {
             path,
             labels: ReqLabels {
                 client: principal.0.index,
-                op: Op::of_path(normalized.as_deref().unwrap_or("")),
+                op,
             },
             span,
             trace_id,
         };
         let forwarded = if info.span.is_none() {
-            self.forward(req, normalized, &principal, &info).await
+            self.forward(req, as_sent, &principal, &info).await
         } else {
             let span = info.span.clone();
-            self.forward(req, normalized, &principal, &info)
+            self.forward(req, as_sent, &principal, &info)
                 .instrument(span)
                 .await
         };
@@ -200,16 +201,18 @@ impl Proxy {
         }
     }
 
-    /// One request, phase by phase (see the table in this module's header).
+    /// One request, phase by phase (see the table in this module's header). `as_sent`: `None`,
+    /// the path could not be normalised; `Some(true)`: it was normal as the client sent it.
     async fn forward(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        normalized: Option<String>,
+        as_sent: Option<bool>,
         principal: &Principal,
         info: &ReqInfo,
     ) -> Result<Response<GatewayBody>, Failure> {
         let (mut parts, body) = req.into_parts();
-        let path = self.admit(&parts, normalized)?;
+        let as_sent = self.admit(&parts, as_sent, &info.path)?;
+        let path = &*info.path;
         let permits = self.limit(principal).await?;
         if self.routes.multi && parts.method == http::Method::GET && path == "/v1/models" {
             let allowed = principal.0.models.as_deref();
@@ -221,11 +224,10 @@ impl Proxy {
             self.metrics.response(info.labels, None, 200, took);
             return Ok(json_response(&list, &info.request_id));
         }
-        let bytes_in = Arc::new(AtomicU64::new(0));
         let deadline = tokio::time::Instant::now() + self.settings.body_timeout;
         let mut prefix = tokio::time::timeout_at(
             deadline,
-            prefix::read_prefix(body, self.settings.max_body_bytes, &bytes_in, deadline),
+            prefix::read_prefix(body, self.settings.max_body_bytes, deadline),
         )
         .await
         .map_err(|_| GatewayError::BodyTimeout)??;
@@ -254,13 +256,13 @@ impl Proxy {
             .load()
             .map_err(|_| denied(GatewayError::KeyUnavailable))?;
         spans::key_version(&info.span, &key.version);
-        build_upstream_request(&mut parts, path, &upstream, &key, info).map_err(denied)?;
+        build_upstream_request(&mut parts, as_sent, &upstream, &key, info).map_err(denied)?;
         let mut attempt = Attempt {
             proxy: self.clone(),
             upstream,
             info: info.clone(),
             model: prefix.model,
-            bytes_in,
+            bytes_in: prefix.bytes_in,
             strip_usage,
             inflight: None,
         };
@@ -275,7 +277,7 @@ impl Proxy {
         &self,
         info: &ReqInfo,
         e: GatewayError,
-        model: Option<Arc<str>>,
+        model: Option<bytestring::ByteString>,
     ) -> Response<GatewayBody> {
         self.metrics.denied(info.labels.client, e);
         let mut r = info.record(Event::Denied);

@@ -11,12 +11,17 @@
 /// The one route whose last segment may hold an encoded `/` (a model id with an org prefix).
 const MODELS: &str = "/v1/models/";
 
+use std::borrow::Cow;
+
 /// Normalise a raw path: decode percent-escaped unreserved characters, refuse encoded `/`, `\`,
 /// control characters and `;`, collapse `//`, resolve `.` and `..`. `None` = reject (400).
-/// `/v1/models/{id}` with `%2F` in its one id segment: see the module header.
-pub fn normalize(raw: &str) -> Option<String> {
+/// `/v1/models/{id}` with `%2F` in its one id segment: see the module header. Borrowed: the path
+/// is already normal (the common case, no allocation).
+pub fn normalize(raw: &str) -> Option<Cow<'_, str>> {
     match raw.strip_prefix(MODELS) {
-        Some(id) if !id.contains('/') && id.to_ascii_lowercase().contains("%2f") => model_path(id),
+        Some(id) if !id.contains('/') && id.to_ascii_lowercase().contains("%2f") => {
+            model_path(id).map(Cow::Owned)
+        }
         _ => strict(raw),
     }
 }
@@ -33,7 +38,8 @@ fn model_path(raw_id: &str) -> Option<String> {
     }
     parts.push(&raw_id[start..]);
     for (n, part) in parts.iter().enumerate() {
-        let seg = strict(&format!("/{part}"))?;
+        let part = format!("/{part}");
+        let seg = strict(&part)?;
         let seg = seg.strip_prefix('/')?;
         if seg.is_empty() || seg.contains('/') {
             return None;
@@ -47,14 +53,14 @@ fn model_path(raw_id: &str) -> Option<String> {
 }
 
 /// `normalize` without the model-id exception.
-fn strict(raw: &str) -> Option<String> {
+fn strict(raw: &str) -> Option<Cow<'_, str>> {
     if !raw.starts_with('/') {
         return None;
     }
     if is_plain(raw) {
-        return Some(raw.to_owned());
+        return Some(Cow::Borrowed(raw));
     }
-    resolve(raw)
+    resolve(raw).map(Cow::Owned)
 }
 
 /// `strict` the long way: decode, refuse, resolve the segments.
@@ -226,7 +232,7 @@ mod tests {
                     "{raw:?} is plain but resolves differently"
                 );
             }
-            assert_eq!(strict(raw), resolve(raw), "{raw:?}");
+            assert_eq!(strict(raw).as_deref(), resolve(raw).as_deref(), "{raw:?}");
         }
         assert!(is_plain("/v1/chat/completions") && is_plain("/") && is_plain("/v1/x/"));
         assert!(!is_plain("//") && !is_plain("/v1/./x") && !is_plain("/v1/%41"));

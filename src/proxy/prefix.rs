@@ -3,14 +3,16 @@
 //! body can be replayed once after a key refresh. Larger bodies stream on after the prefix.
 
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use super::request_body::RequestBody;
+use super::request_body::{BytesIn, RequestBody};
+use crate::body::json::{decode, string_end, value_end, ws};
 use crate::error::GatewayError;
 
 /// How much of a request body is read before forwarding: enough to hold a whole chat request.
@@ -21,14 +23,15 @@ pub struct Prefix {
     pub body: RequestBody,
     /// The whole body when it fit in the prefix (`Some(None)`: empty), for one replay.
     pub replay: Option<Option<Bytes>>,
-    pub model: Option<Arc<str>>,
+    pub model: Option<ByteString>,
+    /// The body's bytes read: all of them for a replayable body, else a running count.
+    pub bytes_in: BytesIn,
 }
 
-/// Read the prefix of `body` (bytes so far go to `counter`), within `deadline`'s budget.
+/// Read the prefix of `body`, within `deadline`'s budget.
 pub async fn read_prefix(
     mut body: Incoming,
     limit: u64,
-    counter: &Arc<AtomicU64>,
     deadline: tokio::time::Instant,
 ) -> Result<Prefix, GatewayError> {
     use http_body::Body as _;
@@ -55,7 +58,6 @@ pub async fn read_prefix(
             }
         }
     }
-    counter.store(total as u64, Ordering::Relaxed);
     if body.is_end_stream() || total < PEEK_BYTES {
         let data = match first {
             None => Bytes::new(),
@@ -75,6 +77,7 @@ pub async fn read_prefix(
             body: RequestBody::Replay { data: data.clone() },
             replay: Some(data),
             model,
+            bytes_in: BytesIn::Known(total as u64),
         });
     }
     if let Some(one) = first {
@@ -82,22 +85,24 @@ pub async fn read_prefix(
     }
     // The model may be anywhere in the prefix, which may have come in many frames.
     let model = if prefix.len() == 1 {
-        prefix.front().and_then(|b| model_of_prefix(b))
+        prefix.front().and_then(model_of_prefix)
     } else {
         // One copy of at most `PEEK_BYTES + one frame`, only for bodies over the peek.
         let mut b = BytesMut::with_capacity(total);
         for c in &prefix {
             b.extend_from_slice(c);
         }
-        model_of_prefix(&b)
+        model_of_prefix(&b.freeze())
     };
+    let counter = Arc::new(AtomicU64::new(total as u64));
     Ok(Prefix {
+        bytes_in: BytesIn::Counted(counter.clone()),
         body: RequestBody::Stream {
             prefix,
             rest: body,
             seen: total as u64,
             limit,
-            counter: counter.clone(),
+            counter,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
         },
         replay: None,
@@ -120,88 +125,34 @@ pub const MAX_MODEL_BYTES: usize = 256;
 ///   `Infinity` elsewhere do not hide the model as a strict parser would;
 /// - a UTF-16/32 body (which `json.loads` would also decode) gives no model, as does any body
 ///   that is not one JSON object.
-pub fn model_of(body: &[u8]) -> Option<Arc<str>> {
-    scan(body, true)
+///
+/// The name shares `body`'s buffer unless it had escapes to decode.
+pub fn model_of(body: &Bytes) -> Option<ByteString> {
+    shared(body, scan(body, true)?)
 }
 
 /// Like [`model_of`] for the first bytes of a longer body: the last top-level `model` seen
 /// before the prefix ends. A duplicate `model` after the prefix is not seen (documented limit).
-pub fn model_of_prefix(prefix: &[u8]) -> Option<Arc<str>> {
-    scan(prefix, false)
+pub fn model_of_prefix(prefix: &Bytes) -> Option<ByteString> {
+    shared(prefix, scan(prefix, false)?)
+}
+
+/// The model `scan` found in `b`: a slice of `b` (no copy) when borrowed from it.
+fn shared(b: &Bytes, m: Cow<'_, str>) -> Option<ByteString> {
+    if m.len() > MAX_MODEL_BYTES {
+        return None;
+    }
+    Some(match m {
+        Cow::Borrowed(s) => ByteString::try_from(b.slice_ref(s.as_bytes())).ok()?,
+        Cow::Owned(s) => ByteString::from(s),
+    })
 }
 
 const BOM: &[u8] = b"\xef\xbb\xbf";
 
-fn ws(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// `b[i] == '"'`: the index just past the closing quote, if the string ends within `b`.
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
-    i += 1;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// The index just past the value starting at `b[i]`, if it ends within `b`.
-fn value_end(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => string_end(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            while j < b.len() {
-                match b[j] {
-                    b'"' => {
-                        j = string_end(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-            None
-        }
-        _ => {
-            let mut j = i;
-            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            {
-                j += 1;
-            }
-            (j < b.len() && j > i).then_some(j)
-        }
-    }
-}
-
-/// A JSON string token (quotes included), decoded; borrowed when it has no escapes.
-fn decode(tok: &[u8]) -> Option<Cow<'_, str>> {
-    let inner = tok.get(1..tok.len().checked_sub(1)?)?;
-    if inner.contains(&b'\\') {
-        serde_json::from_slice::<String>(tok).ok().map(Cow::Owned)
-    } else {
-        std::str::from_utf8(inner).ok().map(Cow::Borrowed)
-    }
-}
-
 /// Walk the top-level object's members; `complete`: `b` is the whole body (a truncated or
 /// malformed document gives no model), else a prefix (what was seen before it ends counts).
-fn scan(b: &[u8], complete: bool) -> Option<Arc<str>> {
+fn scan<'a>(b: &'a [u8], complete: bool) -> Option<Cow<'a, str>> {
     let b = b.strip_prefix(BOM).unwrap_or(b);
     let mut found: Option<Cow<'_, str>> = None;
     let mut i = ws(b, 0);
@@ -209,22 +160,18 @@ fn scan(b: &[u8], complete: bool) -> Option<Arc<str>> {
         return None;
     }
     i = ws(b, i + 1);
-    let end_ok = |found: Option<Cow<'_, str>>, i: usize| -> Option<Arc<str>> {
+    let end_ok = |found: Option<Cow<'a, str>>, i: usize| -> Option<Cow<'a, str>> {
         // After the object only whitespace may follow.
         if complete && ws(b, i) != b.len() {
             return None;
         }
         found
-            .filter(|m| m.len() <= MAX_MODEL_BYTES)
-            .map(|m| Arc::from(m.as_ref()))
     };
-    let truncated = |found: Option<Cow<'_, str>>| -> Option<Arc<str>> {
+    let truncated = |found: Option<Cow<'a, str>>| -> Option<Cow<'a, str>> {
         if complete {
             return None;
         }
         found
-            .filter(|m| m.len() <= MAX_MODEL_BYTES)
-            .map(|m| Arc::from(m.as_ref()))
     };
     if b.get(i) == Some(&b'}') {
         return end_ok(None, i + 1);
@@ -276,7 +223,23 @@ mod tests {
     use super::*;
 
     fn m(s: &str) -> Option<String> {
-        model_of(s.as_bytes()).map(|m| m.to_string())
+        model_of(&Bytes::copy_from_slice(s.as_bytes())).map(|m| m.to_string())
+    }
+
+    #[test]
+    fn a_plain_model_shares_the_body_and_an_escaped_one_is_decoded() {
+        let body = Bytes::from_static(br#"{"model":"meta/llama"}"#);
+        let got = model_of(&body).unwrap();
+        assert_eq!(&*got, "meta/llama");
+        let range = body.as_ptr_range();
+        assert!(
+            range.contains(&got.as_bytes().as_ptr()),
+            "a slice of the body"
+        );
+        let escaped = Bytes::from_static(br#"{"model":"meta\/llama"}"#);
+        let got = model_of(&escaped).unwrap();
+        assert_eq!(&*got, "meta/llama");
+        assert!(!escaped.as_ptr_range().contains(&got.as_bytes().as_ptr()));
     }
 
     #[test]
@@ -307,10 +270,15 @@ mod tests {
     #[test]
     fn bom_is_skipped_like_json_loads_on_bytes() {
         assert_eq!(
-            model_of(b"\xef\xbb\xbf{\"model\":\"a\"}").as_deref(),
+            model_of(&Bytes::from_static(b"\xef\xbb\xbf{\"model\":\"a\"}")).as_deref(),
             Some("a")
         );
-        assert_eq!(model_of(b"\xef\xbb\xbf\xef\xbb\xbf{\"model\":\"a\"}"), None);
+        assert_eq!(
+            model_of(&Bytes::from_static(
+                b"\xef\xbb\xbf\xef\xbb\xbf{\"model\":\"a\"}"
+            )),
+            None
+        );
     }
 
     #[test]
@@ -365,7 +333,7 @@ mod tests {
         assert_eq!(m(r#"{model:"a"}"#), None);
         assert_eq!(m(r#"{"x":[}],"model":"a"}"#), None);
         // UTF-16: `json.loads` would decode it; we do not guess.
-        assert_eq!(model_of(b"{\0\"\0m\0"), None);
+        assert_eq!(model_of(&Bytes::from_static(b"{\0\"\0m\0")), None);
     }
 
     #[test]
@@ -378,7 +346,8 @@ mod tests {
 
     #[test]
     fn prefixes_give_the_last_model_seen() {
-        let p = |s: &str| model_of_prefix(s.as_bytes()).map(|m| m.to_string());
+        let p =
+            |s: &str| model_of_prefix(&Bytes::copy_from_slice(s.as_bytes())).map(|m| m.to_string());
         assert_eq!(
             p(r#"{"model":"a","messages":[{"role":"user","content":"xx"#).as_deref(),
             Some("a")

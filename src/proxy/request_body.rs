@@ -32,6 +32,23 @@ pub enum RequestBody {
     },
 }
 
+/// Bytes of the request body read so far: known at once when it fit in the prefix (no shared
+/// counter to allocate), else counted by the stream as it goes.
+#[derive(Clone)]
+pub enum BytesIn {
+    Known(u64),
+    Counted(Arc<AtomicU64>),
+}
+
+impl BytesIn {
+    pub fn get(&self) -> u64 {
+        match self {
+            Self::Known(n) => *n,
+            Self::Counted(c) => c.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The client did not send its body within `limits.body_timeout`.
 #[derive(Debug)]
 pub struct BodyTimeout;

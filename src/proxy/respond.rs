@@ -105,7 +105,7 @@ impl OnDone for Done {
         r.usage = o.usage;
         spans::outcome(&self.attempt.info.span, o.usage, o.model.as_deref(), None);
         if r.model.is_none() {
-            r.model = o.model.map(Arc::from);
+            r.model = o.model.map(bytestring::ByteString::from);
         }
         r.reason = o.error.map(String::from);
         let a = &self.attempt;

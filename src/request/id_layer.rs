@@ -1,12 +1,13 @@
-//! `RequestIdLayer`: keep a valid client `X-Request-Id`, else generate one; store it in the
-//! request's `Ctx` as `request_id` (the proxy sends it upstream, every response carries it).
+//! `RequestIdLayer`, the stack's first: mark the credential headers sensitive (before anything
+//! could log them), then keep a valid client `X-Request-Id`, else generate one, as the `Call`'s
+//! `request_id` (the proxy sends it upstream, every response carries it).
 
-use http::{HeaderValue, Request};
+use http::{header, HeaderMap, HeaderValue};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-use super::{Ctx, RequestId};
-use crate::names::X_REQUEST_ID;
+use super::{Call, RequestId};
+use crate::names::{API_KEY, X_API_KEY, X_REQUEST_ID};
 
 #[derive(Clone, Copy, Default)]
 pub struct RequestIdLayer;
@@ -60,17 +61,32 @@ fn new_request_id() -> RequestId {
         h.update(n.to_le_bytes());
         h.finalize()
     });
-    let mut hex_id = [0u8; 32];
-    let text = match hex::encode_to_slice(&digest[..16], &mut hex_id) {
-        Ok(()) => std::str::from_utf8(&hex_id).unwrap_or("invalid"),
-        Err(_) => "invalid",
-    };
-    RequestId::from_text(text)
+    let mut hex_id = [b'0'; 32];
+    // 16 bytes always fit 32 hex digits.
+    let _ = hex::encode_to_slice(&digest[..16], &mut hex_id);
+    RequestId::from_hex(hex_id)
 }
 
-impl<S, B> Service<Request<B>> for RequestIdService<S>
+/// Credential headers are marked sensitive: `Debug` of the map and hyper's HTTP/2 encoder (no
+/// HPACK indexing) then treat them as secrets.
+fn mark_sensitive(h: &mut HeaderMap) {
+    for name in [
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        X_API_KEY,
+        API_KEY,
+    ] {
+        if let header::Entry::Occupied(mut e) = h.entry(name) {
+            for v in e.iter_mut() {
+                v.set_sensitive(true);
+            }
+        }
+    }
+}
+
+impl<S, B> Service<Call<B>> for RequestIdService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Call<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -80,8 +96,10 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> S::Future {
-        let id = match req
+    fn call(&mut self, mut c: Call<B>) -> S::Future {
+        mark_sensitive(c.req.headers_mut());
+        let id = match c
+            .req
             .headers()
             .get(X_REQUEST_ID)
             .filter(|v| valid_request_id(v))
@@ -89,14 +107,15 @@ where
             Some(v) => RequestId::from_header(v.clone()),
             None => new_request_id(),
         };
-        Ctx::get_mut(req.extensions_mut()).request_id = Some(id);
-        self.0.call(req)
+        c.ctx.request_id = Some(id);
+        self.0.call(c)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
     use std::convert::Infallible;
     use tower::{ServiceBuilder, ServiceExt};
 
@@ -104,17 +123,41 @@ mod tests {
         let svc =
             ServiceBuilder::new()
                 .layer(RequestIdLayer)
-                .service_fn(|req: Request<()>| async move {
-                    let id = Ctx::of(req.extensions())
-                        .and_then(|c| c.request_id.as_ref())
-                        .map(|r| r.header.clone());
+                .service_fn(|c: Call<()>| async move {
+                    let id = c.ctx.request_id.as_ref().map(|r| r.header.clone());
                     Ok::<_, Infallible>(id.unwrap().to_str().unwrap().to_string())
                 });
         let mut req = Request::builder();
         if let Some(h) = header {
             req = req.header(X_REQUEST_ID, h);
         }
-        svc.oneshot(req.body(()).unwrap()).await.unwrap()
+        svc.oneshot(Call::new(req.body(()).unwrap())).await.unwrap()
+    }
+
+    #[test]
+    fn credential_headers_are_marked_sensitive() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("authorization", "Bearer a"),
+            ("authorization", "Bearer b"),
+            ("proxy-authorization", "Basic c"),
+            ("x-api-key", "d"),
+            ("api-key", "e"),
+            ("content-type", "text/plain"),
+        ] {
+            h.append(n, HeaderValue::from_static(v));
+        }
+        mark_sensitive(&mut h);
+        for (n, v) in &h {
+            assert_eq!(v.is_sensitive(), n != header::CONTENT_TYPE, "{n}");
+        }
+        assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 2);
+        // Debug of the map hides them.
+        let shown = format!("{h:?}");
+        assert!(
+            !shown.contains("Bearer") && shown.contains("text/plain"),
+            "{shown}"
+        );
     }
 
     #[tokio::test]

@@ -1,21 +1,40 @@
 //! Request-context types shared by the layers and the proxy: the request id, the client's address,
 //! the method's name for records, and `ReqInfo`, what every audit record of one request shares.
-//! They travel in one extension, `Ctx` (one insert per request, not one per layer). Who fills
-//! what (see `app.rs`): the server sets `remote` and `peer` per connection, `RequestIdLayer` sets
+//! They travel beside the request as its `Ctx`, in a `Call` (not in the request's extensions:
+//! their first insert costs three allocations, and every read a type-id lookup). Who fills what
+//! (see `app.rs`): the server sets `remote` and `peer` per connection, `RequestIdLayer` sets
 //! `request_id`, `AuthLayer` sets `principal`.
 
 mod id_layer;
 
 pub use id_layer::{RequestIdLayer, RequestIdService};
 
-use http::{HeaderValue, Method};
+use bytestring::ByteString;
+use http::{HeaderValue, Method, Request};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::audit::{Event, Record};
 
-/// What the server and the layers know about one request: one extension.
+/// One request as the stack's layers pass it down: hyper's request and its context beside it
+/// (the per-request context argument of proxies such as Pingora, as a tower request type).
+pub struct Call<B> {
+    pub req: Request<B>,
+    pub ctx: Ctx,
+}
+
+impl<B> Call<B> {
+    /// A request with nothing known about it yet (tests, and the server before its layers).
+    pub fn new(req: Request<B>) -> Self {
+        Self {
+            req,
+            ctx: Ctx::default(),
+        }
+    }
+}
+
+/// What the server and the layers know about one request.
 #[derive(Clone, Default)]
 pub struct Ctx {
     pub remote: Option<RemoteAddr>,
@@ -25,44 +44,27 @@ pub struct Ctx {
     pub principal: Option<crate::auth::Principal>,
 }
 
-impl Ctx {
-    pub fn of(e: &http::Extensions) -> Option<&Self> {
-        e.get()
-    }
-
-    /// The request's `Ctx`, inserted empty if it has none yet.
-    pub fn get_mut(e: &mut http::Extensions) -> &mut Self {
-        e.get_or_insert_default()
-    }
-}
-
 /// The request id, set by `RequestIdLayer` (client's if valid, else generated).
 #[derive(Clone)]
 pub struct RequestId {
     /// As sent upstream and to the client (cloning it never copies).
     pub header: HeaderValue,
-    /// As records show it (the same bytes).
-    pub text: Arc<str>,
+    /// As records show it: the same bytes, shared.
+    pub text: ByteString,
 }
 
 impl RequestId {
-    /// A client's (already valid, so ASCII) id: its header value is kept as it is.
+    /// A client's (already valid, so ASCII) id: the header value is kept as it is.
     pub fn from_header(header: HeaderValue) -> Self {
-        let text = Arc::from(header.to_str().unwrap_or_default());
+        let text = ByteString::from(header.to_str().unwrap_or_default());
         Self { header, text }
     }
 
-    /// A generated id: the header value shares the text's allocation (`Bytes::from_owner`), so
-    /// neither a copy nor a later clone allocates again.
-    pub fn from_text(text: &str) -> Self {
-        struct Shared(Arc<str>);
-        impl AsRef<[u8]> for Shared {
-            fn as_ref(&self) -> &[u8] {
-                self.0.as_bytes()
-            }
-        }
-        let text: Arc<str> = Arc::from(text);
-        let header = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(Shared(text.clone())))
+    /// A generated id (32 hex digits): one allocation that the header value and the text share.
+    pub fn from_hex(hex: [u8; 32]) -> Self {
+        let b = bytes::Bytes::from_owner(hex);
+        let text = ByteString::try_from(b.clone()).unwrap_or_default();
+        let header = HeaderValue::from_maybe_shared(b)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         Self { header, text }
     }
@@ -114,7 +116,7 @@ pub fn ms(start: Instant) -> f64 {
 pub struct ReqInfo {
     pub start: Instant,
     pub request_id: HeaderValue,
-    pub id_text: Option<Arc<str>>,
+    pub id_text: Option<ByteString>,
     pub client_id: Arc<str>,
     /// `auth` and `subject` of every record (from the `Principal`).
     pub auth: &'static str,

@@ -1,8 +1,9 @@
 //! One client connection: TLS handshake (if configured; with the listener's current certificate,
 //! which a rotation swaps for later connections only) or the HTTP/2-preface sniff, both within
 //! the header-read timeout, then hyper's HTTP/1.1 or HTTP/2 connection with the limits from
-//! `[limits]`, the stall timeout on writes, and the `RemoteAddr` (the peer, or behind a trusted
-//! proxy the client it names: `xff`) and, with mTLS, `PeerIdentity` extensions on every request.
+//! `[limits]`, the stall timeout on writes, and every request passed to the stack as a `Call`
+//! whose `Ctx` holds the `RemoteAddr` (the peer, or behind a trusted proxy the client it names:
+//! `xff`) and, with mTLS, the `PeerIdentity`.
 //! An HTTP/2 connection with no open stream for `limits.idle_timeout` is closed (hyper has no such
 //! timeout; `peers::Activity` counts the streams), and its response bodies are under the
 //! `send_timeout` watchdog (`peers::Watched`): flow control can stall a stream without ever
@@ -21,7 +22,7 @@ use tower::Service;
 use crate::app::App;
 use crate::auth::mtls::PeerIdentity;
 use crate::config::LimitsConfig;
-use crate::request::{Ctx, RemoteAddr};
+use crate::request::{Call, Ctx, RemoteAddr};
 use crate::stall::StallTimeout;
 
 use super::peers::{Activity, IpPermit};
@@ -80,38 +81,38 @@ pub async fn serve(
     let peer = std::sync::Arc::new(std::sync::OnceLock::<PeerIdentity>::new());
     let activity = Activity::new();
     let streams = activity.clone();
-    // The request's `Ctx`, its one extension: the client's address (behind a trusted proxy, the
-    // client it forwards for, formatted per request, only then) and certificate identity.
+    // The request's `Call`: its `Ctx` starts with the client's address (behind a trusted proxy,
+    // the client it forwards for, formatted per request, only then) and certificate identity.
     let ctx_peer = peer.clone();
-    let ctx_for = move |req: &Request<Incoming>| Ctx {
-        remote: Some(
-            match trusted
-                .as_ref()
-                .and_then(|t| t.client(peer_addr, req.headers()))
-            {
-                Some(ip) => RemoteAddr(ip.to_string().into()),
-                None => remote.clone(),
-            },
-        ),
-        peer: ctx_peer.get().cloned(),
-        ..Ctx::default()
+    let call_of = move |req: Request<Incoming>| Call {
+        ctx: Ctx {
+            remote: Some(
+                match trusted
+                    .as_ref()
+                    .and_then(|t| t.client(peer_addr, req.headers()))
+                {
+                    Some(ip) => RemoteAddr(ip.to_string().into()),
+                    None => remote.clone(),
+                },
+            ),
+            peer: ctx_peer.get().cloned(),
+            ..Ctx::default()
+        },
+        req,
     };
     let h2_svc = {
-        let (app, ctx_for) = (app.clone(), ctx_for.clone());
-        hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let ctx = ctx_for(&req);
-            req.extensions_mut().insert(ctx);
+        let (app, call_of) = (app.clone(), call_of.clone());
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let call = call_of(req);
             let guard = streams.begin();
             // The live state (stack, routes, clients) as of this request: one atomic load.
-            let fut = app.live.load().service.clone().call(req);
+            let fut = app.live.load().service.clone().call(call);
             let streams = streams.clone();
             async move { Ok::<_, std::convert::Infallible>(fut.await?.map(|b| streams.watch(b, guard))) }
         })
     };
-    let h1_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let ctx = ctx_for(&req);
-        req.extensions_mut().insert(ctx);
-        app.live.load().service.clone().call(req)
+    let h1_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        app.live.load().service.clone().call(call_of(req))
     });
     // hyper's own HTTP/1 and HTTP/2 connections (the protocol is known here, so hyper-util's
     // auto builder and its `Rewind` buffer are not needed). `max_header_size` gives 431 on an
