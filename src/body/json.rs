@@ -14,16 +14,16 @@ pub fn ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// `b[i] == '"'`: the index just past the closing quote, if the string ends within `b`.
+/// Strings are most of a response's bytes (the generated text): skipped by `memchr2`.
 pub fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[j] == b'"' {
+            return Some(j + 1);
         }
+        i = j + 2;
     }
-    None
 }
 
 /// The index just past the value starting at `b[i]`, if it ends within `b`.
