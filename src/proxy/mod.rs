@@ -44,7 +44,7 @@ use crate::audit::{Audit, Event};
 use crate::auth::Principal;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::request::{method_name, truncated_path, Call, ReqInfo};
+use crate::request::{method_name, path_text, truncated_path, Call, ReqInfo};
 use crate::telemetry::{otel, spans, Metrics, Op, ReqLabels};
 use attempt::{build_upstream_request, Attempt};
 use respond::wrap_response;
@@ -151,7 +151,7 @@ impl Proxy {
         // Normalised, or (refused) the raw path cut short, as records show it; `as_sent`: the
         // client's path is already normal, so its request target can go upstream unchanged.
         let (path, as_sent): (Arc<str>, Option<bool>) = match path::normalize(req.uri().path()) {
-            Some(p) => (Arc::from(&*p), Some(matches!(p, Cow::Borrowed(_)))),
+            Some(p) => (path_text(&p), Some(matches!(p, Cow::Borrowed(_)))),
             None => (truncated_path(req.uri().path()), None),
         };
         let method = method_name(req.method());

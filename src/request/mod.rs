@@ -98,6 +98,24 @@ pub fn method_name(m: &Method) -> Cow<'static, str> {
     }
 }
 
+/// A normalised path as records show it: the OpenAI routes nearly every request names share one
+/// `Arc` each (a reference count, no allocation per request); any other path is copied once.
+pub fn path_text(p: &str) -> Arc<str> {
+    static KNOWN: std::sync::LazyLock<[Arc<str>; 4]> = std::sync::LazyLock::new(|| {
+        [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/models",
+        ]
+        .map(Arc::from)
+    });
+    match KNOWN.iter().find(|k| ***k == *p) {
+        Some(k) => k.clone(),
+        None => Arc::from(p),
+    }
+}
+
 /// A request path as recorded when it could not be normalised: at most 512 characters.
 pub fn truncated_path(p: &str) -> Arc<str> {
     match p.char_indices().nth(512) {
@@ -165,5 +183,15 @@ mod tests {
         let long = "é".repeat(600);
         assert_eq!(truncated_path(&long).chars().count(), 512);
         assert_eq!(&*truncated_path("/v1/x"), "/v1/x");
+    }
+
+    #[test]
+    fn known_routes_share_their_recorded_path() {
+        let chat = path_text("/v1/chat/completions");
+        assert!(Arc::ptr_eq(&chat, &path_text("/v1/chat/completions")));
+        assert_eq!(&*chat, "/v1/chat/completions");
+        let other = path_text("/v1/chat/x");
+        assert!(!Arc::ptr_eq(&other, &path_text("/v1/chat/x")));
+        assert_eq!(&*other, "/v1/chat/x");
     }
 }
