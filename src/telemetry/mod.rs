@@ -34,7 +34,6 @@ pub fn log_filter(directives: &str) -> Result<EnvFilter, String> {
         "hyper_util=off",
         "h2=off",
         "rustls=off",
-        "tower_http=off",
         "tower=off",
     ] {
         if let Ok(d) = d.parse() {
