@@ -5,7 +5,7 @@
     reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
 )]
 //! Micro-benchmarks of the per-request hot path (divan): client key lookup, header rewrite,
-//! path normalisation, audit record encoding. `cargo bench --bench hot_path`.
+//! path normalisation, the request's model and the response's usage, audit record encoding. `cargo bench --bench hot_path`.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use nimgate::audit::record::{encode_line, Record};
@@ -77,6 +77,42 @@ fn header_rewrite(bencher: divan::Bencher) {
 #[divan::bench]
 fn path_normalize() -> Option<std::borrow::Cow<'static, str>> {
     nimgate::proxy::path::normalize(divan::black_box("/v1/chat/completions"))
+}
+
+/// A chat request as the `openai` SDK sends it (model first, as the SDK orders it, then the text).
+fn chat_request() -> bytes::Bytes {
+    let text = "Summarise the attached incident report in three bullet points. ".repeat(12);
+    bytes::Bytes::from(format!(
+        r#"{{"messages":[{{"role":"system","content":"You are terse."}},{{"role":"user","content":"{text}"}}],"model":"meta/llama-3.1-8b-instruct","max_tokens":256,"temperature":0.2,"stream":false}}"#
+    ))
+}
+
+#[divan::bench]
+fn request_model(bencher: divan::Bencher) {
+    let body = chat_request();
+    assert!(nimgate::proxy::prefix::model_of(&body).is_some());
+    bencher.bench(|| nimgate::proxy::prefix::model_of(divan::black_box(&body)));
+}
+
+/// A NIM chat completion (the OpenAI shape): the generated text, then `usage`.
+fn chat_response() -> bytes::Bytes {
+    let text = "- The outage began at 09:12 when a certificate expired.\\n".repeat(8);
+    bytes::Bytes::from(format!(
+        r#"{{"id":"chatcmpl-7f3a","object":"chat.completion","created":1764700000,"model":"meta/llama-3.1-8b-instruct","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":212,"total_tokens":340,"completion_tokens":128}}}}"#
+    ))
+}
+
+#[divan::bench]
+fn response_usage_probe(bencher: divan::Bencher) {
+    let body = chat_response();
+    let mut s = nimgate::body::sniff::Sniffer::json(false);
+    s.feed(&body);
+    assert!(s.result().0.is_some(), "the bench body's usage is found");
+    bencher.bench(|| {
+        let mut s = nimgate::body::sniff::Sniffer::json(false);
+        s.feed(divan::black_box(&body));
+        s.result()
+    });
 }
 
 #[divan::bench]

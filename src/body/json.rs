@@ -73,43 +73,68 @@ pub fn decode(tok: &[u8]) -> Option<Cow<'_, str>> {
     }
 }
 
-/// Each member of the top-level object of the whole document `b` (a UTF-8 BOM skipped), in order:
-/// `f(decoded key, raw value)`. False when `b` is not one complete object (whatever `f` was
-/// given then must be discarded).
-pub fn each_member<'a>(b: &'a [u8], mut f: impl FnMut(&str, &'a [u8])) -> bool {
+/// How the walk of a top-level object ([`members`]) ended.
+#[derive(Debug, PartialEq)]
+pub enum End<'a> {
+    /// One complete object, then only whitespace.
+    Whole,
+    /// One complete object, then something else.
+    Trailing,
+    /// The text ended inside the object: within the member with this key (decoded) when the cut
+    /// fell after its key, `None` when it fell between members, inside a key, or after a key
+    /// that does not decode.
+    Cut(Option<Cow<'a, str>>),
+    /// Not the text of a JSON object.
+    Bad,
+}
+
+/// Each member of the top-level object of `b` (a UTF-8 BOM skipped), in order, as far as the
+/// text goes: `f(decoded key, raw value)`, the key `None` when it does not decode. What `f` was
+/// given is only a whole object's members when the walk ends in [`End::Whole`].
+pub fn members<'a>(b: &'a [u8], mut f: impl FnMut(Option<&str>, &'a [u8])) -> End<'a> {
     let b = b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b);
+    let closed = |i: usize| {
+        if ws(b, i) == b.len() {
+            End::Whole
+        } else {
+            End::Trailing
+        }
+    };
     let mut i = ws(b, 0);
     if b.get(i) != Some(&b'{') {
-        return false;
+        return End::Bad;
     }
     i = ws(b, i + 1);
     if b.get(i) == Some(&b'}') {
-        return ws(b, i + 1) == b.len();
+        return closed(i + 1);
     }
     loop {
-        if b.get(i) != Some(&b'"') {
-            return false;
+        match b.get(i) {
+            None => return End::Cut(None),
+            Some(b'"') => {}
+            Some(_) => return End::Bad,
         }
         let Some(k_end) = string_end(b, i) else {
-            return false;
+            return End::Cut(None);
         };
-        let Some(key) = decode(&b[i..k_end]) else {
-            return false;
-        };
+        let key = decode(&b[i..k_end]);
         i = ws(b, k_end);
-        if b.get(i) != Some(&b':') {
-            return false;
+        match b.get(i) {
+            None => return End::Cut(key),
+            Some(b':') => {}
+            Some(_) => return End::Bad,
         }
         i = ws(b, i + 1);
         let Some(v_end) = value_end(b, i) else {
-            return false;
+            return End::Cut(key);
         };
-        f(&key, &b[i..v_end]);
+        f(key.as_deref(), &b[i..v_end]);
         i = ws(b, v_end);
         match b.get(i) {
+            None => return End::Cut(None),
             Some(b',') => i = ws(b, i + 1),
-            Some(b'}') => return ws(b, i + 1) == b.len(),
-            _ => return false,
+            Some(b'}') => return closed(i + 1),
+            Some(_) => return End::Bad,
         }
     }
 }
@@ -118,17 +143,20 @@ pub fn each_member<'a>(b: &'a [u8], mut f: impl FnMut(&str, &'a [u8])) -> bool {
 mod tests {
     use super::*;
 
-    fn members(s: &str) -> Option<Vec<(String, String)>> {
+    /// The members of `s` when it is one whole object whose keys all decode.
+    fn whole(s: &str) -> Option<Vec<(String, String)>> {
         let mut got = Vec::new();
-        each_member(s.as_bytes(), |k, v| {
-            got.push((k.to_string(), String::from_utf8(v.to_vec()).unwrap()));
-        })
-        .then_some(got)
+        let mut keys = true;
+        let end = members(s.as_bytes(), |k, v| match k {
+            Some(k) => got.push((k.to_string(), String::from_utf8(v.to_vec()).unwrap())),
+            None => keys = false,
+        });
+        (keys && end == End::Whole).then_some(got)
     }
 
     #[test]
     fn top_level_members_raw_and_nested_ones_skipped() {
-        let got = members(
+        let got = whole(
             r#" {"id":"x","choices":[{"usage":1,"s":"}]"}],"usage":{"a":1},"mod\u0065l":"m" } "#,
         )
         .unwrap();
@@ -136,8 +164,8 @@ mod tests {
         assert_eq!(keys, ["id", "choices", "usage", "model"]);
         assert_eq!(got[2].1, r#"{"a":1}"#);
         assert_eq!(got[3].1, r#""m""#);
-        assert_eq!(members("{}"), Some(vec![]));
-        assert_eq!(members("\u{feff}{\"a\":NaN}").unwrap()[0].1, "NaN");
+        assert_eq!(whole("{}"), Some(vec![]));
+        assert_eq!(whole("\u{feff}{\"a\":NaN}").unwrap()[0].1, "NaN");
     }
 
     #[test]
@@ -153,7 +181,43 @@ mod tests {
             r#"{"a":{"b":1}"#,
             r#"{"a":"x}"#,
         ] {
-            assert_eq!(members(bad), None, "{bad}");
+            assert_eq!(whole(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn how_the_text_ended() {
+        fn end(s: &str) -> End<'_> {
+            members(s.as_bytes(), |_, _| {})
+        }
+        assert_eq!(end(" {} \n"), End::Whole);
+        assert_eq!(end(r#"{"a":1} x"#), End::Trailing);
+        assert_eq!(end(r#"{"a":1}{"b":2}"#), End::Trailing);
+        assert_eq!(end(""), End::Bad);
+        assert_eq!(end("[1]"), End::Bad);
+        assert_eq!(end(r#"{"a" 1}"#), End::Bad);
+        assert_eq!(end(r#"{"a":1 "b":2}"#), End::Bad);
+        assert_eq!(end("{a:1}"), End::Bad);
+        // Cut between members or inside a key: no key.
+        assert_eq!(end("{"), End::Cut(None));
+        assert_eq!(end(r#"{"a":1,"#), End::Cut(None));
+        assert_eq!(end(r#"{"a":1 "#), End::Cut(None));
+        assert_eq!(end(r#"{"mod"#), End::Cut(None));
+        // Cut after a key, before or inside its value: that key, decoded.
+        assert_eq!(end(r#"{"mod\u0065l""#), End::Cut(Some("model".into())));
+        assert_eq!(end(r#"{"a":1,"b":"#), End::Cut(Some("b".into())));
+        assert_eq!(
+            end(r#"{"a":1"#),
+            End::Cut(Some("a".into())),
+            "1 may go on: 12"
+        );
+        assert_eq!(end(r#"{"b": [1, {"c": "x"#), End::Cut(Some("b".into())));
+        assert_eq!(end(r#"{"\ud800":"#), End::Cut(None));
+        // What the callback saw of an undecodable key.
+        let mut keys = Vec::new();
+        members(br#"{"\ud800":1,"a":2}"#, |k, v| {
+            keys.push((k.map(String::from), v));
+        });
+        assert_eq!(keys, [(None, &b"1"[..]), (Some("a".into()), &b"2"[..])]);
     }
 }

@@ -31,17 +31,18 @@ pub enum Sniffer {
 }
 
 /// The top-level `usage` and (`want_model`) `model` of the JSON document `b`: found by a
-/// structural walk (`json::each_member`), so only those two values are deserialised (skipping
+/// structural walk (`json::members`), so only those two values are deserialised (skipping
 /// the rest with serde would allocate for every nested array or object, such as `choices`). The
 /// last of a duplicated member wins, as in the NIM's parser.
 fn probe(b: &[u8], want_model: bool) -> (Option<Usage>, Option<String>) {
-    let (mut usage, mut model) = (None, None);
-    let whole = super::json::each_member(b, |k, v| match k {
-        "usage" => usage = Some(v),
-        "model" if want_model => model = Some(v),
-        _ => {}
+    let (mut usage, mut model, mut keys) = (None, None, true);
+    let end = super::json::members(b, |k, v| match k {
+        Some("usage") => usage = Some(v),
+        Some("model") if want_model => model = Some(v),
+        Some(_) => {}
+        None => keys = false,
     });
-    if !whole {
+    if !keys || end != super::json::End::Whole {
         return (None, None);
     }
     (

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::request_body::{BytesIn, RequestBody};
-use crate::body::json::{decode, string_end, value_end, ws};
+use crate::body::json::{decode, members, End};
 use crate::error::GatewayError;
 
 /// How much of a request body is read before forwarding: enough to hold a whole chat request.
@@ -148,73 +148,31 @@ fn shared(b: &Bytes, m: Cow<'_, str>) -> Option<ByteString> {
     })
 }
 
-const BOM: &[u8] = b"\xef\xbb\xbf";
-
-/// Walk the top-level object's members; `complete`: `b` is the whole body (a truncated or
+/// The last top-level `model` of `b`; `complete`: `b` is the whole body (a truncated or
 /// malformed document gives no model), else a prefix (what was seen before it ends counts).
-fn scan<'a>(b: &'a [u8], complete: bool) -> Option<Cow<'a, str>> {
-    let b = b.strip_prefix(BOM).unwrap_or(b);
-    let mut found: Option<Cow<'_, str>> = None;
-    let mut i = ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = ws(b, i + 1);
-    let end_ok = |found: Option<Cow<'a, str>>, i: usize| -> Option<Cow<'a, str>> {
-        // After the object only whitespace may follow.
-        if complete && ws(b, i) != b.len() {
-            return None;
-        }
-        found
-    };
-    let truncated = |found: Option<Cow<'a, str>>| -> Option<Cow<'a, str>> {
-        if complete {
-            return None;
-        }
-        found
-    };
-    if b.get(i) == Some(&b'}') {
-        return end_ok(None, i + 1);
-    }
-    loop {
-        match b.get(i) {
-            None => return truncated(found),
-            Some(b'"') => {}
-            Some(_) => return None,
-        }
-        let Some(k_end) = string_end(b, i) else {
-            return truncated(found);
-        };
-        let is_model = decode(&b[i..k_end]).is_some_and(|k| k == "model");
-        // Cut inside a `model` member: its value is unknown, so is the model.
-        let cut = if is_model { None } else { found.clone() };
-        i = ws(b, k_end);
-        match b.get(i) {
-            None => return truncated(cut),
-            Some(b':') => {}
-            Some(_) => return None,
-        }
-        i = ws(b, i + 1);
-        if i >= b.len() {
-            return truncated(cut);
-        }
-        let Some(v_end) = value_end(b, i) else {
-            return truncated(cut);
-        };
-        if is_model {
-            found = if b[i] == b'"' {
-                Some(decode(&b[i..v_end])?)
+fn scan(b: &[u8], complete: bool) -> Option<Cow<'_, str>> {
+    let mut found = None;
+    let mut undecodable = false;
+    let end = members(b, |k, v| {
+        if k == Some("model") {
+            found = if v.first() == Some(&b'"') {
+                let d = decode(v);
+                undecodable |= d.is_none();
+                d
             } else {
                 None
             };
         }
-        i = ws(b, v_end);
-        match b.get(i) {
-            None => return truncated(found),
-            Some(b',') => i = ws(b, i + 1),
-            Some(b'}') => return end_ok(found, i + 1),
-            Some(_) => return None,
-        }
+    });
+    if undecodable {
+        return None;
+    }
+    match end {
+        End::Bad => None,
+        End::Trailing | End::Cut(_) if complete => None,
+        // Cut inside a `model` member: its value is unknown, so is the model.
+        End::Cut(Some(k)) if k == "model" => None,
+        End::Whole | End::Trailing | End::Cut(_) => found,
     }
 }
 
