@@ -5,7 +5,8 @@
     reason = "test and bench code: a panic is a failed test; the pedantic set is for the product"
 )]
 //! Micro-benchmarks of the per-request hot path (divan): client key lookup, header rewrite,
-//! path normalisation, the request's model and the response's usage, audit record encoding. `cargo bench --bench hot_path`.
+//! path normalisation, the request's model and the response's usage, audit record encoding.
+//! `cargo bench --bench hot_path`.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use nimgate::audit::record::{encode_line, Record};
@@ -79,7 +80,8 @@ fn path_normalize() -> Option<std::borrow::Cow<'static, str>> {
     nimgate::proxy::path::normalize(divan::black_box("/v1/chat/completions"))
 }
 
-/// A chat request as the `openai` SDK sends it (model first, as the SDK orders it, then the text).
+/// A chat request in the order the `openai` SDK writes it (`messages`, then `model` and the
+/// sampling parameters): the model is found only after skipping the text.
 fn chat_request() -> bytes::Bytes {
     let text = "Summarise the attached incident report in three bullet points. ".repeat(12);
     bytes::Bytes::from(format!(
